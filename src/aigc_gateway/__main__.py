@@ -1,0 +1,3 @@
+from aigc_gateway.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""REST API routers, one per resource, over the shared service layer."""

@@ -1,0 +1,115 @@
+"""Instances: create, read, list, actions, delete, events (JSON and a live SSE stream), logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import PlainTextResponse
+from sse_starlette.sse import EventSourceResponse
+
+from aigc_gateway.api.deps import CurrentUser, GatewayDep
+from aigc_gateway.api.schemas import InstanceCreate, InstancePublic
+from aigc_gateway.lifecycle.service import Action, CreateRequest
+
+router = APIRouter(prefix="/api/instances", tags=["instances"])
+
+
+@router.get("")
+async def list_instances(
+    gw: GatewayDep, who: CurrentUser, all: Annotated[bool, Query()] = False
+) -> list[InstancePublic]:
+    """Your instances; with ``all=true`` an admin sees everyone's."""
+    return [InstancePublic.of(i) for i in await gw.instances.list_visible(who, all_users=all)]
+
+
+@router.post("", status_code=201)
+async def create_instance(
+    body: InstanceCreate, gw: GatewayDep, who: CurrentUser, response: Response
+) -> InstancePublic:
+    """Create an instance and start it. With the same ``request_id`` a retry returns the first
+    instance (200) instead of creating another."""
+    inst, created = await gw.instances.create(
+        who, CreateRequest(template_id=body.template, name=body.name, request_id=body.request_id)
+    )
+    if not created:
+        response.status_code = 200
+    return InstancePublic.of(inst)
+
+
+@router.get("/{instance_id}")
+async def get_instance(instance_id: str, gw: GatewayDep, who: CurrentUser) -> InstancePublic:
+    return InstancePublic.of(await gw.instances.get(who, instance_id))
+
+
+@router.post("/{instance_id}/{action}", status_code=202)
+async def act(instance_id: str, action: Action, gw: GatewayDep, who: CurrentUser) -> InstancePublic:
+    """``start``/``resume``, ``pause`` (engine stopped, data kept) or ``restart``. Idempotent."""
+    return InstancePublic.of(await gw.instances.act(who, instance_id, action))
+
+
+@router.delete("/{instance_id}", status_code=202)
+async def delete_instance(
+    instance_id: str,
+    gw: GatewayDep,
+    who: CurrentUser,
+    delete_data: Annotated[bool, Query(description="also delete the data folder")] = False,
+) -> InstancePublic:
+    """Delete the instance. Its data folder is kept unless ``delete_data=true``."""
+    return InstancePublic.of(await gw.instances.delete(who, instance_id, delete_data=delete_data))
+
+
+@router.get("/{instance_id}/events")
+async def list_events(
+    instance_id: str, gw: GatewayDep, who: CurrentUser, after: Annotated[int, Query(ge=0)] = 0
+) -> list[dict[str, Any]]:
+    return [e.public() for e in await gw.instances.events(who, instance_id, after)]
+
+
+@router.get("/{instance_id}/events/stream", response_class=EventSourceResponse)
+async def stream_events(
+    instance_id: str,
+    gw: GatewayDep,
+    who: CurrentUser,
+    last_event_id: Annotated[int | None, Header()] = None,
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> EventSourceResponse:
+    """Server-Sent Events: the stored backlog after ``Last-Event-ID`` (or ``after``), then live
+    events as they happen. Event types: ``transition``, ``progress``, ``action``, ``exit``."""
+    await gw.instances.get(who, instance_id)  # authorise before streaming anything
+    start = last_event_id if last_event_id is not None else after
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        seen = start
+        with gw.hub.subscribe(instance_id) as queue:
+            for record in await gw.instances.events(who, instance_id, seen):
+                seen = record.id
+                yield {
+                    "id": str(record.id),
+                    "event": record.kind,
+                    "data": json.dumps(record.public()),
+                }
+            while True:
+                record = await queue.get()
+                if record.id <= seen:
+                    continue
+                seen = record.id
+                yield {
+                    "id": str(record.id),
+                    "event": record.kind,
+                    "data": json.dumps(record.public()),
+                }
+
+    return EventSourceResponse(events(), ping=15)
+
+
+@router.get("/{instance_id}/logs", response_class=PlainTextResponse)
+async def get_logs(
+    instance_id: str,
+    gw: GatewayDep,
+    who: CurrentUser,
+    tail: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 65536,
+) -> PlainTextResponse:
+    return PlainTextResponse(await gw.instances.logs(who, instance_id, tail))

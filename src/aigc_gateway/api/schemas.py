@@ -1,0 +1,111 @@
+"""Request and response schemas: one per action, never the table rows themselves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aigc_gateway.store.tables import Instance
+from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
+
+
+class InstanceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    template: str = Field(description="template id, from GET /api/templates")
+    name: str | None = Field(default=None, description="unique per user; default: the family name")
+    request_id: str | None = Field(
+        default=None, max_length=128, description="client-chosen id that makes retries safe"
+    )
+
+
+class InstancePublic(BaseModel):
+    id: str
+    name: str
+    slug: str
+    owner_id: str
+    template_id: str
+    family: str
+    state: str
+    desired_state: str
+    reason: str
+    exit_code: int | None
+    engine_url: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ready_at: datetime | None
+
+    @classmethod
+    def of(cls, inst: Instance) -> InstancePublic:
+        running = inst.state == "running" and inst.host and inst.port
+        return cls(
+            id=inst.id,
+            name=inst.name,
+            slug=inst.slug,
+            owner_id=inst.owner_id,
+            template_id=inst.template_id,
+            family=inst.family,
+            state=inst.state,
+            desired_state=inst.desired_state,
+            reason=inst.reason,
+            exit_code=inst.exit_code,
+            engine_url=f"http://{inst.host}:{inst.port}" if running else None,
+            created_at=inst.created_at,
+            updated_at=inst.updated_at,
+            started_at=inst.started_at,
+            ready_at=inst.ready_at,
+        )
+
+
+class TemplatePublic(BaseModel):
+    id: str
+    family: str
+    version: str
+    name: dict[str, str]
+    description: dict[str, str]
+    icon: str
+    installed: bool
+    install_problem: str
+    resources: dict[str, Any]
+    source: str
+
+    @classmethod
+    def of(cls, loaded: LoadedTemplate) -> TemplatePublic:
+        t = loaded.template
+        desc = t.display.description
+        return cls(
+            id=t.id,
+            family=t.family,
+            version=t.version,
+            name={"en": t.display.name.get("en"), "zh-CN": t.display.name.get("zh-CN")},
+            description={"en": desc.get("en"), "zh-CN": desc.get("zh-CN")} if desc else {},
+            icon=t.display.icon,
+            installed=loaded.installed,
+            install_problem=loaded.install_problem,
+            resources=t.resources.model_dump(mode="json"),
+            source=loaded.source,
+        )
+
+
+class ProblemPublic(BaseModel):
+    file: str
+    field: str
+    message: str
+
+    @classmethod
+    def of(cls, p: TemplateProblem) -> ProblemPublic:
+        return cls(file=p.file, field=p.field, message=p.message)
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplatePublic]
+    problems: list[ProblemPublic]
+
+
+class Me(BaseModel):
+    id: str
+    name: str
+    is_admin: bool
+    scopes: list[str]

@@ -1,0 +1,59 @@
+"""The ASGI app factory. Nothing happens at import; ``create_app(settings)`` and its lifespan own
+every resource (store, runtime, controller, template watcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from aigc_gateway import __version__
+from aigc_gateway.api import errors as api_errors
+from aigc_gateway.api import health, instances, me, templates
+from aigc_gateway.gateway import open_gateway
+from aigc_gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    gw = await open_gateway(settings)
+    app.state.gateway = gw
+    await gw.controller.start()
+    watcher = asyncio.create_task(gw.registry.watch(), name="template-watch")
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gw.registry.reload()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await gw.controller.close()
+        await gw.runtime.close()
+        await gw.db.close()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="AIGC Gateway",
+        version=__version__,
+        lifespan=lifespan,
+        description="Per-user AI content engines on shared GPUs.",
+    )
+    app.state.settings = settings
+    api_errors.install(app)
+    app.include_router(health.router)
+    app.include_router(me.router)
+    app.include_router(templates.router)
+    app.include_router(instances.router)
+    return app

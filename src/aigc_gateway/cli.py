@@ -1,0 +1,311 @@
+"""The ``aigc-gateway`` command line. Only the CLI configures logging handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import httpx
+
+from aigc_gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config", type=click.Path(path_type=Path, dir_okay=False), help="YAML or TOML settings file."
+)
+data_dir_option = click.option("--data-dir", type=click.Path(path_type=Path), help="Data root.")
+dev_option = click.option(
+    "--dev", is_flag=True, default=None, help="Demo mode: default secrets allowed."
+)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _settings(**overrides: Any) -> Any:
+    from aigc_gateway.settings import load_settings
+
+    config = overrides.pop("config", None)
+    try:
+        return load_settings(config, **overrides)
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@click.group()
+@click.version_option(package_name="aigc-gateway")
+def main() -> None:
+    """AIGC Gateway: per-user AI engines on shared GPUs."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default 8080).")
+@data_dir_option
+@config_option
+@dev_option
+@click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--log-level", default="info", show_default=True)
+def serve(log_level: str, **options: Any) -> None:
+    """Run the gateway."""
+    import uvicorn
+
+    from aigc_gateway.app import create_app
+    from aigc_gateway.bootstrap import bootstrap
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = _settings(**options)
+    first = _run(bootstrap(settings))
+    url = f"http://{settings.host}:{settings.port}"
+    click.echo(
+        f"AIGC Gateway {'(dev mode) ' if settings.dev else ''}on {url}  (API docs: {url}/docs)"
+    )
+    if first is not None:
+        _print_first_admin(first)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _print_first_admin(first: Any) -> None:
+    click.echo("First start: created the administrator account (shown only this once):")
+    click.echo(f"  user:     {first.name}")
+    click.echo(f"  password: {first.password}")
+    if first.token:
+        click.echo(f"  API token: {first.token}")
+        click.echo(
+            f"  try: curl -H 'Authorization: Bearer {first.token}' http://HOST:PORT/api/instances"
+        )
+
+
+@main.command()
+@data_dir_option
+@config_option
+@dev_option
+def init(**options: Any) -> None:
+    """Create the store and the first administrator (idempotent)."""
+    from aigc_gateway.bootstrap import bootstrap
+
+    first = _run(bootstrap(_settings(**options)))
+    if first is None:
+        click.echo("already initialised")
+    else:
+        _print_first_admin(first)
+
+
+@main.command()
+@data_dir_option
+@config_option
+@dev_option
+def doctor(**options: Any) -> None:
+    """Check settings, store, templates, runtime folder and GPUs; exit 1 on a problem."""
+    from aigc_gateway.doctor import run_doctor
+
+    ok = _run(run_doctor(_settings(**options), click.echo))
+    sys.exit(0 if ok else 1)
+
+
+@main.group()
+def template() -> None:
+    """Engine templates."""
+
+
+@template.command("validate")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+def template_validate(directory: Path) -> None:
+    """Validate every template file in DIRECTORY; exit 1 naming each invalid file."""
+    from aigc_gateway.templates.loader import load_dir
+
+    catalog = load_dir(directory)
+    for loaded in catalog.templates.values():
+        note = "" if loaded.installed else f"  (not installed here: {loaded.install_problem})"
+        click.echo(f"ok    {loaded.source}: {loaded.id} {loaded.template.version}{note}")
+    for problem in catalog.problems:
+        click.echo(f"error {problem}", err=True)
+    sys.exit(1 if catalog.problems else 0)
+
+
+@main.group()
+def user() -> None:
+    """User accounts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@data_dir_option
+@config_option
+@dev_option
+def user_add(name: str, admin: bool, password_stdin: bool, **options: Any) -> None:
+    """Create a user."""
+    from aigc_gateway.store.db import Database
+    from aigc_gateway.store.users import create_user
+
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    if password_stdin and not password:
+        raise click.ClickException("no password on standard input")
+    settings = _settings(**options)
+
+    async def add() -> None:
+        from aigc_gateway.bootstrap import bootstrap
+
+        await bootstrap(settings)
+        db = Database(settings.sqlalchemy_url)
+        try:
+            async with db.write() as session:
+                await create_user(session, name=name, password=password, is_admin=admin)
+        finally:
+            await db.close()
+
+    _run(add())
+    click.echo(f"created user {name}{' (admin)' if admin else ''}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--user", "user_name", required=True)
+@click.option("--name", default="cli", show_default=True)
+@click.option("--scopes", default="", help="Comma list of read,manage,admin (default: all).")
+@data_dir_option
+@config_option
+@dev_option
+def token_create(user_name: str, name: str, scopes: str, **options: Any) -> None:
+    """Create an API token and print it (it is not shown again)."""
+    from aigc_gateway.auth.principal import parse_scopes
+    from aigc_gateway.store.db import Database
+    from aigc_gateway.store.users import create_token, user_by_name
+
+    try:
+        parse_scopes(scopes)
+    except ValueError as exc:
+        raise click.ClickException(f"--scopes: {exc}; use read, manage or admin") from exc
+    settings = _settings(**options)
+
+    async def create() -> str:
+        db = Database(settings.sqlalchemy_url)
+        try:
+            await db.migrate()
+            async with db.write() as session:
+                owner = await user_by_name(session, user_name)
+                return await create_token(session, user=owner, name=name, scopes=scopes)
+        finally:
+            await db.close()
+
+    click.echo(_run(create()))
+
+
+# -- instance commands talk to a running gateway over its API -----------------------------------
+
+url_option = click.option(
+    "--url", envvar="AIGC_URL", default="http://127.0.0.1:8080", show_default=True
+)
+token_option = click.option(
+    "--token", envvar="AIGC_TOKEN", required=True, help="API token ($AIGC_TOKEN)."
+)
+
+
+def _api(url: str, token_value: str, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token_value}"}
+        ) as client:
+            response = client.request(method, path, timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the gateway at {url}: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = f"{body.get('message')} ({body.get('code')})"
+        except ValueError:
+            message = response.text
+        raise click.ClickException(message)
+    ctype = response.headers.get("content-type", "")
+    return response.json() if ctype.startswith("application/json") else response.text
+
+
+@main.group()
+def instance() -> None:
+    """Instances (through a running gateway's API)."""
+
+
+@instance.command("ls")
+@url_option
+@token_option
+@click.option("--all", "all_users", is_flag=True, help="Everyone's (admins).")
+@click.option("--json", "as_json", is_flag=True)
+def instance_ls(url: str, token: str, all_users: bool, as_json: bool) -> None:
+    rows = _api(url, token, "GET", "/api/instances", params={"all": str(all_users).lower()})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'ID':32}  {'NAME':20} {'TEMPLATE':16} {'STATE':10} REASON")
+    for r in rows:
+        click.echo(
+            f"{r['id']:32}  {r['name']:20} {r['template_id']:16} {r['state']:10} {r['reason']}"
+        )
+
+
+@instance.command("create")
+@click.argument("template_id")
+@click.option("--name")
+@url_option
+@token_option
+def instance_create(template_id: str, name: str | None, url: str, token: str) -> None:
+    body = {"template": template_id, "name": name, "request_id": os.urandom(8).hex()}
+    click.echo(json.dumps(_api(url, token, "POST", "/api/instances", json=body), indent=2))
+
+
+def _action_command(action: str) -> None:
+    @instance.command(action, help=f"{action.capitalize()} an instance.")
+    @click.argument("instance_id")
+    @url_option
+    @token_option
+    def command(instance_id: str, url: str, token: str) -> None:
+        row = _api(url, token, "POST", f"/api/instances/{instance_id}/{action}")
+        click.echo(f"{row['id']}: {row['state']} (wants {row['desired_state']})")
+
+
+for _action in ("start", "pause", "resume", "restart"):
+    _action_command(_action)
+
+
+@instance.command("delete")
+@click.argument("instance_id")
+@click.option("--delete-data", is_flag=True, help="Also delete the data folder.")
+@url_option
+@token_option
+def instance_delete(instance_id: str, delete_data: bool, url: str, token: str) -> None:
+    params = {"delete_data": str(delete_data).lower()}
+    row = _api(url, token, "DELETE", f"/api/instances/{instance_id}", params=params)
+    click.echo(f"{row['id']}: deleting{' with data' if delete_data else ', data kept'}")
+
+
+@instance.command("logs")
+@click.argument("instance_id")
+@url_option
+@token_option
+def instance_logs(instance_id: str, url: str, token: str) -> None:
+    click.echo(_api(url, token, "GET", f"/api/instances/{instance_id}/logs"), nl=False)

@@ -1,0 +1,68 @@
+"""``aigc-gateway doctor``: what works on this host and what does not."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+from aigc_gateway.settings import Settings
+from aigc_gateway.store.db import Database
+from aigc_gateway.templates.loader import load_dir
+
+
+def gpu_summary() -> tuple[bool, str]:
+    """Whether NVIDIA GPUs are usable here, and a line saying what was found."""
+    try:
+        import pynvml  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False, "no NVIDIA management library (nvidia-ml-py): CPU templates only"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return False, f"no NVIDIA driver ({exc}): CPU templates only"
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        names = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)
+        ]
+    finally:
+        pynvml.nvmlShutdown()
+    return count > 0, f"{count} GPU(s): {', '.join(map(str, names))}" if count else "no GPU found"
+
+
+async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:
+    ok = True
+
+    def report(good: bool, what: str) -> None:
+        nonlocal ok
+        ok = ok and good
+        say(f"{'ok  ' if good else 'FAIL'}  {what}")
+
+    db = Database(settings.sqlalchemy_url)
+    try:
+        reachable = await db.ping()
+        report(reachable, f"store {db.engine.url.render_as_string(hide_password=True)}")
+        if reachable:
+            await db.migrate()
+            report(True, "store schema up to date")
+    finally:
+        await db.close()
+    catalog = load_dir(settings.templates_dir)
+    report(not catalog.problems, f"{len(catalog.templates)} templates in {settings.templates_dir}")
+    for problem in catalog.problems:
+        say(f"      {problem}")
+    for loaded in catalog.templates.values():
+        if not loaded.installed:
+            say(f"note  {loaded.id}: {loaded.install_problem}")
+    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryFile(dir=settings.runtime_dir):
+            pass
+        report(True, f"runtime folder writable: {settings.runtime_dir}")
+    except OSError as exc:
+        report(False, f"runtime folder {settings.runtime_dir}: {exc.strerror}")
+    _, gpus = gpu_summary()
+    say(f"note  GPUs: {gpus}")
+    say(f"note  {os.cpu_count()} CPUs")
+    return ok

@@ -1,0 +1,1 @@
+"""The lifecycle: user actions set desired state; one controller makes it so."""

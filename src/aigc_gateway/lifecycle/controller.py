@@ -1,0 +1,329 @@
+"""The lifecycle controller: the only thing that starts and stops engines.
+
+Users change *desired* state in the store and call :meth:`Controller.kick`. Each instance has one
+actor task that reconciles it: it reads the instance, observes the runtime, asks
+:func:`~aigc_gateway.domain.reconcile.decide` for the next step, performs it, records the
+transition as an event, and repeats until the instance is stable. Then it sleeps until kicked.
+A resync loop kicks every live instance periodically, which is how crashes are noticed and how a
+restarted gateway re-adopts engines that kept running while it was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
+from aigc_gateway.domain.states import DesiredState, InstanceState, can_transition, transition
+from aigc_gateway.errors import Conflict
+from aigc_gateway.lifecycle.events import EventHub, EventRecord
+from aigc_gateway.lifecycle.launch import launch_spec
+from aigc_gateway.runtime.base import LaunchError, ReadinessTimeout, Runtime, Workload
+from aigc_gateway.store import instances as repo
+from aigc_gateway.store.db import Database
+from aigc_gateway.store.tables import Instance, Volume
+from aigc_gateway.templates.registry import TemplateRegistry
+from aigc_gateway.templates.schema import Template
+
+log = logging.getLogger(__name__)
+
+S = InstanceState
+START_STEPS = ("queued", "preparing data", "launching engine", "waiting for the engine", "ready")
+
+
+class Controller:
+    """Owns the actor tasks. ``start()`` adopts and begins resyncing; ``close()`` cancels tasks
+    but leaves engines running (they are re-adopted by the next gateway process)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        runtime: Runtime,
+        registry: TemplateRegistry,
+        hub: EventHub,
+        resync_interval_s: float,
+        log_max_bytes: int,
+        stop_grace_s: float,
+    ) -> None:
+        self._db = db
+        self._runtime = runtime
+        self._registry = registry
+        self._hub = hub
+        self._resync_interval_s = resync_interval_s
+        self._log_max_bytes = log_max_bytes
+        self._stop_grace_s = stop_grace_s
+        self._wake: dict[str, asyncio.Event] = {}
+        self._actors: dict[str, asyncio.Task[None]] = {}
+        self._resync_task: asyncio.Task[None] | None = None
+        self.resyncs = 0
+        """Completed resync passes: the health page shows the loop is alive."""
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.resync()
+        self._resync_task = asyncio.create_task(self._resync_loop(), name="lifecycle-resync")
+
+    async def close(self) -> None:
+        tasks = [*self._actors.values(), *([self._resync_task] if self._resync_task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._actors.clear()
+
+    def kick(self, instance_id: str) -> None:
+        """Ask for ``instance_id`` to be reconciled now (cheap, idempotent)."""
+        self._wake.setdefault(instance_id, asyncio.Event()).set()
+        actor = self._actors.get(instance_id)
+        if actor is None or actor.done():
+            self._actors[instance_id] = asyncio.create_task(
+                self._actor(instance_id), name=f"instance-{instance_id}"
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self._resync_task is not None and not self._resync_task.done()
+
+    async def resync(self) -> None:
+        """Kick every live instance and stop workloads no live instance owns."""
+        async with self._db.read() as session:
+            live = set(await repo.live_ids(session))
+        for instance_id in live:
+            self.kick(instance_id)
+        for work in await self._runtime.list():
+            if work.instance_id not in live and work.phase.alive:
+                log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
+                await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+        self.resyncs += 1
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_interval_s)
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("resync failed; retrying next period")
+
+    async def _actor(self, instance_id: str) -> None:
+        wake = self._wake[instance_id]
+        backoff = 0.1
+        while True:
+            wake.clear()
+            try:
+                gone = await self._reconcile(instance_id, wake)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Conflict:
+                continue  # someone moved the instance meanwhile: look again at once
+            except Exception:
+                log.exception("reconcile failed", extra={"instance_id": instance_id})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if gone:
+                self._wake.pop(instance_id, None)
+                return
+            await wake.wait()
+
+    # -- one reconcile pass ---------------------------------------------------------------------
+
+    async def _reconcile(self, instance_id: str, wake: asyncio.Event) -> bool:
+        """Drive the instance until it is stable; return True when it no longer exists."""
+        while True:
+            async with self._db.read() as session:
+                inst = await repo.get(session, instance_id)
+            if inst is None or inst.state == S.DELETED:
+                return True
+            work = await self._runtime.observe(instance_id)
+            situation = Situation(
+                desired=DesiredState(inst.desired_state),
+                state=S(inst.state),
+                phase=work.phase,
+                restart_pending=inst.generation > inst.launched_generation,
+            )
+            step = decide(situation)
+            if step is Step.NOTHING:
+                return False
+            log.debug("step %s", step, extra={"instance_id": instance_id, "state": inst.state})
+            await self._perform(step, inst, work, wake)
+
+    async def _perform(
+        self, step: Step, inst: Instance, work: Workload, wake: asyncio.Event
+    ) -> None:
+        actions: dict[Step, Callable[[], Awaitable[None]]] = {
+            Step.LAUNCH: lambda: self._launch(inst),
+            Step.AWAIT_READY: lambda: self._await_ready(inst, wake),
+            Step.MARK_RUNNING: lambda: self._mark_running(inst, work),
+            Step.STOP: lambda: self._stop(inst),
+            Step.MARK_PAUSED: lambda: self._move(inst, S.PAUSED, "paused; data kept"),
+            Step.MARK_FAILED: lambda: self._mark_failed(inst, work),
+            Step.DELETE: lambda: self._delete(inst),
+        }
+        await actions[step]()
+
+    async def _move(
+        self, inst: Instance, target: InstanceState, reason: str, **changes: Any
+    ) -> None:
+        move = transition(S(inst.state), target, reason)
+        async with self._db.write() as session:
+            ev = await repo.apply_transition(session, inst, move, **changes)
+        inst.state = target.value
+        self._hub.publish(EventRecord.of(ev))
+        log.info("%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id})
+
+    async def _event(self, inst: Instance, kind: str, message: str, **data: Any) -> None:
+        async with self._db.write() as session:
+            ev = await repo.add_event(
+                session, instance_id=inst.id, kind=kind, message=message, data=data
+            )
+        self._hub.publish(EventRecord.of(ev))
+
+    async def _progress(self, inst: Instance, step: int, **data: Any) -> None:
+        await self._event(
+            inst, "progress", START_STEPS[step], step=step + 1, steps=len(START_STEPS), **data
+        )
+
+    async def _template_for(self, inst: Instance) -> tuple[Template, int, str]:
+        """The template to launch: the loaded file if it is still the same version (so a fixed
+        template applies on the next start), else the revision the instance was created with."""
+        loaded = self._registry.get(inst.template_id)
+        async with self._db.read() as session:
+            rev = await repo.revision(session, inst.template_revision_id)
+        if loaded is not None and loaded.template.version == rev.version:
+            rev_id = self._registry.revision_ids.get(loaded.id, rev.id)
+            return loaded.template, rev_id, loaded.install_problem
+        return Template.model_validate(rev.spec), rev.id, ""
+
+    async def _launch(self, inst: Instance) -> None:
+        template, rev_id, problem = await self._template_for(inst)
+        await self._move(
+            inst,
+            S.STARTING,
+            f"starting {template.display.name.en} {template.version}",
+            launched_generation=inst.generation,
+            template_revision_id=rev_id,
+            started_at=datetime.now(UTC),
+            ready_at=None,
+            exit_code=None,
+        )
+        if problem:
+            await self._move(inst, S.FAILED, problem)
+            return
+        async with self._db.read() as session:
+            volume = await session.get(Volume, inst.volume_id)
+        assert volume is not None
+        await self._progress(inst, 1)
+        await asyncio.to_thread(Path(volume.path).mkdir, parents=True, exist_ok=True)
+        spec = launch_spec(
+            instance_id=inst.id,
+            template=template,
+            data_dir=volume.path,
+            log_max_bytes=self._log_max_bytes,
+            labels={"owner": inst.owner_id, "template": template.id, "slug": inst.slug},
+        )
+        await self._progress(inst, 2)
+        try:
+            work = await self._runtime.start(spec)
+        except LaunchError as exc:
+            await self._move(inst, S.FAILED, exc.message)
+            return
+        async with self._db.write() as session:
+            await repo.set_fields(session, inst.id, pid=work.pid, host=work.host, port=work.port)
+        await self._progress(inst, 3, pid=work.pid, port=work.port)
+
+    async def _await_ready(self, inst: Instance, wake: asyncio.Event) -> None:
+        template, _, _ = await self._template_for(inst)
+        started = inst.started_at or datetime.now(UTC)
+        left = template.readiness.timeout_s - (datetime.now(UTC) - started).total_seconds()
+        ready = asyncio.create_task(self._runtime.wait_ready(inst.id, timeout=max(left, 0.0)))
+        woken = asyncio.create_task(wake.wait())
+        try:
+            await asyncio.wait({ready, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (ready, woken):
+                task.cancel()
+            await asyncio.gather(ready, woken, return_exceptions=True)
+        if not ready.cancelled() and isinstance(ready.exception(), ReadinessTimeout):
+            reason = str(ready.exception())
+            await self._runtime.stop(inst.id, grace=self._stop_grace_s)
+            await self._move(inst, S.FAILED, reason)
+        elif woken.done() and not woken.cancelled():
+            wake.clear()  # consumed: the next pass re-reads what changed
+        elif not ready.cancelled() and ready.exception() is not None:
+            raise ready.exception()  # type: ignore[misc]
+
+    async def _mark_running(self, inst: Instance, work: Workload) -> None:
+        await self._move(
+            inst,
+            S.RUNNING,
+            "engine is ready",
+            ready_at=datetime.now(UTC),
+            pid=work.pid,
+            host=work.host,
+            port=work.port,
+        )
+        await self._progress(inst, 4, url=work.url)
+
+    async def _mark_failed(self, inst: Instance, work: Workload) -> None:
+        if work.phase is Phase.EXITED:
+            reason = work.message or f"engine exited with code {work.exit_code}"
+        else:
+            reason = "engine process is gone (no exit code recorded)"
+        tail = work.log_tail or await self._runtime.logs(inst.id, tail_bytes=4096)
+        await self._move(inst, S.FAILED, reason, exit_code=work.exit_code)
+        await self._event(inst, "exit", reason, exit_code=work.exit_code, log_tail=tail[-4096:])
+
+    async def _stop(self, inst: Instance) -> None:
+        state = S(inst.state)
+        if state is not S.STOPPING and can_transition(state, S.STOPPING):
+            why = {
+                DesiredState.DELETED: "stopping to delete",
+                DesiredState.PAUSED: "pausing: stopping the engine, keeping data",
+                DesiredState.RUNNING: "restarting: stopping the engine",
+            }[DesiredState(inst.desired_state)]
+            await self._move(inst, S.STOPPING, why)
+        await self._runtime.stop(inst.id, grace=self._stop_grace_s)
+
+    async def _delete(self, inst: Instance) -> None:
+        state = S(inst.state)
+        if state in (S.STARTING, S.RUNNING):
+            await self._move(inst, S.STOPPING, "stopping to delete")
+            state = S.STOPPING
+        if state is S.STOPPING:
+            await self._move(inst, S.PAUSED, "stopped to delete")
+            state = S.PAUSED
+        if state is not S.DELETING:
+            await self._move(
+                inst, S.DELETING, "deleting" + (" with data" if inst.delete_data else "")
+            )
+        await self._runtime.forget(inst.id)
+        if inst.delete_data:
+            await self._delete_volume(inst)
+        await self._move(inst, S.DELETED, "deleted" + ("" if inst.delete_data else "; data kept"))
+
+    async def _delete_volume(self, inst: Instance) -> None:
+        async with self._db.read() as session:
+            volume = await session.get(Volume, inst.volume_id)
+            shared = volume is not None and await repo.volume_in_use(
+                session, volume.id, but=inst.id
+            )
+        if volume is None:
+            return
+        if shared:
+            await self._event(inst, "data", "data kept: another of your instances uses this folder")
+            return
+        await asyncio.to_thread(shutil.rmtree, volume.path, True)
+        await self._event(inst, "data", "data deleted")

@@ -1,0 +1,42 @@
+"""Build a runtime :class:`LaunchSpec` from a template (pure)."""
+
+from __future__ import annotations
+
+from aigc_gateway.runtime.base import LaunchSpec, ReadinessCheck, ReadinessKind
+from aigc_gateway.templates.loader import expand
+from aigc_gateway.templates.schema import Template
+
+
+def launch_spec(
+    *,
+    instance_id: str,
+    template: Template,
+    data_dir: str,
+    log_max_bytes: int,
+    labels: dict[str, str],
+) -> LaunchSpec:
+    launch = template.launch
+    env = {k: expand(v, template) for k, v in launch.env.items()}
+    if template.storage.data_env:
+        env[template.storage.data_env] = data_dir
+    ready = template.readiness
+    readiness = (
+        ReadinessCheck(kind=ReadinessKind.TCP, timeout_s=ready.timeout_s)
+        if ready.tcp
+        else ReadinessCheck(
+            kind=ReadinessKind.HTTP, path=ready.http or "/", timeout_s=ready.timeout_s
+        )
+    )
+    return LaunchSpec(
+        instance_id=instance_id,
+        command=tuple(expand(a, template) for a in launch.command),
+        data_dir=data_dir,
+        env=env,
+        working_dir=expand(launch.working_dir, template),
+        port=launch.port,
+        port_env=launch.port_env,
+        readiness=readiness,
+        stop_grace_s=launch.stop_grace_s,
+        log_max_bytes=log_max_bytes,
+        labels=labels,
+    )

@@ -1,0 +1,230 @@
+"""Instance actions, shared by the REST API, the CLI and (later) the dashboard.
+
+Actions only change desired state in the store and kick the controller; they never start or stop
+engines themselves. Each action is idempotent: pausing a paused instance, or a retried create with
+the same ``request_id``, changes nothing and is not an error.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigc_gateway.auth.principal import Access, Principal, authorize_instance
+from aigc_gateway.auth.secrets import new_id, new_slug
+from aigc_gateway.domain.states import DesiredState, InstanceState
+from aigc_gateway.errors import Conflict, NotFound, UserError
+from aigc_gateway.lifecycle.controller import Controller
+from aigc_gateway.lifecycle.events import EventRecord
+from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.store import instances as repo
+from aigc_gateway.store.db import Database
+from aigc_gateway.store.tables import Instance
+from aigc_gateway.templates.registry import TemplateRegistry
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class Action(enum.StrEnum):
+    START = "start"
+    RESUME = "resume"
+    PAUSE = "pause"
+    RESTART = "restart"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    template_id: str
+    name: str | None = None
+    request_id: str | None = None
+    """Client-chosen id: a retried create with the same id returns the same instance."""
+
+
+class InstanceService:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        registry: TemplateRegistry,
+        controller: Controller,
+        runtime: Runtime,
+        volumes_dir: Path,
+        default_limit: int,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._controller = controller
+        self._runtime = runtime
+        self._volumes_dir = volumes_dir
+        self._default_limit = default_limit
+
+    async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
+        """Create an instance (desired: running). Returns it and whether it is new."""
+        authorize_instance(who, who.user_id, Access.MANAGE)
+        loaded = self._registry.get(req.template_id)
+        if loaded is None or not loaded.template.enabled:
+            raise NotFound(
+                f"unknown template {req.template_id!r}; GET /api/templates lists those offered",
+                code="unknown_template",
+            )
+        if not loaded.installed:
+            raise Conflict(loaded.install_problem, code="engine_not_installed")
+        if req.name is not None and not NAME_RE.match(req.name):
+            raise UserError(
+                f"invalid instance name {req.name!r}: use 1-40 lowercase letters, digits and '-', "
+                "starting with a letter or digit",
+                code="invalid_name",
+            )
+        template = loaded.template
+        async with self._db.write() as session:
+            user = await repo.lock_user(session, who.user_id)
+            if req.request_id:
+                existing = await repo.by_request_id(session, who.user_id, req.request_id)
+                if existing is not None:
+                    return existing, False
+            limit = user.max_instances if user.max_instances is not None else self._default_limit
+            repo.ensure_owner_may_create(await repo.count_live(session, who.user_id), limit)
+            taken = await repo.names_in_use(session, who.user_id)
+            name = req.name or _free_name(template.family, taken)
+            if name in taken:
+                raise Conflict(f"you already have an instance named {name!r}", code="name_taken")
+            volume = await repo.volume_for(
+                session,
+                user_id=who.user_id,
+                family=template.family,
+                path=str(self._volumes_dir / who.user_id / template.family),
+            )
+            now = datetime.now(UTC)
+            inst = Instance(
+                id=new_id(),
+                slug=new_slug(),
+                name=name,
+                owner_id=who.user_id,
+                request_id=req.request_id,
+                template_id=template.id,
+                template_revision_id=self._registry.revision_ids[template.id],
+                family=template.family,
+                volume_id=volume.id,
+                desired_state=DesiredState.RUNNING.value,
+                state=InstanceState.PENDING.value,
+                reason="created",
+                generation=1,
+                launched_generation=0,
+                delete_data=False,
+                runtime=self._runtime.name,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(inst)
+            try:
+                await session.flush()
+            except IntegrityError as exc:
+                raise Conflict(
+                    f"you already have an instance named {name!r}", code="name_taken"
+                ) from exc
+            await repo.add_event(
+                session, instance_id=inst.id, kind="action", message="created", actor=who.user_id
+            )
+        self._controller.kick(inst.id)
+        return inst, True
+
+    async def get(self, who: Principal, instance_id: str) -> Instance:
+        async with self._db.read() as session:
+            return await self._visible(session, who, instance_id, Access.VIEW)
+
+    async def list_visible(self, who: Principal, *, all_users: bool = False) -> Sequence[Instance]:
+        if all_users and not who.acts_as_admin:
+            all_users = False
+        async with self._db.read() as session:
+            return await repo.list_for(session, owner_id=None if all_users else who.user_id)
+
+    async def act(self, who: Principal, instance_id: str, action: Action) -> Instance:
+        async with self._db.write() as session:
+            inst = await self._visible(session, who, instance_id, Access.MANAGE)
+            if inst.desired_state == DesiredState.DELETED:
+                raise Conflict("this instance is being deleted", code="instance_deleting")
+            changed = _apply(inst, action)
+            if changed:
+                inst.updated_at = datetime.now(UTC)
+                await repo.add_event(
+                    session,
+                    instance_id=inst.id,
+                    kind="action",
+                    message=action.value,
+                    actor=who.user_id,
+                )
+        self._controller.kick(inst.id)
+        return inst
+
+    async def delete(self, who: Principal, instance_id: str, *, delete_data: bool) -> Instance:
+        async with self._db.write() as session:
+            inst = await self._visible(session, who, instance_id, Access.MANAGE)
+            if inst.desired_state != DesiredState.DELETED or (delete_data and not inst.delete_data):
+                inst.desired_state = DesiredState.DELETED.value
+                inst.delete_data = inst.delete_data or delete_data
+                inst.updated_at = datetime.now(UTC)
+                message = "delete with data" if inst.delete_data else "delete, keep data"
+                await repo.add_event(
+                    session, instance_id=inst.id, kind="action", message=message, actor=who.user_id
+                )
+        self._controller.kick(inst.id)
+        return inst
+
+    async def events(self, who: Principal, instance_id: str, after: int = 0) -> list[EventRecord]:
+        async with self._db.read() as session:
+            await self._visible(session, who, instance_id, Access.VIEW)
+            return [EventRecord.of(e) for e in await repo.events_after(session, instance_id, after)]
+
+    async def logs(self, who: Principal, instance_id: str, tail_bytes: int) -> str:
+        await self.get(who, instance_id)
+        return await self._runtime.logs(instance_id, tail_bytes=tail_bytes)
+
+    async def _visible(
+        self, session: AsyncSession, who: Principal, instance_id: str, access: Access
+    ) -> Instance:
+        if not ID_RE.match(instance_id):
+            raise NotFound(
+                f"{instance_id!r} is not an instance id (32 hex characters)",
+                code="instance_not_found",
+            )
+        # Writers lock the row (PostgreSQL) so concurrent actions apply one after the other.
+        lock = access is Access.MANAGE
+        inst = await session.get(
+            Instance, instance_id, with_for_update=lock, populate_existing=lock
+        )
+        if inst is None or inst.state == InstanceState.DELETED:
+            raise NotFound("no such instance", code="instance_not_found")
+        authorize_instance(who, inst.owner_id, access)
+        found: Instance = inst
+        return found
+
+
+def _free_name(family: str, taken: set[str]) -> str:
+    if family not in taken:
+        return family
+    n = 2
+    while f"{family}-{n}" in taken:
+        n += 1
+    return f"{family}-{n}"
+
+
+def _apply(inst: Instance, action: Action) -> bool:
+    """Set desired state for ``action``; return whether anything changed (pure on the row)."""
+    restart_pending = inst.generation > inst.launched_generation
+    before = (inst.desired_state, inst.generation)
+    if action is Action.PAUSE:
+        inst.desired_state = DesiredState.PAUSED.value
+    else:
+        inst.desired_state = DesiredState.RUNNING.value
+        wants_new_launch = action is Action.RESTART or inst.state == InstanceState.FAILED
+        if wants_new_launch and not restart_pending:
+            inst.generation += 1
+    return before != (inst.desired_state, inst.generation)

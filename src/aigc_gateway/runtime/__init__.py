@@ -1,0 +1,1 @@
+"""Runtimes run engine workloads. They know nothing about users or HTTP."""

@@ -1,0 +1,167 @@
+"""The Runtime contract, and the launch spec every runtime receives.
+
+A runtime runs one engine workload per instance id. The lifecycle controller is its only caller,
+and it calls at most one method at a time for a given instance id. Runtimes are picked by
+configuration (``runtime = "local"``); a new backend implements :class:`Runtime` and nothing else.
+
+Contract, for every method:
+
+- ``start(spec)`` launches the engine for ``spec.instance_id`` and returns as soon as the process
+  exists (phase ``STARTING``), without waiting for readiness. **Idempotent:** if a live workload for
+  that id exists already, it is returned unchanged. A launch that cannot happen at all (the command is
+  not found, the working directory cannot be made) raises :class:`LaunchError` with a message a user
+  can act on.
+- ``wait_ready(instance_id, timeout=...)`` returns when the engine passes its readiness check (phase
+  ``READY``) or exits (phase ``EXITED``, with ``exit_code`` and ``log_tail``); it raises
+  :class:`ReadinessTimeout` after ``timeout`` seconds. It never sleeps blindly: it probes at a short
+  interval and notices an exit at once. Cancelling it has no effect on the workload.
+- ``stop(instance_id, grace=...)`` ends the workload: a polite signal, then after ``grace`` seconds a
+  forced kill of everything it started. Returns the final workload (phase ``ABSENT``). Idempotent:
+  stopping an absent workload is not an error.
+- ``observe(instance_id)`` returns what is there now, without side effects. An id the runtime has never
+  seen is phase ``ABSENT``.
+- ``list()`` returns every workload the runtime knows about, including ones started by an earlier
+  gateway process: this is how a restarted gateway re-adopts running engines.
+- ``logs(instance_id, tail_bytes=...)`` returns the end of the engine's captured output ("" if none).
+- ``forget(instance_id)`` drops the runtime's own records of a stopped workload (after delete).
+- ``suspend`` / ``resume`` are optional: runtimes that cannot do it raise :class:`NotSupported`.
+- ``close()`` releases the runtime's resources **without** stopping workloads, which outlive the
+  gateway process by design.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+from aigc_gateway.domain.reconcile import Phase
+from aigc_gateway.errors import GatewayError, PermanentError
+
+__all__ = [
+    "LaunchError",
+    "LaunchSpec",
+    "NotSupported",
+    "Phase",
+    "ReadinessCheck",
+    "ReadinessKind",
+    "ReadinessTimeout",
+    "Runtime",
+    "Workload",
+    "render",
+]
+
+
+class LaunchError(PermanentError):
+    """The engine could not be launched at all; the message says why and what to do."""
+
+    code = "launch_failed"
+
+
+class ReadinessTimeout(PermanentError):
+    code = "readiness_timeout"
+
+
+class NotSupported(GatewayError):
+    status = 501
+    code = "not_supported"
+
+
+class ReadinessKind(enum.StrEnum):
+    HTTP = "http"
+    """Ready when ``GET path`` on the engine's port answers with a status below 500."""
+    TCP = "tcp"
+    """Ready when the engine's port accepts a connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessCheck:
+    kind: ReadinessKind = ReadinessKind.HTTP
+    path: str = "/"
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """Everything a runtime needs to run one engine, already resolved from the template.
+
+    ``command``, ``env`` values and ``working_dir`` may contain the placeholders ``{port}``,
+    ``{data_dir}`` and ``{instance_id}``; the runtime fills them with :func:`render` once it has
+    chosen the port. ``port`` is the engine's fixed port or ``None`` to let the runtime pick a free
+    one. ``port_env`` names an environment variable that receives the port (e.g. ``PORT``).
+    """
+
+    instance_id: str
+    command: tuple[str, ...]
+    data_dir: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str = "{data_dir}"
+    port: int | None = None
+    port_env: str | None = "PORT"
+    readiness: ReadinessCheck = ReadinessCheck()
+    stop_grace_s: float = 10.0
+    log_max_bytes: int = 4 * 1024 * 1024
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Free-form facts the runtime records and returns in :class:`Workload` (owner, template)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What a runtime knows of one instance's engine."""
+
+    instance_id: str
+    phase: Phase
+    pid: int | None = None
+    host: str | None = None
+    port: int | None = None
+    started_at: float | None = None
+    exit_code: int | None = None
+    log_tail: str = ""
+    message: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str | None:
+        if self.host is None or self.port is None:
+            return None
+        return f"http://{self.host}:{self.port}"
+
+    def with_phase(self, phase: Phase, **changes: object) -> Workload:
+        return replace(self, phase=phase, **changes)  # type: ignore[arg-type]
+
+
+_PLACEHOLDER = re.compile(r"\{(port|data_dir|instance_id)\}")
+
+
+def render(text: str, values: Mapping[str, str]) -> str:
+    """Fill ``{port}``, ``{data_dir}`` and ``{instance_id}`` in ``text``; other braces are kept."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """See the module docstring for the contract of each method."""
+
+    name: str
+
+    async def start(self, spec: LaunchSpec) -> Workload: ...
+
+    async def wait_ready(self, instance_id: str, *, timeout: float) -> Workload: ...
+
+    async def stop(self, instance_id: str, *, grace: float) -> Workload: ...
+
+    async def observe(self, instance_id: str) -> Workload: ...
+
+    async def list(self) -> list[Workload]: ...
+
+    async def logs(self, instance_id: str, *, tail_bytes: int = 8192) -> str: ...
+
+    async def forget(self, instance_id: str) -> None: ...
+
+    async def suspend(self, instance_id: str) -> Workload: ...
+
+    async def resume(self, instance_id: str) -> Workload: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,547 @@
+"""The local runtime: each engine is a process on this host, outliving the gateway process.
+
+Engines must survive a gateway restart (a restarted gateway re-adopts them), so nothing about a
+running engine may live only in this process's memory or depend on it:
+
+- The engine runs in its own session and process group, started through a tiny ``/bin/sh``
+  wrapper (:data:`~aigc_gateway.runtime.local_procs.WRAPPER_SCRIPT`) that waits for it and writes
+  its exit status to a file. Without the wrapper an engine ending while no gateway runs would leave
+  no exit code anywhere. A shell costs about a millisecond; a Python supervisor would cost tens.
+- Its stdout and stderr go straight to a log file opened ``O_APPEND``, never through pipes that
+  would break (and kill the engine with ``SIGPIPE``) when the gateway exits.
+- Everything the runtime knows is in ``state_dir/<instance_id>/``: ``workload.json`` (pid, process
+  group, port, the process create time that guards against pid reuse, labels, command, whether the
+  engine has passed readiness once, whether it was stopped), ``engine.log`` (+ ``engine.log.1``
+  after rotation) and ``exit_code``. ``workload.json`` is replaced atomically.
+
+Stopping signals the whole process group (``SIGTERM``, then ``SIGKILL`` after the grace), plus any
+descendant that moved to another group, and waits until they are gone. Readiness is an HTTP ``GET``
+(status below 500) or a TCP connect, probed every ``probe_interval_s`` and raced against the
+process's exit (a pidfd, so an adopted engine's exit is noticed at once too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aigc_gateway.errors import Conflict, UserError
+from aigc_gateway.runtime import local_procs as procs
+from aigc_gateway.runtime.base import (
+    LaunchError,
+    LaunchSpec,
+    NotSupported,
+    Phase,
+    ReadinessKind,
+    ReadinessTimeout,
+    Workload,
+    render,
+)
+
+__all__ = ["LocalRuntime"]
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_BYTES = 4096
+"""How much of the log an exited or timed-out workload carries."""
+OBSERVE_PROBE_TIMEOUT_S = 0.25
+"""The single readiness probe ``observe``/``list`` make for a live engine not yet seen ready."""
+PROBE_TIMEOUT_S = 2.0
+"""Upper bound of one readiness probe inside ``wait_ready``."""
+KILL_WAIT_S = 5.0
+"""How long to wait for the group to vanish after ``SIGKILL`` before giving up (and logging)."""
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RECORD_VERSION = 1
+
+
+@dataclass(slots=True)
+class _Record:
+    """The content of ``workload.json``."""
+
+    instance_id: str
+    pid: int
+    pgid: int
+    host: str
+    port: int
+    started_at: float
+    create_time: float | None
+    """psutil's create time of the wrapper (seconds since the epoch), for people reading this."""
+    start_stamp: float | None
+    """The wrapper's start time as :func:`~.local_procs.process_stamp` gives it: its identity."""
+    boot_id: str
+    command: list[str]
+    readiness_kind: str
+    readiness_path: str
+    log_max_bytes: int
+    labels: dict[str, str] = field(default_factory=dict)
+    ready: bool = False
+    stopped: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"version": _RECORD_VERSION, **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> _Record:
+        data: dict[str, Any] = json.loads(text)
+        data.pop("version", None)
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class _Paths:
+    dir: Path
+
+    @property
+    def workload(self) -> Path:
+        return self.dir / "workload.json"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "engine.log"
+
+    @property
+    def log1(self) -> Path:
+        return self.dir / "engine.log.1"
+
+    @property
+    def exit_code(self) -> Path:
+        return self.dir / "exit_code"
+
+
+class LocalRuntime:
+    """Runs each instance's engine as a local process group; see the module docstring."""
+
+    name = "local"
+
+    def __init__(
+        self, *, state_dir: Path, host: str = "127.0.0.1", probe_interval_s: float = 0.01
+    ) -> None:
+        self._state_dir = Path(state_dir)
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._host = host
+        self._probe_interval_s = probe_interval_s
+        self._client: httpx.AsyncClient | None = None
+        self._recent_ports: deque[int] = deque(maxlen=256)
+        self._boot_id = procs.boot_id()
+
+    # -- the Runtime contract -------------------------------------------------------------------
+
+    async def start(self, spec: LaunchSpec) -> Workload:
+        paths = self._paths(spec.instance_id)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        previous = _load(paths)
+        if previous is not None:
+            current = self._snapshot(previous, paths)
+            if current.phase.alive:
+                return current
+            await self._clear_previous(previous, paths)
+        paths.exit_code.unlink(missing_ok=True)
+
+        port = spec.port if spec.port is not None else self._pick_port()
+        argv, working_dir, env = _prepare(spec, port)
+        try:
+            proc = procs.spawn(
+                argv, exit_file=paths.exit_code, log_file=paths.log, cwd=working_dir, env=env
+            )
+        except OSError as e:
+            raise LaunchError(f"could not launch engine command {argv[0]!r}: {e}") from e
+        record = _Record(
+            instance_id=spec.instance_id,
+            pid=proc.pid,
+            pgid=proc.pid,  # start_new_session: the wrapper leads its own session and group
+            host=self._host,
+            port=port,
+            started_at=time.time(),
+            create_time=procs.process_create_time(proc.pid),
+            start_stamp=procs.process_stamp(proc.pid),
+            boot_id=self._boot_id,
+            command=argv,
+            readiness_kind=str(spec.readiness.kind),
+            readiness_path=spec.readiness.path,
+            log_max_bytes=spec.log_max_bytes,
+            labels=dict(spec.labels),
+        )
+        _save(paths, record)
+        logger.info(
+            "engine started",
+            extra={"instance_id": spec.instance_id, "engine_pid": proc.pid, "port": port},
+        )
+        return _workload(record, Phase.STARTING)
+
+    async def wait_ready(self, instance_id: str, *, timeout: float) -> Workload:
+        paths = self._paths(instance_id)
+        record = _load(paths)
+        if record is None:
+            return Workload(instance_id, Phase.ABSENT, message="no engine was started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with procs.watch_exit(record.pid, record.start_stamp) as exited:
+            watch = exited
+            while True:
+                procs.rotate_log(paths.log, paths.log1, record.log_max_bytes)
+                current = self._snapshot(record, paths)
+                if current.phase is Phase.ABSENT:
+                    # Perhaps stopped (or replaced) meanwhile: the record on disk says which.
+                    fresh = _load(paths)
+                    return current if fresh is None else self._snapshot(fresh, paths)
+                if current.phase is not Phase.STARTING:
+                    return current
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self._timeout_error(record, paths, timeout)
+                if await self._probe_racing(record, watch, remaining):
+                    _mark_ready(paths, record)
+                    logger.info("engine ready", extra={"instance_id": instance_id})
+                    return _workload(record, Phase.READY)
+                if watch is not None and watch.done():
+                    # The leader ended; the snapshot decides. If something of the group lives on
+                    # (the wrapper was killed on its own), fall back to polling.
+                    watch = None
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self._timeout_error(record, paths, timeout)
+                delay = min(self._probe_interval_s, remaining)
+                if watch is None:
+                    await asyncio.sleep(delay)
+                else:
+                    await asyncio.wait({watch}, timeout=delay)
+
+    async def stop(self, instance_id: str, *, grace: float) -> Workload:
+        paths = self._paths(instance_id)
+        record = _load(paths)
+        if record is None:
+            return Workload(instance_id, Phase.ABSENT)
+        if not record.stopped:
+            await self._terminate(record, grace)
+            record.stopped = True
+            record.ready = False
+            _save(paths, record)
+            paths.exit_code.unlink(missing_ok=True)
+            logger.info("engine stopped", extra={"instance_id": instance_id})
+        return self._snapshot(record, paths)
+
+    async def observe(self, instance_id: str) -> Workload:
+        paths = self._paths(instance_id)
+        record = _load(paths)
+        if record is None:
+            return Workload(instance_id, Phase.ABSENT)
+        return await self._observe(record, paths)
+
+    async def list(self) -> list[Workload]:
+        found: list[tuple[_Record, _Paths]] = []
+        with os.scandir(self._state_dir) as entries:
+            names = sorted(e.name for e in entries if e.is_dir() and _ID.fullmatch(e.name))
+        for name in names:
+            paths = _Paths(self._state_dir / name)
+            record = _load(paths)
+            if record is not None:
+                found.append((record, paths))
+        return list(await asyncio.gather(*(self._observe(r, p) for r, p in found)))
+
+    async def logs(self, instance_id: str, *, tail_bytes: int = 8192) -> str:
+        paths = self._paths(instance_id)
+        return procs.read_log_tail(paths.log, paths.log1, tail_bytes)
+
+    async def forget(self, instance_id: str) -> None:
+        paths = self._paths(instance_id)
+        record = _load(paths)
+        if record is not None:
+            current = self._snapshot(record, paths)
+            if current.phase.alive:
+                raise Conflict(
+                    f"the engine of instance {instance_id} is still running (pid {record.pid}); "
+                    "stop it before removing its records"
+                )
+            if not record.stopped:
+                await self._terminate(record, 0.0)  # leftovers of an engine that exited
+        shutil.rmtree(paths.dir, ignore_errors=True)
+
+    async def suspend(self, instance_id: str) -> Workload:
+        raise NotSupported("the local runtime cannot suspend engines yet")
+
+    async def resume(self, instance_id: str) -> Workload:
+        raise NotSupported("the local runtime cannot suspend engines yet")
+
+    async def close(self) -> None:
+        """Close the probe client. Engines keep running: they outlive the gateway by design."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _paths(self, instance_id: str) -> _Paths:
+        if _ID.fullmatch(instance_id) is None:
+            raise UserError(f"invalid instance id {instance_id!r} for the local runtime")
+        return _Paths(self._state_dir / instance_id)
+
+    def _pick_port(self) -> int:
+        port = procs.pick_free_port(self._host, avoid=self._recent_ports)
+        self._recent_ports.append(port)
+        return port
+
+    def _snapshot(self, record: _Record, paths: _Paths) -> Workload:
+        """What is there now, from the records and the process table; no probing."""
+        if record.stopped:
+            return Workload(record.instance_id, Phase.ABSENT, labels=record.labels)
+        if record.boot_id != self._boot_id:
+            return Workload(
+                record.instance_id,
+                Phase.ABSENT,
+                log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
+                message="the engine was started before this host last restarted",
+                labels=record.labels,
+            )
+        # Leader first, exit file second: the wrapper writes the file before it exits, so a dead
+        # leader with no file means the status was never written.
+        leader_alive = procs.process_alive(record.pid, record.start_stamp)
+        code = _read_exit_code(paths.exit_code)
+        if code is not None:
+            return _workload(
+                record,
+                Phase.EXITED,
+                exit_code=code,
+                log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
+                message=procs.describe_exit(code),
+            )
+        if leader_alive or self._group_lives(record):
+            return _workload(record, Phase.READY if record.ready else Phase.STARTING)
+        return Workload(
+            record.instance_id,
+            Phase.ABSENT,
+            log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
+            message="the engine process is gone and left no exit status "
+            "(killed from outside, or the host restarted)",
+            labels=record.labels,
+        )
+
+    def _group_lives(self, record: _Record) -> bool:
+        if record.boot_id != self._boot_id:
+            return False  # started before the last boot: nothing of it can be left
+        return procs.group_is_ours(record.pgid, record.start_stamp) and procs.group_alive(
+            record.pgid
+        )
+
+    async def _observe(self, record: _Record, paths: _Paths) -> Workload:
+        procs.rotate_log(paths.log, paths.log1, record.log_max_bytes)
+        current = self._snapshot(record, paths)
+        if current.phase is Phase.STARTING and await self._probe(record, OBSERVE_PROBE_TIMEOUT_S):
+            _mark_ready(paths, record)
+            return current.with_phase(Phase.READY)
+        return current
+
+    async def _clear_previous(self, record: _Record, paths: _Paths) -> None:
+        """Before a new start: kill what an exited engine left behind, clear its exit status."""
+        if not record.stopped:
+            await self._terminate(record, 0.0)
+        _append_separator(paths)
+
+    async def _terminate(self, record: _Record, grace: float) -> None:
+        """SIGTERM the group (and strays), wait up to ``grace``, then SIGKILL; wait for the end."""
+        if not self._group_lives(record):
+            return
+        pgid = record.pgid
+        strays = procs.descendants_outside_group(record.pid, pgid)
+        extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
+        procs.signal_group(pgid, signal.SIGTERM)
+        procs.signal_processes(strays, signal.SIGTERM)
+        if grace > 0 and await procs.wait_gone(pgid, strays, grace):
+            return
+        if grace > 0:
+            logger.warning("engine still running after %.1f s, killing it", grace, extra=extra)
+        procs.signal_group(pgid, signal.SIGKILL)
+        procs.signal_processes(strays, signal.SIGKILL)
+        if not await procs.wait_gone(pgid, strays, KILL_WAIT_S):
+            logger.error("engine processes survived SIGKILL", extra=extra)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=False,  # never send a local probe through a proxy from the environment
+                follow_redirects=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        return self._client
+
+    async def _probe(self, record: _Record, limit_s: float) -> bool:
+        """One readiness check, bounded by ``limit_s``; ``True`` if it passed."""
+        try:
+            async with asyncio.timeout(limit_s):
+                if record.readiness_kind == ReadinessKind.TCP:
+                    _, writer = await asyncio.open_connection(record.host, record.port)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    return True
+                host = f"[{record.host}]" if ":" in record.host else record.host
+                path = record.readiness_path if record.readiness_path.startswith("/") else "/"
+                url = f"http://{host}:{record.port}{path}"
+                async with self._http().stream("GET", url, timeout=limit_s) as response:
+                    return response.status_code < 500
+        except (OSError, TimeoutError, httpx.HTTPError):
+            return False
+
+    async def _probe_racing(
+        self, record: _Record, exited: asyncio.Future[None] | None, remaining: float
+    ) -> bool:
+        """One probe, abandoned as soon as the process exits."""
+        limit_s = max(0.001, min(remaining, PROBE_TIMEOUT_S))
+        if exited is None:
+            return await self._probe(record, limit_s)
+        probe = asyncio.ensure_future(self._probe(record, limit_s))
+        racers: set[asyncio.Future[Any]] = {probe, exited}
+        try:
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not probe.done():
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
+        return probe.done() and not probe.cancelled() and probe.result()
+
+    def _timeout_error(self, record: _Record, paths: _Paths, timeout: float) -> ReadinessTimeout:
+        if record.readiness_kind == ReadinessKind.TCP:
+            check = f"TCP connect on port {record.port}"
+        else:
+            check = f"GET {record.readiness_path} on port {record.port}"
+        message = f"engine did not become ready within {timeout:g} s (readiness: {check})"
+        tail = procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES)
+        if tail.strip():
+            message += f"\nlast engine output:\n{tail}"
+        logger.info("engine readiness timed out", extra={"instance_id": record.instance_id})
+        return ReadinessTimeout(message)
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+def _load(paths: _Paths) -> _Record | None:
+    try:
+        return _Record.from_json(paths.workload.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        logger.warning(
+            "unreadable workload record %s: %s", paths.workload, e, extra={"path": str(paths.dir)}
+        )
+        return None
+
+
+def _save(paths: _Paths, record: _Record) -> None:
+    tmp = paths.dir / f".workload.json.{os.getpid()}.tmp"
+    tmp.write_text(record.to_json(), encoding="utf-8")
+    os.replace(tmp, paths.workload)
+
+
+def _mark_ready(paths: _Paths, record: _Record) -> None:
+    """Persist that ``record``'s engine passed readiness, unless the record changed meanwhile.
+
+    Re-read first: during the probe's await a stop or a new start may have replaced the record,
+    which must not be overwritten with this stale one. (No await between read and write.)
+    """
+    record.ready = True
+    fresh = _load(paths)
+    if fresh is None or fresh.stopped or fresh.ready:
+        return
+    if (fresh.pid, fresh.started_at) != (record.pid, record.started_at):
+        return
+    fresh.ready = True
+    _save(paths, fresh)
+
+
+def _read_exit_code(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None  # being written right now
+
+
+def _prepare(spec: LaunchSpec, port: int) -> tuple[list[str], str, dict[str, str]]:
+    """Render the spec for ``port``: the argv (program resolved), working dir and environment.
+
+    Creates the data and working directories. The environment is the gateway's minus its own
+    ``AIGC_*`` variables (they hold secrets), plus the template's, plus the port variable.
+    """
+    values = {"instance_id": spec.instance_id, "port": str(port)}
+    data_dir = os.path.abspath(render(spec.data_dir, values))
+    values["data_dir"] = data_dir
+    _make_dir(data_dir, "data directory")
+    working_dir = os.path.abspath(render(spec.working_dir, values))
+    _make_dir(working_dir, "working directory")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+    env.update({k: render(v, values) for k, v in spec.env.items()})
+    if spec.port_env:
+        env[spec.port_env] = str(port)
+    argv = [render(arg, values) for arg in spec.command]
+    if not argv or not argv[0]:
+        raise LaunchError("the template's launch.command is empty")
+    argv[0] = _resolve_command(argv[0], working_dir, env)
+    return argv, working_dir, env
+
+
+def _append_separator(paths: _Paths) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if paths.log.stat().st_size > 0:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+            with open(paths.log, "ab") as f:
+                f.write(f"\n----- engine restarted {stamp} -----\n".encode())
+
+
+def _make_dir(path: str, what: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise LaunchError(
+            f"cannot create the engine's {what} {path!r}: {e.strerror or e}; "
+            "fix the template or the permissions"
+        ) from e
+
+
+def _resolve_command(program: str, cwd: str, env: Mapping[str, str]) -> str:
+    found = procs.find_executable(program, cwd=cwd, path=env.get("PATH", os.defpath))
+    if found is not None:
+        return found
+    if os.sep not in program:
+        where = "looked on PATH"
+    elif os.path.isabs(program):
+        where = "no executable file at that path"
+    else:
+        where = f"looked in the working directory {cwd!r}"
+    raise LaunchError(
+        f"engine command {program!r} was not found on this host ({where}) or is not executable; "
+        "install it or fix the template's launch.command"
+    )
+
+
+def _workload(record: _Record, phase: Phase, **changes: Any) -> Workload:
+    return Workload(
+        instance_id=record.instance_id,
+        phase=phase,
+        pid=record.pid,
+        host=record.host,
+        port=record.port,
+        started_at=record.started_at,
+        labels=record.labels,
+        **changes,
+    )

@@ -1,0 +1,117 @@
+"""Gateway settings: one pydantic-settings model, from ``AIGC_*`` environment variables and an
+optional YAML or TOML file (``AIGC_CONFIG`` or ``--config``). Environment variables win over the file.
+
+Outside dev mode, a secret left at its default is refused at start, with the variable to set.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aigc_gateway.errors import UserError
+
+DEV_SECRET = "dev-only-insecure-secret"
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def default_templates_dir() -> Path:
+    """The shipped ``templates/`` folder: beside the source tree, or packaged with the code."""
+    repo = PACKAGE_ROOT.parent.parent / "templates"
+    return repo if repo.is_dir() else PACKAGE_ROOT / "builtin_templates"
+
+
+class Settings(BaseSettings):
+    """All of the gateway's configuration. Field docs are the reference for each variable."""
+
+    model_config = SettingsConfigDict(env_prefix="AIGC_", extra="forbid")
+
+    dev: bool = False
+    """Demo/dev mode: allows default secrets, creates a first admin with a printed password."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    data_dir: Path = Path("var")
+    """Root of everything the gateway writes: the SQLite store, user volumes, runtime state."""
+    database_url: str | None = None
+    """SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/gateway.db``.
+    PostgreSQL: ``postgresql+asyncpg://user:pass@host/db``."""
+    templates_dir: Path = Field(default_factory=default_templates_dir)
+    runtime: Literal["local"] = "local"
+    secret_key: str = DEV_SECRET
+    """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
+    apps_domain: str = "localhost"
+    max_instances_per_user: int = Field(default=3, ge=0)
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    """Full resync period; user actions are reconciled at once regardless."""
+    stop_grace_s: float = Field(default=10.0, ge=0)
+    log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if not self.dev and (self.secret_key == DEV_SECRET or len(self.secret_key) < 32):
+            raise ValueError(
+                "AIGC_SECRET_KEY must be set to a random string of 32+ characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                "or run with --dev for a local demo"
+            )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'gateway.db'}"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.data_dir.resolve() / "volumes"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.data_dir.resolve() / "runtime" / self.runtime
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or TOML settings file into a dict; errors name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.')}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config file must be a mapping of setting names to values")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from (lowest first) the config file, the environment, then ``overrides``.
+
+    Raises :class:`UserError` naming the file or variable and the problem.
+    """
+    path = config_file or (
+        Path(os.environ["AIGC_CONFIG"]) if os.environ.get("AIGC_CONFIG") else None
+    )
+    file_values = read_config_file(path) if path else {}
+    env_keys = {k[5:].lower() for k in os.environ if k.startswith("AIGC_")}
+    values = {k: v for k, v in file_values.items() if k not in env_keys}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        source = f"{path} / environment" if path else "environment"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise UserError(f"invalid settings ({source}): {problems}") from exc

@@ -1,0 +1,239 @@
+"""Template revisions, volumes, instances and their events in the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aigc_gateway.auth.secrets import new_id
+from aigc_gateway.domain.states import DesiredState, InstanceState, Transition
+from aigc_gateway.errors import Conflict, NotFound
+from aigc_gateway.store.tables import Event, Instance, TemplateRevision, User, Volume
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _insert(session: AsyncSession) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def record_revision(
+    session: AsyncSession,
+    *,
+    template_id: str,
+    family: str,
+    version: str,
+    digest: str,
+    source: str,
+    spec: dict[str, Any],
+) -> int:
+    """Record this content of a template (idempotent) and return its revision id."""
+    stmt = (
+        _insert(session)(TemplateRevision)
+        .values(
+            template_id=template_id,
+            family=family,
+            version=version,
+            digest=digest,
+            source=source,
+            spec=spec,
+            loaded_at=now(),
+        )
+        .on_conflict_do_nothing(index_elements=["template_id", "digest"])
+    )
+    await session.execute(stmt)
+    rev_id = await session.scalar(
+        select(TemplateRevision.id).where(
+            TemplateRevision.template_id == template_id, TemplateRevision.digest == digest
+        )
+    )
+    assert rev_id is not None
+    return rev_id
+
+
+async def revision(session: AsyncSession, revision_id: int) -> TemplateRevision:
+    rev = await session.get(TemplateRevision, revision_id)
+    if rev is None:
+        raise NotFound(f"template revision {revision_id} not found")
+    return rev
+
+
+async def volume_for(session: AsyncSession, *, user_id: str, family: str, path: str) -> Volume:
+    """The user's volume for ``family``, created on first use (idempotent)."""
+    stmt = (
+        _insert(session)(Volume)
+        .values(id=new_id(), user_id=user_id, family=family, path=path, created_at=now())
+        .on_conflict_do_nothing(index_elements=["user_id", "family"])
+    )
+    await session.execute(stmt)
+    vol = await session.scalar(
+        select(Volume).where(Volume.user_id == user_id, Volume.family == family)
+    )
+    assert vol is not None
+    return vol
+
+
+async def lock_user(session: AsyncSession, user_id: str) -> User:
+    """Lock the user's row for this transaction (PostgreSQL); SQLite writers are serialised."""
+    user = await session.scalar(select(User).where(User.id == user_id).with_for_update())
+    if user is None:
+        raise NotFound("user not found", code="user_not_found")
+    return user
+
+
+async def count_live(session: AsyncSession, owner_id: str) -> int:
+    return (
+        await session.scalar(
+            select(func.count())
+            .select_from(Instance)
+            .where(
+                Instance.owner_id == owner_id,
+                Instance.state != InstanceState.DELETED.value,
+                Instance.desired_state != DesiredState.DELETED.value,
+            )
+        )
+    ) or 0
+
+
+async def names_in_use(session: AsyncSession, owner_id: str) -> set[str]:
+    rows = await session.scalars(
+        select(Instance.name).where(
+            Instance.owner_id == owner_id, Instance.state != InstanceState.DELETED.value
+        )
+    )
+    return set(rows.all())
+
+
+async def by_request_id(session: AsyncSession, owner_id: str, request_id: str) -> Instance | None:
+    return await session.scalar(
+        select(Instance).where(Instance.owner_id == owner_id, Instance.request_id == request_id)
+    )
+
+
+async def get(session: AsyncSession, instance_id: str) -> Instance | None:
+    return await session.get(Instance, instance_id)
+
+
+async def list_for(
+    session: AsyncSession, *, owner_id: str | None, include_deleted: bool = False
+) -> Sequence[Instance]:
+    stmt = select(Instance).order_by(Instance.created_at, Instance.id)
+    if owner_id is not None:
+        stmt = stmt.where(Instance.owner_id == owner_id)
+    if not include_deleted:
+        stmt = stmt.where(Instance.state != InstanceState.DELETED.value)
+    return (await session.scalars(stmt)).all()
+
+
+async def live_ids(session: AsyncSession) -> list[str]:
+    rows = await session.scalars(
+        select(Instance.id).where(Instance.state != InstanceState.DELETED.value)
+    )
+    return list(rows.all())
+
+
+async def apply_transition(
+    session: AsyncSession, inst: Instance, move: Transition, **changes: Any
+) -> Event:
+    """Move ``inst`` along ``move`` if it is still in ``move.source``; record the event.
+
+    Raises :class:`Conflict` if another writer moved it first (optimistic check).
+    """
+    at = now()
+    result = await session.execute(
+        update(Instance)
+        .where(Instance.id == inst.id, Instance.state == move.source.value)
+        .values(state=move.target.value, reason=move.reason, updated_at=at, **changes)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(f"instance {inst.id} changed state concurrently", code="state_changed")
+    return await add_event(
+        session,
+        instance_id=inst.id,
+        kind="transition",
+        message=move.reason,
+        source_state=move.source.value,
+        target_state=move.target.value,
+        at=at,
+    )
+
+
+async def add_event(
+    session: AsyncSession,
+    *,
+    instance_id: str,
+    kind: str,
+    message: str,
+    source_state: str | None = None,
+    target_state: str | None = None,
+    actor: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> Event:
+    ev = Event(
+        instance_id=instance_id,
+        at=at or now(),
+        kind=kind,
+        source_state=source_state,
+        target_state=target_state,
+        message=message,
+        actor=actor,
+        data=data or {},
+    )
+    session.add(ev)
+    await session.flush()
+    return ev
+
+
+async def events_after(
+    session: AsyncSession, instance_id: str, after_id: int = 0, limit: int = 500
+) -> Sequence[Event]:
+    return (
+        await session.scalars(
+            select(Event)
+            .where(Event.instance_id == instance_id, Event.id > after_id)
+            .order_by(Event.id)
+            .limit(limit)
+        )
+    ).all()
+
+
+def ensure_owner_may_create(count: int, limit: int) -> None:
+    if count >= limit:
+        raise Conflict(
+            f"you have {count} instances, the most allowed is {limit}; "
+            "delete one you no longer need, or ask an admin to raise your limit",
+            code="instance_limit_reached",
+        )
+
+
+async def set_fields(session: AsyncSession, instance_id: str, **values: Any) -> None:
+    await session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id)
+        .values(updated_at=now(), **values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def volume_in_use(session: AsyncSession, volume_id: str, *, but: str) -> bool:
+    """Whether an instance other than ``but`` that is not deleted uses the volume."""
+    found = await session.scalar(
+        select(Instance.id)
+        .where(
+            Instance.volume_id == volume_id,
+            Instance.id != but,
+            Instance.state != InstanceState.DELETED.value,
+        )
+        .limit(1)
+    )
+    return found is not None

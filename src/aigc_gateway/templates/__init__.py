@@ -1,0 +1,1 @@
+"""Engine templates: YAML files an admin keeps in a folder, validated with a schema."""

@@ -1,0 +1,139 @@
+"""The template schema. One YAML file describes one version of one engine.
+
+Validation errors name the file, the field and the problem; see :mod:`.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Localized(Strict):
+    """A text in English and Simplified Chinese; ``zh-CN`` falls back to English."""
+
+    en: str = Field(min_length=1)
+    zh_CN: str | None = Field(default=None, alias="zh-CN")
+
+    def get(self, lang: str) -> str:
+        return self.zh_CN if lang.lower().startswith("zh") and self.zh_CN else self.en
+
+
+class Display(Strict):
+    name: Localized
+    description: Localized | None = None
+    icon: str = "🧩"
+    """An emoji or a short image URL path served by the gateway."""
+
+
+class Launch(Strict):
+    command: Annotated[list[str], Field(min_length=1)]
+    """argv; may use ``{port}``, ``{data_dir}``, ``{instance_id}``, ``{python}`` (the gateway's
+    Python) and ``{install_dir}``."""
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str = "{data_dir}"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """The engine's fixed port; empty: the runtime picks one and passes it as ``{port}``."""
+    port_env: str | None = "PORT"
+    install_dir: str | None = None
+    """Where a third-party engine is installed on the host. If set and missing, the template is
+    listed as "not installed on this host" instead of failing at start."""
+    requires: list[str] = Field(default_factory=list)
+    """What must be present for the engine to count as installed: paths (may use
+    ``{install_dir}``), or ``python:<module>`` for a module importable by the gateway's Python."""
+    stop_grace_s: float = Field(default=10.0, ge=0, le=600)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a valid environment variable name")
+        return v
+
+
+class Readiness(Strict):
+    http: str | None = "/"
+    """Ready when GET on this path answers below 500."""
+    tcp: bool = False
+    """Ready when the port accepts a connection (set ``http: null``)."""
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Readiness:
+        if self.tcp == (self.http is not None):
+            raise ValueError("set exactly one of `http: <path>` or `tcp: true`")
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError("`http` must be a path starting with '/'")
+        return self
+
+
+class GpuRequest(Strict):
+    count: int = Field(default=0, ge=0, le=16)
+    """Whole GPUs."""
+    memory_gib: float | None = Field(default=None, gt=0)
+    """A memory share of one GPU instead of whole GPUs."""
+    types: list[str] = Field(default_factory=list)
+    """Accepted GPU types (empty: any)."""
+    preferred_types: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _count_or_share(self) -> GpuRequest:
+        if self.count and self.memory_gib is not None:
+            raise ValueError(
+                "ask for either whole GPUs (`count`) or a share (`memory_gib`), not both"
+            )
+        return self
+
+    @property
+    def wanted(self) -> bool:
+        return self.count > 0 or self.memory_gib is not None
+
+
+class Resources(Strict):
+    cpu: float = Field(default=1.0, gt=0)
+    memory_gib: float = Field(default=2.0, gt=0)
+    gpu: GpuRequest = GpuRequest()
+
+
+class Storage(Strict):
+    quota_gib: float = Field(default=20.0, gt=0)
+    data_env: str | None = None
+    """An environment variable that receives the data folder, for engines that read one."""
+
+
+class IdlePolicy(Strict):
+    pause_after_minutes: float | None = Field(default=60.0, gt=0)
+    """Pause an instance nobody used for this long (null: never)."""
+
+
+class Template(Strict):
+    """One engine version an admin offers."""
+
+    id: str = Field(pattern=ID_PATTERN)
+    family: str = Field(pattern=ID_PATTERN)
+    """Engine family; all versions of a family share the user's data volume."""
+    version: str = Field(min_length=1, max_length=64)
+    display: Display
+    launch: Launch
+    readiness: Readiness = Readiness()
+    resources: Resources = Resources()
+    storage: Storage = Storage()
+    idle: IdlePolicy = IdlePolicy()
+    price_class: str = "cpu"
+    enabled: bool = True
+    schema_version: Literal[1] = 1
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: object) -> object:
+        # `version: 1.10` in YAML is a float; keep what the admin meant when it is a number.
+        return str(v) if isinstance(v, int | float) else v

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from aigc_gateway.app import create_app
+from aigc_gateway.bootstrap import bootstrap
+from aigc_gateway.settings import Settings
+from tests.support.gateway import Api, add_user, stop_engines, make_settings
+from tests.support.pg import pg_bin, postgres_server
+from tests.support.server import serve_in_thread
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> Iterator[str]:
+    if pg_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL must be installed in CI (scripts/system-deps.sh)")
+        pytest.skip("PostgreSQL is not installed here: run scripts/system-deps.sh")
+    with postgres_server() as url:
+        yield url
+
+
+async def _create_database(base_url: str) -> str:
+    import asyncpg
+
+    name = "t_" + secrets.token_hex(6)
+    conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg", "postgresql") + "/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{base_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    base: str = request.getfixturevalue("pg_base_url")
+    return asyncio.run(_create_database(base))
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    settings: Settings
+    admin_token: str
+    alice: str
+    bob: str
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def gateway(gateway_settings: Settings) -> Iterator[RunningGateway]:
+    """The real app on a real socket, with an admin and two users (alice, bob)."""
+    settings = gateway_settings
+    first = asyncio.run(bootstrap(settings))
+    assert first is not None
+    assert first.token is not None
+    alice = asyncio.run(add_user(settings, "alice"))
+    bob = asyncio.run(add_user(settings, "bob"))
+    app = create_app(settings)
+    try:
+        with serve_in_thread(app) as url:
+            yield RunningGateway(url, settings, first.token, alice, bob)
+    finally:
+        stop_engines(settings)
+
+
+@pytest.fixture
+async def alice(gateway: RunningGateway) -> AsyncIterator[Api]:
+    api = Api(gateway.url, gateway.alice)
+    yield api
+    await api.aclose()
+
+
+@pytest.fixture
+async def bob(gateway: RunningGateway) -> AsyncIterator[Api]:
+    api = Api(gateway.url, gateway.bob)
+    yield api
+    await api.aclose()
+
+
+@pytest.fixture
+async def admin(gateway: RunningGateway) -> AsyncIterator[Api]:
+    api = Api(gateway.url, gateway.admin_token)
+    yield api
+    await api.aclose()

@@ -1,0 +1,63 @@
+"""A tiny real engine for tests and benchmarks (standard library only, starts fast).
+
+Listens on $PORT (or --port); records the moment it started listening in ``<data>/listen.json``;
+``GET /`` answers ok; ``GET /write?name=N&content=C`` writes a file in the data folder;
+``GET /read?name=N`` reads it back; ``GET /crash?code=K`` prints a line and exits with code K.
+``--exit-before-ready K`` exits at once with code K; ``--no-listen`` never opens its port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "0")))
+    parser.add_argument("--data-dir", default=os.getcwd())
+    parser.add_argument("--exit-before-ready", type=int)
+    parser.add_argument("--no-listen", action="store_true")
+    args = parser.parse_args()
+    data = Path(args.data_dir)
+    print(f"tiny engine starting, pid {os.getpid()}", flush=True)
+    if args.exit_before_ready is not None:
+        print("tiny engine: cannot load model weights, giving up", file=sys.stderr, flush=True)
+        sys.exit(args.exit_before_ready)
+    if args.no_listen:
+        while True:
+            time.sleep(3600)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            q = {k: v[0] for k, v in parse_qs(url.query).items()}
+            body = b"ok"
+            if url.path == "/write":
+                (data / q["name"]).write_text(q["content"])
+            elif url.path == "/read":
+                body = (data / q["name"]).read_bytes()
+            elif url.path == "/crash":
+                print("tiny engine: out of memory (simulated crash)", flush=True)
+                os._exit(int(q.get("code", "1")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    (data / "listen.json").write_text(json.dumps({"t": time.time(), "pid": os.getpid()}))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""A tiny engine for the local runtime tests (run as a script, standard library only).
+
+It records how it was started in ``<data-dir>/engine.json`` (argv, environment, pid, cwd), then
+behaves as the flags say: serve HTTP on ``$PORT`` (default), exit with a code, never become ready,
+ignore SIGTERM, start a grandchild, or print a lot.
+"""
+
+import argparse
+import http.server
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.startswith("/spew/"):
+            _spew(int(self.path.rsplit("/", 1)[1]), "late")
+        body = f"engine {os.environ.get('ENGINE_ID', '?')} ok\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _spew(lines: int, tag: str) -> None:
+    for i in range(lines):
+        sys.stdout.write(f"{tag} line {i:06d} " + "x" * 100 + "\n")
+    sys.stdout.write(f"{tag} spew done\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--exit-code", type=int, default=None)
+    parser.add_argument("--wait-for", default=None)
+    parser.add_argument("--never-ready", action="store_true")
+    parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--grandchild", action="store_true")
+    parser.add_argument("--spew", type=int, default=0)
+    args, _ = parser.parse_known_args()
+
+    data_dir = pathlib.Path(args.data_dir)
+    info: dict[str, object] = {
+        "argv": sys.argv,
+        "env": dict(os.environ),
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+    }
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.grandchild:
+        child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+        info["grandchild"] = child.pid
+    (data_dir / "engine.json.tmp").write_text(json.dumps(info))
+    os.replace(data_dir / "engine.json.tmp", data_dir / "engine.json")
+    print(f"engine {os.getpid()} starting", flush=True)
+
+    if args.exit_code is not None:
+        print("boom: the engine cannot start", flush=True)
+        if args.wait_for:
+            while not os.path.exists(args.wait_for):
+                time.sleep(0.005)
+        sys.exit(args.exit_code)
+    if args.never_ready:
+        while True:
+            signal.pause()
+    if args.spew:
+        _spew(args.spew, "early")
+
+    port = args.port if args.port is not None else int(os.environ["PORT"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print(f"listening on {port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""JupyterLab, a real third-party engine, through the whole lifecycle."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import httpx
+import pytest
+
+from tests.support.gateway import Api
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("jupyterlab") is None, reason="jupyterlab is a dev dependency"
+    ),
+]
+
+
+async def test_jupyterlab_keeps_files_across_pause_and_resume(alice: Api) -> None:
+    created = await alice.create("jupyterlab")
+    inst = await alice.wait_state(created["id"], "running", "failed", timeout=90)
+    assert inst["state"] == "running", inst["reason"]
+    async with httpx.AsyncClient(base_url=inst["engine_url"], timeout=30) as lab:
+        status = (await lab.get("/api/status")).json()
+        assert "started" in status
+        # As a browser does: the page sets the _xsrf cookie, writes echo it in a header.
+        assert (await lab.get("/lab")).status_code == 200
+        r = await lab.put(
+            "/api/contents/notes.txt",
+            json={"type": "file", "format": "text", "content": "saved before pause"},
+            headers={"X-XSRFToken": lab.cookies["_xsrf"]},
+        )
+        assert r.status_code in (200, 201), r.text
+    await alice.act(inst["id"], "pause")
+    await alice.wait_state(inst["id"], "paused")
+    await alice.act(inst["id"], "resume")
+    inst = await alice.wait_state(inst["id"], "running", "failed", timeout=90)
+    assert inst["state"] == "running", inst["reason"]
+    async with httpx.AsyncClient(base_url=inst["engine_url"], timeout=30) as lab:
+        r = await lab.get("/api/contents/notes.txt", params={"content": "1"})
+        assert r.status_code == 200
+        assert r.json()["content"] == "saved before pause"
+    await alice.client.delete(f"/api/instances/{inst['id']}")
+    await alice.wait_state(inst["id"], "deleted")

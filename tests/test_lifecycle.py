@@ -1,0 +1,118 @@
+"""The core flow with real engine processes: install → running → answers → pause → resume → data
+kept → delete."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import RunningGateway
+from tests.support.gateway import Api
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_tiny_engine_full_lifecycle(alice: Api, gateway: RunningGateway) -> None:
+    inst = await alice.create("tiny", name="mine")
+    assert inst["state"] in ("pending", "starting")
+    inst = await alice.wait_state(inst["id"], "running", "failed")
+    assert inst["state"] == "running", inst["reason"]
+    engine = inst["engine_url"]
+    async with httpx.AsyncClient(base_url=engine) as direct:
+        assert (await direct.get("/")).text == "ok"
+        await direct.get("/write", params={"name": "out.txt", "content": "made before pause"})
+    port = int(engine.rsplit(":", 1)[1])
+    pid = (await alice.client.get(f"/api/instances/{inst['id']}/events")).json()
+    spawned = [e for e in pid if e["kind"] == "progress" and "pid" in e["data"]]
+    engine_pid = spawned[-1]["data"]["pid"]
+    assert psutil.pid_exists(engine_pid)
+
+    await alice.act(inst["id"], "pause")
+    paused = await alice.wait_state(inst["id"], "paused")
+    assert paused["engine_url"] is None
+    assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == "zombie"
+    assert port_is_free(port)
+
+    await alice.act(inst["id"], "resume")
+    resumed = await alice.wait_state(inst["id"], "running", "failed")
+    assert resumed["state"] == "running", resumed["reason"]
+    async with httpx.AsyncClient(base_url=resumed["engine_url"]) as direct:
+        assert (await direct.get("/read", params={"name": "out.txt"})).text == "made before pause"
+
+    r = await alice.client.delete(f"/api/instances/{inst['id']}")
+    assert r.status_code == 202
+    await alice.wait_state(inst["id"], "deleted")
+    assert (await alice.client.get(f"/api/instances/{inst['id']}")).status_code == 404
+    volume = gateway.settings.volumes_dir
+    kept = list(volume.glob("*/tiny/out.txt"))
+    assert len(kept) == 1
+    assert kept[0].read_text() == "made before pause"
+
+    # A new instance of the same family sees the kept data.
+    again = await alice.wait_state((await alice.create("tiny"))["id"], "running")
+    async with httpx.AsyncClient(base_url=again["engine_url"]) as direct:
+        assert (await direct.get("/read", params={"name": "out.txt"})).text == "made before pause"
+    r = await alice.client.delete(f"/api/instances/{again['id']}", params={"delete_data": "true"})
+    await alice.wait_state(again["id"], "deleted")
+    assert not kept[0].exists()
+
+
+async def test_actions_are_idempotent(alice: Api) -> None:
+    inst = await alice.create("tiny", request_id="click-1")
+    twice = await alice.create("tiny", request_id="click-1")
+    assert twice["id"] == inst["id"]
+    listed = (await alice.client.get("/api/instances")).json()
+    assert [i["id"] for i in listed] == [inst["id"]]
+    await alice.wait_state(inst["id"], "running")
+    await alice.act(inst["id"], "resume")  # already running: nothing happens
+    await alice.act(inst["id"], "pause")
+    await alice.act(inst["id"], "pause")  # a retried pause is not an error
+    await alice.wait_state(inst["id"], "paused")
+    events = (await alice.client.get(f"/api/instances/{inst['id']}/events")).json()
+    starts = [e for e in events if e["kind"] == "transition" and e["to"] == "starting"]
+    assert len(starts) == 1
+
+
+async def test_restart_launches_a_new_process(alice: Api) -> None:
+    inst = await alice.wait_state((await alice.create("tiny"))["id"], "running")
+    first_started = inst["started_at"]
+    await alice.act(inst["id"], "restart")
+    await alice.act(inst["id"], "restart")  # a double click restarts once
+    again = await alice.wait_state(inst["id"], "running", "failed")
+    # wait_state may return on the first running transition; settle on the final one.
+    again = await alice.settled(inst["id"])
+    assert again["state"] == "running"
+    assert again["started_at"] != first_started
+    events = (await alice.client.get(f"/api/instances/{inst['id']}/events")).json()
+    assert len([e for e in events if e["kind"] == "transition" and e["to"] == "starting"]) == 2
+
+
+@pytest.mark.parametrize("template", ["demo"])
+async def test_demo_engine_generates_into_user_data(alice: Api, template: str) -> None:
+    inst = await alice.wait_state((await alice.create(template))["id"], "running", "failed")
+    assert inst["state"] == "running", inst["reason"]
+    async with httpx.AsyncClient(base_url=inst["engine_url"], timeout=30) as engine:
+        job = (await engine.post("/api/generate", json={"prompt": "a red fox", "seed": 1})).json()
+        async with engine.stream("GET", f"/api/jobs/{job['job']}/events") as events:
+            kinds = [
+                line
+                for line in [ln async for ln in events.aiter_lines()]
+                if line.startswith("event:")
+            ]
+        assert kinds[-1].strip() == "event: done"
+        outputs = (await engine.get("/api/outputs")).json()
+    assert len(outputs) == 1
+    await alice.act(inst["id"], "pause")
+    await alice.wait_state(inst["id"], "paused")
+    await alice.act(inst["id"], "resume")
+    inst = await alice.wait_state(inst["id"], "running")
+    async with httpx.AsyncClient(base_url=inst["engine_url"]) as engine:
+        assert [o["name"] for o in (await engine.get("/api/outputs")).json()] == [
+            o["name"] for o in outputs
+        ]
