@@ -12,7 +12,7 @@ import pytest
 from aigc_gateway.app import create_app
 from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings
-from tests.support.gateway import Api, add_user, stop_engines, make_settings
+from tests.support.gateway import Api, add_user, make_settings, stop_engines
 from tests.support.pg import pg_bin, postgres_server
 from tests.support.server import serve_in_thread
 

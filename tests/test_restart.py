@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -56,13 +57,14 @@ def gateway_process(data: Path, templates: Path, port: int) -> Iterator[subproce
             break
     else:
         raise AssertionError("gateway did not start:\n" + "".join(seen))
+    # Keep reading its log so a full pipe never blocks the gateway.
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        proc.stderr.close()
 
 
 async def test_sigkill_gateway_then_restart_readopts_engines(tmp_path: Path) -> None:

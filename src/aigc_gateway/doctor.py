@@ -14,7 +14,7 @@ from aigc_gateway.templates.loader import load_dir
 def gpu_summary() -> tuple[bool, str]:
     """Whether NVIDIA GPUs are usable here, and a line saying what was found."""
     try:
-        import pynvml  # type: ignore[import-not-found, unused-ignore]
+        import pynvml
     except ImportError:
         return False, "no NVIDIA management library (nvidia-ml-py): CPU templates only"
     try:
@@ -39,6 +39,7 @@ async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:
         ok = ok and good
         say(f"{'ok  ' if good else 'FAIL'}  {what}")
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
     try:
         reachable = await db.ping()

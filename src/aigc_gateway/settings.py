@@ -104,7 +104,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         Path(os.environ["AIGC_CONFIG"]) if os.environ.get("AIGC_CONFIG") else None
     )
     file_values = read_config_file(path) if path else {}
-    env_keys = {k[5:].lower() for k in os.environ if k.startswith("AIGC_")}
+    # pydantic-settings reads variable names case-insensitively; so must this filter.
+    env_keys = {k[5:].lower() for k in os.environ if k.upper().startswith("AIGC_")}
     values = {k: v for k, v in file_values.items() if k not in env_keys}
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -62,9 +63,7 @@ def spec(
         env={"ENGINE_ID": "{instance_id}"},
         readiness=ReadinessCheck(path="/health"),
     )
-    fields = {f: getattr(base, f) for f in base.__dataclass_fields__}
-    fields.update(changes)
-    return LaunchSpec(**fields)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def engine_info(data_dir: Path) -> dict[str, object]:

@@ -376,7 +376,9 @@ SITUATIONS = st.builds(
 @given(start=SITUATIONS, outcomes=st.lists(OUTCOMES, max_size=MAX_STEPS))
 def test_simulation_converges_whatever_the_outcomes(start: Situation, outcomes: list[str]) -> None:
     """Launches may fail, engines may crash or time out: still NOTHING within 10 legal steps."""
-    world = converge(World(start.desired, start.state, start.phase, start.restart_pending), outcomes)
+    world = converge(
+        World(start.desired, start.state, start.phase, start.restart_pending), outcomes
+    )
     assert_final(
         world,
         deletion_started=start.state in (S.DELETING, S.DELETED),

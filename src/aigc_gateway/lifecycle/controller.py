@@ -175,13 +175,25 @@ class Controller:
         await actions[step]()
 
     async def _move(
-        self, inst: Instance, target: InstanceState, reason: str, **changes: Any
+        self,
+        inst: Instance,
+        target: InstanceState,
+        reason: str,
+        *,
+        progress: tuple[tuple[int, dict[str, Any]], ...] = (),
+        **changes: Any,
     ) -> None:
+        """Record ``inst → target`` and any start-progress steps in one transaction."""
         move = transition(S(inst.state), target, reason)
         async with self._db.write() as session:
-            ev = await repo.apply_transition(session, inst, move, **changes)
+            events = [await repo.apply_transition(session, inst, move, **changes)]
+            for step, data in progress:
+                events.append(
+                    await repo.add_event(session, **self._progress_event(inst, step, data))
+                )
         inst.state = target.value
-        self._hub.publish(EventRecord.of(ev))
+        for ev in events:
+            self._hub.publish(EventRecord.of(ev))
         log.info("%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id})
 
     async def _event(self, inst: Instance, kind: str, message: str, **data: Any) -> None:
@@ -191,10 +203,14 @@ class Controller:
             )
         self._hub.publish(EventRecord.of(ev))
 
-    async def _progress(self, inst: Instance, step: int, **data: Any) -> None:
-        await self._event(
-            inst, "progress", START_STEPS[step], step=step + 1, steps=len(START_STEPS), **data
-        )
+    @staticmethod
+    def _progress_event(inst: Instance, step: int, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "instance_id": inst.id,
+            "kind": "progress",
+            "message": START_STEPS[step],
+            "data": {"step": step + 1, "steps": len(START_STEPS), **data},
+        }
 
     async def _template_for(self, inst: Instance) -> tuple[Template, int, str]:
         """The template to launch: the loaded file if it is still the same version (so a fixed
@@ -213,6 +229,7 @@ class Controller:
             inst,
             S.STARTING,
             f"starting {template.display.name.en} {template.version}",
+            progress=() if problem else ((1, {}), (2, {})),
             launched_generation=inst.generation,
             template_revision_id=rev_id,
             started_at=datetime.now(UTC),
@@ -225,8 +242,7 @@ class Controller:
         async with self._db.read() as session:
             volume = await session.get(Volume, inst.volume_id)
         assert volume is not None
-        await self._progress(inst, 1)
-        await asyncio.to_thread(Path(volume.path).mkdir, parents=True, exist_ok=True)
+        Path(volume.path).mkdir(parents=True, exist_ok=True)  # one syscall when it exists
         spec = launch_spec(
             instance_id=inst.id,
             template=template,
@@ -234,15 +250,16 @@ class Controller:
             log_max_bytes=self._log_max_bytes,
             labels={"owner": inst.owner_id, "template": template.id, "slug": inst.slug},
         )
-        await self._progress(inst, 2)
         try:
             work = await self._runtime.start(spec)
         except LaunchError as exc:
             await self._move(inst, S.FAILED, exc.message)
             return
+        spawned = {"pid": work.pid, "port": work.port, "spawned_at": work.started_at}
         async with self._db.write() as session:
             await repo.set_fields(session, inst.id, pid=work.pid, host=work.host, port=work.port)
-        await self._progress(inst, 3, pid=work.pid, port=work.port)
+            ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
+        self._hub.publish(EventRecord.of(ev))
 
     async def _await_ready(self, inst: Instance, wake: asyncio.Event) -> None:
         template, _, _ = await self._template_for(inst)
@@ -270,12 +287,12 @@ class Controller:
             inst,
             S.RUNNING,
             "engine is ready",
+            progress=((4, {"url": work.url}),),
             ready_at=datetime.now(UTC),
             pid=work.pid,
             host=work.host,
             port=work.port,
         )
-        await self._progress(inst, 4, url=work.url)
 
     async def _mark_failed(self, inst: Instance, work: Workload) -> None:
         if work.phase is Phase.EXITED:

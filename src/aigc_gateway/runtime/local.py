@@ -10,9 +10,11 @@ running engine may live only in this process's memory or depend on it:
 - Its stdout and stderr go straight to a log file opened ``O_APPEND``, never through pipes that
   would break (and kill the engine with ``SIGPIPE``) when the gateway exits.
 - Everything the runtime knows is in ``state_dir/<instance_id>/``: ``workload.json`` (pid, process
-  group, port, the process create time that guards against pid reuse, labels, command, whether the
-  engine has passed readiness once, whether it was stopped), ``engine.log`` (+ ``engine.log.1``
-  after rotation) and ``exit_code``. ``workload.json`` is replaced atomically.
+  group, port, the process start time and boot id that guard against pid reuse, labels, command,
+  whether the engine has passed readiness once, whether it was stopped), ``engine.log`` (+
+  ``engine.log.1`` after rotation) and ``exit_code``. ``workload.json`` is replaced atomically.
+  The pid recorded (and reported as :attr:`Workload.pid`) is the wrapper's, which is also the
+  process group id; the engine is its child.
 
 Stopping signals the whole process group (``SIGTERM``, then ``SIGKILL`` after the grace), plus any
 descendant that moved to another group, and waits until they are gone. Readiness is an HTTP ``GET``

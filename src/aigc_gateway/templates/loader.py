@@ -66,7 +66,10 @@ def expand(text: str, template: Template) -> str:
 
 def _present(requirement: str) -> bool:
     if requirement.startswith("python:"):
-        return importlib.util.find_spec(requirement.removeprefix("python:")) is not None
+        try:
+            return importlib.util.find_spec(requirement.removeprefix("python:")) is not None
+        except (ImportError, ValueError):  # a dotted name whose parent package is missing
+            return False
     return Path(requirement).exists()
 
 

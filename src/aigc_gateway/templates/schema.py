@@ -135,5 +135,10 @@ class Template(Strict):
     @field_validator("version", mode="before")
     @classmethod
     def _version_as_text(cls, v: object) -> object:
-        # `version: 1.10` in YAML is a float; keep what the admin meant when it is a number.
-        return str(v) if isinstance(v, int | float) else v
+        # YAML reads `version: 1.10` as the number 1.1: what the admin meant is already lost, so
+        # ask for quotes instead of guessing. Whole numbers are unambiguous.
+        if isinstance(v, bool | float):
+            raise ValueError(
+                f'write the version in quotes, e.g. version: "{v}" (YAML reads it as a number)'
+            )
+        return str(v) if isinstance(v, int) else v

@@ -1,0 +1,209 @@
+"""bench/lifecycle: the gateway's own cost of starting an engine.
+
+Runs the real gateway (`aigc-gateway serve`, SQLite, local runtime) as its own process and a tiny
+engine (tests/engines/tiny.py), and measures over N starts (pause → resume cycles):
+
+- spawn overhead: API request sent → engine process spawned (the runtime's spawn time, recorded
+  in the start's progress event);
+- readiness detection delay: engine's port open (the engine's own timestamp) → instance
+  reported running (the "running" transition).
+
+Baseline in the same run: the same engine command spawned directly with subprocess.Popen
+(what any launcher pays), and the same readiness probed by a bare loop at the gateway's interval.
+Goals (issue 2): overhead ≤ 50 ms, detection ≤ 100 ms. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.support.gateway import Api, add_user, stop_engines_async, write_templates  # noqa: E402
+
+from aigc_gateway.settings import Settings  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_gateway(data: Path, templates: Path, port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aigc_gateway",
+            "serve",
+            "--dev",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--templates-dir",
+            str(templates),
+            "--log-level",
+            "info",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "Application startup complete" in line:
+            break
+    else:
+        raise SystemExit("gateway did not start")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    return proc
+
+
+def at(event: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(event["at"])).timestamp()
+
+
+async def measure_gateway(api: Api, volumes: Path, starts: int) -> tuple[list[float], list[float]]:
+    inst = await api.wait_state((await api.create("tiny"))["id"], "running")
+    spawn, detect, answered = [], [], []
+    listen_file = next(volumes.glob("*/tiny")) / "listen.json"
+    for _ in range(starts):
+        await api.act(inst["id"], "pause")
+        await api.wait_state(inst["id"], "paused")
+        after = await api.last_event_id(inst["id"])
+        # Like a dashboard, follow the event stream first, then press resume.
+        async with api.client.stream(
+            "GET",
+            f"/api/instances/{inst['id']}/events/stream",
+            params={"after": after},
+            timeout=None,
+        ) as stream:
+            t0 = time.time()
+            await api.act(inst["id"], "resume")
+            answered.append((time.time() - t0) * 1000)
+            spawned = running = None
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if event["kind"] == "progress" and "spawned_at" in event["data"]:
+                        spawned = event
+                    if event["kind"] == "transition" and event["to"] == "running":
+                        running = event
+                        break
+        assert spawned is not None and running is not None
+        listened = json.loads(listen_file.read_text())
+        spawn.append((spawned["data"]["spawned_at"] - t0) * 1000)
+        detect.append((at(running) - listened["t"]) * 1000)
+    print(
+        f"resume request answered: p50 {pct(answered, 0.5):.2f} ms, p95 {pct(answered, 0.95):.2f} ms"
+    )
+    return spawn, detect
+
+
+def measure_baseline(data: Path, starts: int) -> tuple[list[float], list[float]]:
+    """Bare Popen of the same engine, and a bare readiness loop at the same 10 ms interval."""
+    spawn, detect = [], []
+    data.mkdir(parents=True, exist_ok=True)
+    for _ in range(starts):
+        port = free_port()
+        t0 = time.time()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests/engines/tiny.py"),
+                "--data-dir",
+                str(data),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        spawn.append((time.time() - t0) * 1000)
+        with httpx.Client() as client:
+            while True:
+                try:
+                    client.get(f"http://127.0.0.1:{port}/", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.01)
+        seen = time.time()
+        detect.append((seen - json.loads((data / "listen.json").read_text())["t"]) * 1000)
+        proc.terminate()
+        proc.wait()
+    return spawn, detect
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--starts", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-lifecycle-") as tmp:
+        root = Path(tmp)
+        data, templates = root / "data", write_templates(root / "templates")
+        settings = Settings(dev=True, data_dir=data, templates_dir=templates)
+        token = await add_user(settings, "bench")
+        port = free_port()
+        gateway = start_gateway(data, templates, port)
+        api = Api(f"http://127.0.0.1:{port}", token)
+        try:
+            spawn, detect = await measure_gateway(api, settings.volumes_dir, args.starts)
+        finally:
+            await api.aclose()
+            gateway.terminate()
+            gateway.wait(30)
+            await stop_engines_async(settings)
+        base_spawn, base_detect = measure_baseline(root / "baseline", args.starts)
+
+    figures = {
+        "spawn_overhead_ms_p50": round(pct(spawn, 0.5), 2),
+        "spawn_overhead_ms_p95": round(pct(spawn, 0.95), 2),
+        "ready_detect_ms_p50": round(pct(detect, 0.5), 2),
+        "ready_detect_ms_p95": round(pct(detect, 0.95), 2),
+        "baseline_popen_ms_p50": round(pct(base_spawn, 0.5), 2),
+        "baseline_detect_ms_p50": round(pct(base_detect, 0.5), 2),
+        "starts": args.starts,
+    }
+    print(f"{'measure':34} {'p50 ms':>8} {'p95 ms':>8} {'mean':>8}")
+    for name, values in [
+        ("gateway: request → spawned", spawn),
+        ("baseline: bare Popen", base_spawn),
+        ("gateway: port open → running", detect),
+        ("baseline: bare 10 ms probe loop", base_detect),
+    ]:
+        print(
+            f"{name:34} {pct(values, 0.5):8.2f} {pct(values, 0.95):8.2f} {statistics.mean(values):8.2f}"
+        )
+    print(
+        f"goals: spawn overhead p95 ≤ 50 ms: {figures['spawn_overhead_ms_p95'] <= 50}; "
+        f"detection p95 ≤ 100 ms: {figures['ready_detect_ms_p95'] <= 100}"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
