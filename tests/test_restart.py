@@ -27,9 +27,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway_process(data: Path, templates: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+def gateway_process(
+    data: Path, templates: Path, port: int, **env_extra: str
+) -> Iterator[subprocess.Popen[str]]:
     """``aigc-gateway serve`` as a real process; returns once it accepts requests."""
-    env = {**os.environ, "AIGC_RECONCILE_INTERVAL_S": "0.3", "AIGC_STOP_GRACE_S": "3"}
+    env = {**os.environ, "AIGC_RECONCILE_INTERVAL_S": "0.3", "AIGC_STOP_GRACE_S": "3", **env_extra}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -58,13 +60,16 @@ def gateway_process(data: Path, templates: Path, port: int) -> Iterator[subproce
     else:
         raise AssertionError("gateway did not start:\n" + "".join(seen))
     # Keep reading its log so a full pipe never blocks the gateway.
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    drain = threading.Thread(target=proc.stderr.read, daemon=True)
+    drain.start()
     try:
         yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+        drain.join(10)
+        proc.stderr.close()
 
 
 async def test_sigkill_gateway_then_restart_readopts_engines(tmp_path: Path) -> None:

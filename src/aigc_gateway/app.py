@@ -27,7 +27,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gw = await open_gateway(settings)
     app.state.gateway = gw
     await gw.controller.start()
-    watcher = asyncio.create_task(gw.registry.watch(), name="template-watch")
+    watcher = asyncio.create_task(
+        gw.registry.watch() if settings.watch_templates else asyncio.Event().wait(),
+        name="template-watch",
+    )
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gw.registry.reload()))

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     """SQLAlchemy async URL; default ``sqlite+aiosqlite:///<data_dir>/gateway.db``.
     PostgreSQL: ``postgresql+asyncpg://user:pass@host/db``."""
     templates_dir: Path = Field(default_factory=default_templates_dir)
+    watch_templates: bool = True
+    """Re-read the templates folder when a file changes (needs inotify; SIGHUP always works)."""
     runtime: Literal["local"] = "local"
     secret_key: str = DEV_SECRET
     """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
