@@ -13,8 +13,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from aigc_gateway import __version__
+from aigc_gateway.api import admin, health, instances, me, signin, templates
 from aigc_gateway.api import errors as api_errors
-from aigc_gateway.api import health, instances, me, templates
 from aigc_gateway.gateway import open_gateway
 from aigc_gateway.settings import Settings
 
@@ -41,9 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             loop.remove_signal_handler(signal.SIGHUP)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-        await gw.controller.close()
-        await gw.runtime.close()
-        await gw.db.close()
+        await gw.close()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -59,4 +57,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(me.router)
     app.include_router(templates.router)
     app.include_router(instances.router)
+    app.include_router(admin.router)
+    app.include_router(signin.router)
     return app

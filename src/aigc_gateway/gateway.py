@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+from itsdangerous import URLSafeTimedSerializer
+
+from aigc_gateway.accounts.admin import AdminService
+from aigc_gateway.accounts.instance_access import InstanceAccess
+from aigc_gateway.accounts.service import AccountService
+from aigc_gateway.auth.oidc import OidcClient, OidcConfig
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.runtime.base import Runtime
-from aigc_gateway.settings import Settings
+from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.registry import TemplateRegistry
 
@@ -24,6 +31,20 @@ class Gateway:
     hub: EventHub
     controller: Controller
     instances: InstanceService
+    accounts: AccountService
+    admin: AdminService
+    instance_access: InstanceAccess
+    signer: URLSafeTimedSerializer
+    """Signs short-lived browser state (the OIDC login round trip)."""
+    oidc: OidcClient | None
+    http: httpx.AsyncClient
+    """Outgoing HTTP (the sign-in provider)."""
+
+    async def close(self) -> None:
+        await self.controller.close()
+        await self.runtime.close()
+        await self.http.aclose()
+        await self.db.close()
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -58,4 +79,36 @@ async def open_gateway(settings: Settings) -> Gateway:
         volumes_dir=settings.volumes_dir,
         default_limit=settings.max_instances_per_user,
     )
-    return Gateway(settings, db, runtime, registry, hub, controller, service)
+    http = httpx.AsyncClient(timeout=15, trust_env=False)
+    oidc = None
+    if settings.oidc_enabled:
+        assert settings.oidc_issuer and settings.oidc_client_id and settings.oidc_client_secret
+        oidc = OidcClient(
+            OidcConfig(
+                issuer=settings.oidc_issuer,
+                client_id=settings.oidc_client_id,
+                client_secret=settings.oidc_client_secret,
+                scopes=settings.oidc_scopes,
+                redirect_uri=settings.oidc_redirect_uri,
+                post_logout_redirect_uri=settings.oidc_post_logout_redirect_uri,
+                username_claim=settings.oidc_username_claim,
+                groups_claim=settings.oidc_groups_claim,
+                admin_group=settings.oidc_admin_group,
+            ),
+            http,
+        )
+    return Gateway(
+        settings=settings,
+        db=db,
+        runtime=runtime,
+        registry=registry,
+        hub=hub,
+        controller=controller,
+        instances=service,
+        accounts=AccountService(db=db, settings=settings),
+        admin=AdminService(db=db),
+        instance_access=InstanceAccess(db=db, settings=settings),
+        signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
+        oidc=oidc,
+        http=http,
+    )

@@ -7,6 +7,7 @@ Outside dev mode, a secret left at its default is refused at start, with the var
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,30 @@ class Settings(BaseSettings):
     runtime: Literal["local"] = "local"
     secret_key: str = DEV_SECRET
     """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
+    public_url: str | None = None
+    """The gateway's address as browsers see it (e.g. ``https://ai.example.com``); default
+    ``http://<host>:<port>``. OIDC redirect and logout URIs are built from it."""
     apps_domain: str = "localhost"
+    """Instances are served at ``<slug>.<apps_domain>`` (with the gateway's port, if any)."""
+    local_login: bool = True
+    """Allow sign-in with a local account (user name and password)."""
+    oidc_issuer: str | None = None
+    """Single sign-on: the provider's issuer URL (discovery at ``/.well-known/openid-configuration``)."""
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_provider_name: str = "single sign-on"
+    """Shown on the sign-in button: "Sign in with <name>"."""
+    oidc_scopes: str = "openid profile email"
+    oidc_username_claim: str = "preferred_username"
+    oidc_groups_claim: str = "groups"
+    """The claim (ID token or userinfo) whose values become team names."""
+    oidc_admin_group: str | None = None
+    """Members of this provider group are gateway administrators."""
+    session_idle_minutes: float = Field(default=8 * 60, gt=0)
+    session_max_hours: float = Field(default=7 * 24, gt=0)
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=20, ge=1)
+    login_failure_window_minutes: float = Field(default=15, gt=0)
     max_instances_per_user: int = Field(default=3, ge=0)
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     """Full resync period; user actions are reconciled at once regardless."""
@@ -65,6 +89,32 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        given = [self.oidc_issuer, self.oidc_client_id, self.oidc_client_secret]
+        if any(given) and not all(given):
+            raise ValueError(
+                "single sign-on needs all of AIGC_OIDC_ISSUER, AIGC_OIDC_CLIENT_ID and "
+                "AIGC_OIDC_CLIENT_SECRET"
+            )
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def oidc_redirect_uri(self) -> str:
+        return f"{self.base_url}/auth/oidc/callback"
+
+    @property
+    def oidc_post_logout_redirect_uri(self) -> str:
+        return f"{self.base_url}/auth/logged-out"
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
@@ -78,6 +128,25 @@ class Settings(BaseSettings):
     @property
     def runtime_dir(self) -> Path:
         return self.data_dir.resolve() / "runtime" / self.runtime
+
+
+def signing_secret(settings: Settings) -> str:
+    """The secret that signs short-lived browser state (OIDC login). Outside dev mode it is
+    ``secret_key``; in dev mode a random one is made once and kept in the data folder, so it
+    is not regenerated on restart."""
+    if settings.secret_key != DEV_SECRET:
+        return settings.secret_key
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from aigc_gateway.api.deps import CurrentUser, GatewayDep
+from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.api.schemas import InstanceCreate, InstancePublic
 from aigc_gateway.lifecycle.service import Action, CreateRequest
 
@@ -27,7 +29,7 @@ async def list_instances(
 
 @router.post("", status_code=201)
 async def create_instance(
-    body: InstanceCreate, gw: GatewayDep, who: CurrentUser, response: Response
+    body: InstanceCreate, gw: GatewayDep, who: CurrentUser, response: Response, client: ClientDep
 ) -> InstancePublic:
     """Create an instance and start it. With the same ``request_id`` a retry returns the first
     instance (200) instead of creating another."""
@@ -36,6 +38,15 @@ async def create_instance(
     )
     if not created:
         response.status_code = 200
+    else:
+        await gw.accounts.record(
+            who,
+            "instance.create",
+            client,
+            target_type="instance",
+            target_id=inst.id,
+            detail={"template": inst.template_id},
+        )
     return InstancePublic.of(inst)
 
 
@@ -45,9 +56,15 @@ async def get_instance(instance_id: str, gw: GatewayDep, who: CurrentUser) -> In
 
 
 @router.post("/{instance_id}/{action}", status_code=202)
-async def act(instance_id: str, action: Action, gw: GatewayDep, who: CurrentUser) -> InstancePublic:
+async def act(
+    instance_id: str, action: Action, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> InstancePublic:
     """``start``/``resume``, ``pause`` (engine stopped, data kept) or ``restart``. Idempotent."""
-    return InstancePublic.of(await gw.instances.act(who, instance_id, action))
+    inst = await gw.instances.act(who, instance_id, action)
+    await gw.accounts.record(
+        who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
+    )
+    return InstancePublic.of(inst)
 
 
 @router.delete("/{instance_id}", status_code=202)
@@ -55,10 +72,20 @@ async def delete_instance(
     instance_id: str,
     gw: GatewayDep,
     who: CurrentUser,
+    client: ClientDep,
     delete_data: Annotated[bool, Query(description="also delete the data folder")] = False,
 ) -> InstancePublic:
     """Delete the instance. Its data folder is kept unless ``delete_data=true``."""
-    return InstancePublic.of(await gw.instances.delete(who, instance_id, delete_data=delete_data))
+    inst = await gw.instances.delete(who, instance_id, delete_data=delete_data)
+    await gw.accounts.record(
+        who,
+        "instance.delete",
+        client,
+        target_type="instance",
+        target_id=inst.id,
+        detail={"delete_data": delete_data},
+    )
+    return InstancePublic.of(inst)
 
 
 @router.get("/{instance_id}/events")
@@ -113,3 +140,67 @@ async def get_logs(
     tail: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 65536,
 ) -> PlainTextResponse:
     return PlainTextResponse(await gw.instances.logs(who, instance_id, tail))
+
+
+class ShareCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = Field(default=None, description="a user name")
+    team: str | None = Field(default=None, description="a team name")
+
+
+class SharePublic(BaseModel):
+    id: str
+    user_id: str | None
+    team_id: str | None
+    target: str
+    created_at: datetime
+
+
+@router.get("/{instance_id}/shares", tags=["sharing"])
+async def list_shares(instance_id: str, gw: GatewayDep, who: CurrentUser) -> list[SharePublic]:
+    return [
+        SharePublic(
+            id=s.id, user_id=s.user_id, team_id=s.team_id, target=name, created_at=s.created_at
+        )
+        for s, name in await gw.instances.shares(who, instance_id)
+    ]
+
+
+@router.post("/{instance_id}/shares", status_code=201, tags=["sharing"])
+async def add_share(
+    instance_id: str, body: ShareCreate, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> SharePublic:
+    """Let a user or a team open and operate the instance (not delete or reshare it)."""
+    share = await gw.instances.share(who, instance_id, user_name=body.user, team_name=body.team)
+    await gw.accounts.record(
+        who,
+        "share.create",
+        client,
+        target_type="instance",
+        target_id=instance_id,
+        detail={"user": body.user, "team": body.team},
+    )
+    return SharePublic(
+        id=share.id,
+        user_id=share.user_id,
+        team_id=share.team_id,
+        target=body.user or body.team or "",
+        created_at=share.created_at,
+    )
+
+
+@router.delete("/{instance_id}/shares/{share_id}", status_code=204, tags=["sharing"])
+async def remove_share(
+    instance_id: str, share_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> Response:
+    """Revoke a share; access ends at once, on the API and on the instance host."""
+    await gw.instances.unshare(who, instance_id, share_id)
+    await gw.accounts.record(
+        who,
+        "share.revoke",
+        client,
+        target_type="instance",
+        target_id=instance_id,
+        detail={"share": share_id},
+    )
+    return Response(status_code=204)

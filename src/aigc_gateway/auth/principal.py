@@ -1,23 +1,29 @@
-"""Who is asking, and the one permission check every route uses."""
+"""Who is asking, and the one permission check every route, page and proxied request uses."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aigc_gateway.errors import Forbidden, NotFound
 
 
 class Scope(enum.StrEnum):
     READ = "read"
-    """See own instances, templates, events and logs."""
+    """See own (and shared) instances, templates, events and logs; open instances."""
     MANAGE = "manage"
-    """Also create, start, pause, restart and delete own instances."""
+    """Also create, start, pause, restart, delete and share own instances."""
     ADMIN = "admin"
-    """Everything an admin may do (only for admin users)."""
+    """Everything an administrator may do (only effective for admin users)."""
 
 
 ALL_SCOPES = frozenset(Scope)
+
+
+class Via(enum.StrEnum):
+    TOKEN = "token"
+    SESSION = "session"
+    INSTANCE_COOKIE = "instance_cookie"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,25 +32,49 @@ class Principal:
     name: str
     is_admin: bool
     scopes: frozenset[Scope] = ALL_SCOPES
+    team_ids: frozenset[str] = field(default_factory=frozenset)
+    via: Via = Via.TOKEN
+    session_id: str | None = None
+    csrf_token: str | None = None
 
     @property
     def acts_as_admin(self) -> bool:
         return self.is_admin and Scope.ADMIN in self.scopes
 
+    @property
+    def may_write(self) -> bool:
+        return bool({Scope.MANAGE, Scope.ADMIN} & self.scopes)
+
 
 class Access(enum.StrEnum):
     VIEW = "view"
-    MANAGE = "manage"
+    """Read the instance, its events and logs."""
+    USE = "use"
+    """Open the engine (proxy, WebSocket, forward-auth)."""
+    OPERATE = "operate"
+    """Start, pause, resume, restart."""
+    DELETE = "delete"
+    SHARE = "share"
 
 
-def authorize_instance(who: Principal, owner_id: str, access: Access) -> None:
-    """Allow the owner and admins; everyone else gets 404 so ids do not leak existence.
+SHARED_MAY = frozenset({Access.VIEW, Access.USE, Access.OPERATE})
+"""What a user an instance is shared with (directly or through a team) may do: not delete, not
+reshare."""
+READ_SCOPE_MAY = frozenset({Access.VIEW, Access.USE})
 
-    A principal whose token lacks the scope gets 403.
-    """
-    if not (who.user_id == owner_id or who.acts_as_admin):
+
+def authorize_instance(
+    who: Principal, owner_id: str, access: Access, *, shared: bool = False
+) -> None:
+    """Allow the owner and admins everything; a shared user ``SHARED_MAY``; everyone else gets
+    404, so instance ids do not reveal that an instance exists. A token whose scope is too narrow
+    gets 403."""
+    owner = who.user_id == owner_id
+    if not (owner or who.acts_as_admin or shared):
         raise NotFound("no such instance", code="instance_not_found")
-    if access is Access.MANAGE and not ({Scope.MANAGE, Scope.ADMIN} & who.scopes):
+    if not (owner or who.acts_as_admin) and access not in SHARED_MAY:
+        raise Forbidden(f"only the owner may {access.value} this instance", code="owner_only")
+    if access not in READ_SCOPE_MAY and not who.may_write:
         raise Forbidden("this token may only read; create a token with the manage scope")
 
 

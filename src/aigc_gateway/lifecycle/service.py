@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +25,10 @@ from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventRecord
 from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.store import access as acl
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import Instance
+from aigc_gateway.store.tables import Instance, InstanceShare, User
 from aigc_gateway.templates.registry import TemplateRegistry
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -68,7 +70,7 @@ class InstanceService:
 
     async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
         """Create an instance (desired: running). Returns it and whether it is new."""
-        authorize_instance(who, who.user_id, Access.MANAGE)
+        authorize_instance(who, who.user_id, Access.OPERATE)
         loaded = self._registry.get(req.template_id)
         if loaded is None or not loaded.template.enabled:
             raise NotFound(
@@ -141,14 +143,76 @@ class InstanceService:
             return await self._visible(session, who, instance_id, Access.VIEW)
 
     async def list_visible(self, who: Principal, *, all_users: bool = False) -> Sequence[Instance]:
-        if all_users and not who.acts_as_admin:
-            all_users = False
+        """Own instances and those shared with the user (or their teams); admins may ask for
+        everyone's."""
         async with self._db.read() as session:
-            return await repo.list_for(session, owner_id=None if all_users else who.user_id)
+            if all_users and who.acts_as_admin:
+                return await repo.list_for(session, owner_id=None)
+            own = await repo.list_for(session, owner_id=who.user_id)
+            shared_ids = await acl.shared_instance_ids(session, who.user_id, who.team_ids)
+            shared = [
+                i for i in await repo.list_by_ids(session, shared_ids) if i.owner_id != who.user_id
+            ]
+        return [*own, *shared]
+
+    async def shares(self, who: Principal, instance_id: str) -> Sequence[tuple[InstanceShare, str]]:
+        async with self._db.read() as session:
+            await self._visible(session, who, instance_id, Access.SHARE)
+            return await acl.shares_of(session, instance_id)
+
+    async def share(
+        self, who: Principal, instance_id: str, *, user_name: str | None, team_name: str | None
+    ) -> InstanceShare:
+        """Share with one user or one team (idempotent). Only the owner or an admin may."""
+        if (user_name is None) == (team_name is None):
+            raise UserError("share with exactly one of `user` or `team`", code="invalid_share")
+        async with self._db.write() as session:
+            inst = await self._visible(session, who, instance_id, Access.SHARE)
+            user_id = team_id = None
+            if user_name is not None:
+                target = await session.scalar(select(User).where(User.name == user_name))
+                if target is None:
+                    raise NotFound(f"no user named {user_name!r}", code="user_not_found")
+                if target.id == inst.owner_id:
+                    raise UserError("the owner already has access", code="invalid_share")
+                user_id = target.id
+            else:
+                team = await acl.team_by_name(session, str(team_name))
+                if team is None:
+                    raise NotFound(f"no team named {team_name!r}", code="team_not_found")
+                team_id = team.id
+            share = await acl.add_share(
+                session,
+                instance_id=inst.id,
+                user_id=user_id,
+                team_id=team_id,
+                by=who.user_id,
+                now=datetime.now(UTC),
+            )
+            await repo.add_event(
+                session,
+                instance_id=inst.id,
+                kind="share",
+                message=f"shared with {'user ' + str(user_name) if user_name else 'team ' + str(team_name)}",
+                actor=who.user_id,
+            )
+        return share
+
+    async def unshare(self, who: Principal, instance_id: str, share_id: str) -> None:
+        async with self._db.write() as session:
+            inst = await self._visible(session, who, instance_id, Access.SHARE)
+            await acl.remove_share(session, inst.id, share_id)
+            await repo.add_event(
+                session,
+                instance_id=inst.id,
+                kind="share",
+                message="share revoked",
+                actor=who.user_id,
+            )
 
     async def act(self, who: Principal, instance_id: str, action: Action) -> Instance:
         async with self._db.write() as session:
-            inst = await self._visible(session, who, instance_id, Access.MANAGE)
+            inst = await self._visible(session, who, instance_id, Access.OPERATE)
             if inst.desired_state == DesiredState.DELETED:
                 raise Conflict("this instance is being deleted", code="instance_deleting")
             changed = _apply(inst, action)
@@ -166,7 +230,7 @@ class InstanceService:
 
     async def delete(self, who: Principal, instance_id: str, *, delete_data: bool) -> Instance:
         async with self._db.write() as session:
-            inst = await self._visible(session, who, instance_id, Access.MANAGE)
+            inst = await self._visible(session, who, instance_id, Access.DELETE)
             if inst.desired_state != DesiredState.DELETED or (delete_data and not inst.delete_data):
                 inst.desired_state = DesiredState.DELETED.value
                 inst.delete_data = inst.delete_data or delete_data
@@ -196,13 +260,16 @@ class InstanceService:
                 code="instance_not_found",
             )
         # Writers lock the row (PostgreSQL) so concurrent actions apply one after the other.
-        lock = access is Access.MANAGE
+        lock = access not in (Access.VIEW, Access.USE)
         inst = await session.get(
             Instance, instance_id, with_for_update=lock, populate_existing=lock
         )
         if inst is None or inst.state == InstanceState.DELETED:
             raise NotFound("no such instance", code="instance_not_found")
-        authorize_instance(who, inst.owner_id, access)
+        shared = inst.owner_id != who.user_id and await acl.is_shared_with(
+            session, inst.id, who.user_id, who.team_ids
+        )
+        authorize_instance(who, inst.owner_id, access, shared=shared)
         found: Instance = inst
         return found
 

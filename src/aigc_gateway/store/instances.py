@@ -237,3 +237,15 @@ async def volume_in_use(session: AsyncSession, volume_id: str, *, but: str) -> b
         .limit(1)
     )
     return found is not None
+
+
+async def list_by_ids(session: AsyncSession, ids: set[str]) -> Sequence[Instance]:
+    if not ids:
+        return []
+    return (
+        await session.scalars(
+            select(Instance)
+            .where(Instance.id.in_(ids), Instance.state != InstanceState.DELETED.value)
+            .order_by(Instance.created_at, Instance.id)
+        )
+    ).all()

@@ -58,6 +58,7 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_users_issuer_subject"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     display_name: Mapped[str] = mapped_column(String(256), default="")
@@ -66,6 +67,9 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     password_hash: Mapped[str | None] = mapped_column(String(256))
     max_instances: Mapped[int | None] = mapped_column(Integer)
+    issuer: Mapped[str | None] = mapped_column(String(512))
+    """For single sign-on users: the provider; with ``subject`` the user's stable key."""
+    subject: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime]
 
 
@@ -84,6 +88,8 @@ class TeamMember(Base):
     user_id: Mapped[str] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
+    source: Mapped[str] = mapped_column(String(16), default="admin")
+    """``admin`` (set by an administrator) or ``oidc`` (synced from the provider's groups)."""
 
 
 class ApiToken(Base):
@@ -187,3 +193,89 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     elapsed_s: Mapped[float | None] = mapped_column(Float)
+
+
+class Session(Base):
+    """A signed-in browser. The cookie holds a random secret; only its hash is stored."""
+
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    auth_method: Mapped[str] = mapped_column(String(16))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    id_token: Mapped[str | None] = mapped_column(Text)
+    """The provider's ID token, kept as the hint for RP-initiated logout."""
+
+
+class InstanceShare(Base):
+    """An owner lets a user, or every member of a team, open and operate an instance."""
+
+    __tablename__ = "instance_shares"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "user_id", "team_id", name="uq_instance_shares_target"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[str | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+
+
+class HandoverToken(Base):
+    """A one-time, short-lived token that carries a signed-in user to an instance host."""
+
+    __tablename__ = "handover_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class InstanceSession(Base):
+    """The instance-scoped cookie on one instance host; it lives only while its parent session
+    does, so signing out (or being disabled) ends access to every instance at once."""
+
+    __tablename__ = "instance_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    """Who did what, when, from where. Append-only."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_actor_name_at", "actor_name", "at"),
+        Index("ix_audit_events_ip_at", "ip", "at"),
+    )
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime]
+    actor_id: Mapped[str | None] = mapped_column(String(32))
+    actor_name: Mapped[str | None] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(48))
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    target_type: Mapped[str | None] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

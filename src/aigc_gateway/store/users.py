@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -95,3 +96,29 @@ async def user_for_token(
     if token.revoked_at is not None or (token.expires_at and token.expires_at <= now):
         return None
     return None if user.disabled else (user, token.scopes)
+
+
+async def create_oidc_user(session: AsyncSession, *, identity: Any, at: datetime) -> User:
+    """Create the user for a provider identity. The shown name is the provider's user name; if a
+    different account already has it, a numbered variant is used (users are keyed by issuer and
+    subject, never by name)."""
+    base = "".join(c for c in identity.username if c.isalnum() or c in "._-@")[:60] or "user"
+    name, n = base, 1
+    while await session.scalar(select(User.id).where(User.name == name)) is not None:
+        n += 1
+        name = f"{base}-{n}"
+    user = User(
+        id=new_id(),
+        name=name,
+        display_name=identity.name,
+        email=identity.email,
+        is_admin=bool(identity.is_admin),
+        disabled=False,
+        password_hash=None,
+        issuer=identity.issuer,
+        subject=identity.subject,
+        created_at=at,
+    )
+    session.add(user)
+    await session.flush()
+    return user
