@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - see below
 import pytest
 
 from aigc_gateway.app import create_app
@@ -15,6 +16,11 @@ from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, make_settings, stop_engines
 from tests.support.pg import pg_bin, postgres_server
 from tests.support.server import serve_in_thread
+
+# Python 3.11.7 corrupts its AST recursion counter when two threads convert ASTs at once
+# (CPython gh-106905, fixed in 3.11.8). pytest rewrites the hypothesis plugin's modules with
+# `ast.parse` when they are first imported; importing hypothesis here, while the session is still
+# single-threaded, keeps that from racing the gateway's server thread.
 
 
 @pytest.fixture(scope="session")

@@ -212,9 +212,11 @@ async def login_via_provider(
     username: str,
     password: str,
     *,
+    home: str | None = None,
     max_steps: int = MAX_STEPS,
 ) -> httpx.Response:
-    """Sign in through the provider, starting at ``start_url`` (e.g. the gateway's login route).
+    """Sign in through the provider, starting at ``start_url`` (e.g. the gateway's login route;
+    give ``home``, the gateway's origin, when starting elsewhere).
 
     Follows redirects across hosts, fills and posts the provider's login form once, submits
     auto-submitting forms (``response_mode=form_post``), and returns the first non-redirect
@@ -223,7 +225,7 @@ async def login_via_provider(
     or password"; a provider error page), that response is returned instead: check
     ``origin(response.url)``.
     """
-    home = origin(start_url)
+    home = origin(home or start_url)
     response = await client.get(start_url, follow_redirects=False, headers=BROWSER_HEADERS)
     method: str = "GET"
     data: dict[str, list[str]] | None = None

@@ -21,12 +21,20 @@ class _Server(uvicorn.Server):
         self._ready.set()
 
 
-@contextmanager
-def serve_in_thread(app: Any) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port) until the block ends; yields the base URL."""
+def bound_socket() -> socket.socket:
+    """A socket bound to a free port on 127.0.0.1: its port is known before the server starts
+    (e.g. to register the gateway's redirect URI at a sign-in provider)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve_in_thread(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port, or ``sock``) until the block ends; yields the
+    base URL."""
+    sock = sock or bound_socket()
     port = sock.getsockname()[1]
     ready = threading.Event()
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
