@@ -64,8 +64,9 @@ class RunningGateway:
 
 
 @pytest.fixture
-def gateway_settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
+def gateway_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Test settings; parametrize indirectly with a dict of overrides."""
+    return make_settings(tmp_path, **getattr(request, "param", {}))
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Coroutine
@@ -64,10 +63,9 @@ def serve(log_level: str, **options: Any) -> None:
 
     from aigc_gateway.app import create_app
     from aigc_gateway.bootstrap import bootstrap
+    from aigc_gateway.logs import configure
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure(log_level)
     settings = _settings(**options)
     first = _run(bootstrap(settings))
     url = f"http://{settings.host}:{settings.port}"
@@ -81,6 +79,7 @@ def serve(log_level: str, **options: Any) -> None:
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
+        log_config=None,  # uvicorn logs through the root handler and its redaction
         timeout_graceful_shutdown=5,
     )
 

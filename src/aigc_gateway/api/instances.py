@@ -55,18 +55,6 @@ async def get_instance(instance_id: str, gw: GatewayDep, who: CurrentUser) -> In
     return InstancePublic.of(await gw.instances.get(who, instance_id))
 
 
-@router.post("/{instance_id}/{action}", status_code=202)
-async def act(
-    instance_id: str, action: Action, gw: GatewayDep, who: CurrentUser, client: ClientDep
-) -> InstancePublic:
-    """``start``/``resume``, ``pause`` (engine stopped, data kept) or ``restart``. Idempotent."""
-    inst = await gw.instances.act(who, instance_id, action)
-    await gw.accounts.record(
-        who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
-    )
-    return InstancePublic.of(inst)
-
-
 @router.delete("/{instance_id}", status_code=202)
 async def delete_instance(
     instance_id: str,
@@ -204,3 +192,16 @@ async def remove_share(
         detail={"share": share_id},
     )
     return Response(status_code=204)
+
+
+# Declared last: its `{action}` segment would otherwise swallow `/shares`.
+@router.post("/{instance_id}/{action}", status_code=202)
+async def act(
+    instance_id: str, action: Action, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> InstancePublic:
+    """``start``/``resume``, ``pause`` (engine stopped, data kept) or ``restart``. Idempotent."""
+    inst = await gw.instances.act(who, instance_id, action)
+    await gw.accounts.record(
+        who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
+    )
+    return InstancePublic.of(inst)

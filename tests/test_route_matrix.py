@@ -1,0 +1,229 @@
+"""Every route of the real app, for every role: anonymous, another user, the owner, an admin.
+
+The rules below are the access policy written down. A route the app serves without a rule here
+fails the suite, so no new route ships without deciding who may use it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Route
+
+from aigc_gateway.app import create_app
+from tests.conftest import RunningGateway
+
+OK = {200, 201, 202, 204}
+ROLES = ("anon", "other", "owner", "admin")
+
+
+@dataclass(frozen=True)
+class Rule:
+    anon: set[int]
+    other: set[int]
+    owner: set[int]
+    admin: set[int]
+    body: dict[str, Any] | None = None
+    form: dict[str, str] | None = None
+    query: dict[str, str] | None = None
+
+    def expected(self, role: str) -> set[int]:
+        return getattr(self, role)  # type: ignore[no-any-return]
+
+
+def public(codes: set[int] = OK, **kw: Any) -> Rule:
+    return Rule(codes, codes, codes, codes, **kw)
+
+
+def signed_in(**kw: Any) -> Rule:
+    return Rule({401}, OK, OK, OK, **kw)
+
+
+def owner_or_admin(**kw: Any) -> Rule:
+    """Another user learns nothing: 404, as for an id that does not exist."""
+    return Rule({401}, {404}, OK, OK, **kw)
+
+
+def admin_only(**kw: Any) -> Rule:
+    return Rule({401}, {403}, {403}, OK, **kw)
+
+
+RULES: dict[tuple[str, str], Rule] = {
+    ("GET", "/openapi.json"): public(),
+    ("GET", "/docs"): public(),
+    ("GET", "/docs/oauth2-redirect"): public(),
+    ("GET", "/redoc"): public(),
+    ("GET", "/healthz"): public(),
+    ("GET", "/api/me"): signed_in(),
+    ("POST", "/api/me/password"): Rule(
+        {401}, {403}, {403}, {403}, body={"current_password": "x", "new_password": "long-enough"}
+    ),  # tokens may not change passwords: only a signed-in browser session
+    ("GET", "/api/me/sessions"): signed_in(),
+    ("DELETE", "/api/me/sessions/{session_id}"): Rule({401}, {404}, OK, {404}),
+    ("GET", "/api/tokens"): signed_in(),
+    ("POST", "/api/tokens"): signed_in(body={"name": "matrix"}),
+    ("DELETE", "/api/tokens/{token_id}"): Rule({401}, {404}, OK, OK),
+    ("GET", "/api/templates"): signed_in(),
+    ("GET", "/api/templates/{template_id}"): signed_in(),
+    ("POST", "/api/templates/reload"): admin_only(),
+    ("GET", "/api/instances"): signed_in(),
+    ("POST", "/api/instances"): signed_in(body={"template": "missing-binary"}),
+    ("GET", "/api/instances/{instance_id}"): owner_or_admin(),
+    ("POST", "/api/instances/{instance_id}/{action}"): owner_or_admin(),
+    ("DELETE", "/api/instances/{instance_id}"): owner_or_admin(),
+    ("GET", "/api/instances/{instance_id}/events"): owner_or_admin(),
+    ("GET", "/api/instances/{instance_id}/events/stream"): owner_or_admin(),
+    ("GET", "/api/instances/{instance_id}/logs"): owner_or_admin(),
+    ("GET", "/api/instances/{instance_id}/shares"): owner_or_admin(),
+    ("POST", "/api/instances/{instance_id}/shares"): owner_or_admin(body={"user": "carol"}),
+    ("DELETE", "/api/instances/{instance_id}/shares/{share_id}"): owner_or_admin(),
+    ("GET", "/api/users"): admin_only(),
+    ("POST", "/api/users"): admin_only(body={"name": "{fresh}", "password": "long-enough"}),
+    ("PATCH", "/api/users/{user_id}"): admin_only(body={"disabled": True}),
+    ("POST", "/api/users/{user_id}/password"): admin_only(body={"password": "long-enough"}),
+    ("POST", "/api/users/{user_id}/revoke-sessions"): admin_only(),
+    ("GET", "/api/teams"): signed_in(),
+    ("POST", "/api/teams"): admin_only(body={"name": "{fresh}"}),
+    ("GET", "/api/teams/{team_id}/members"): admin_only(),
+    ("PUT", "/api/teams/{team_id}/members/{user_id}"): admin_only(),
+    ("DELETE", "/api/teams/{team_id}/members/{user_id}"): admin_only(),
+    ("GET", "/api/audit"): admin_only(),
+    ("GET", "/auth/login"): public({200}),
+    ("POST", "/auth/login"): public({400}, form={"username": "alice", "password": "wrong"}),
+    ("POST", "/auth/logout"): Rule({401}, {303}, {303}, {303}),  # a token has no session to end
+    ("GET", "/auth/logged-out"): public({200}),
+    ("GET", "/auth/oidc/login"): public({404}),  # single sign-on is not configured here
+    ("GET", "/auth/oidc/callback"): public({404}),
+    ("GET", "/auth/forward"): public({403}),  # not an instance host: never allowed
+    ("GET", "/auth/instance-login"): public({303}, query={"rd": "http://x.localhost/"}),
+    ("GET", "/_aigc/handover"): public({404}, query={"token": "forged"}),  # not an instance host
+}
+
+
+def app_routes() -> Iterator[tuple[str, str]]:
+    """(method, path) for every route the app actually serves, routers included."""
+
+    def walk(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+        for route in routes:
+            nested = getattr(route, "original_router", None)
+            yield from walk(nested.routes) if nested is not None else [route]
+
+    from aigc_gateway.settings import Settings
+
+    for route in walk(create_app(Settings(dev=True)).routes):
+        assert isinstance(route, APIRoute | Route), f"unexpected route type {route!r}"
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            yield method, route.path
+
+
+def test_every_route_has_a_rule() -> None:
+    served = set(app_routes())
+    missing = served - RULES.keys()
+    assert not missing, f"routes without an access rule: {sorted(missing)}"
+    stale = RULES.keys() - served
+    assert not stale, f"rules for routes that no longer exist: {sorted(stale)}"
+
+
+class Fixtures:
+    """Makes fresh objects for path parameters, owned by alice (the owner)."""
+
+    def __init__(
+        self, gw: RunningGateway, admin: httpx.AsyncClient, owner: httpx.AsyncClient
+    ) -> None:
+        self.gw, self.admin, self.owner = gw, admin, owner
+        self.counter = itertools.count()
+
+    async def instance(self) -> str:
+        r = await self.owner.post("/api/instances", json={"template": "missing-binary"})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    async def user(self) -> str:
+        r = await self.admin.post(
+            "/api/users", json={"name": f"target{next(self.counter)}", "password": "long-enough"}
+        )
+        return str(r.json()["id"])
+
+    async def team(self) -> str:
+        r = await self.admin.post("/api/teams", json={"name": f"team{next(self.counter)}"})
+        return str(r.json()["id"])
+
+    async def token(self) -> str:
+        return str((await self.owner.post("/api/tokens", json={"name": "t"})).json()["id"])
+
+    async def session(self) -> str:
+        async with httpx.AsyncClient(base_url=self.gw.url) as browser:
+            await browser.post("/auth/login", data={"username": "alice", "password": "pw-alice"})
+            sessions = (await browser.get("/api/me/sessions")).json()
+        return str(sessions[0]["id"])
+
+    async def path(self, template: str) -> str:
+        values: dict[str, str] = {"{action}": "pause", "{template_id}": "tiny"}
+        if "{instance_id}" in template:
+            values["{instance_id}"] = await self.instance()
+        if "{share_id}" in template:
+            r = await self.owner.post(
+                f"/api/instances/{values['{instance_id}']}/shares", json={"team": "matrix"}
+            )
+            assert r.status_code == 201, r.text
+            values["{share_id}"] = r.json()["id"]
+        if "{user_id}" in template:
+            values["{user_id}"] = await self.user()
+        if "{team_id}" in template:
+            values["{team_id}"] = await self.team()
+        if "{token_id}" in template:
+            values["{token_id}"] = await self.token()
+        if "{session_id}" in template:
+            values["{session_id}"] = await self.session()
+        for key, value in values.items():
+            template = template.replace(key, value)
+        return template
+
+
+@pytest.mark.parametrize("gateway_settings", [{"max_instances_per_user": 1000}], indirect=True)
+async def test_route_role_matrix(gateway: RunningGateway) -> None:
+    tokens = {"other": gateway.bob, "owner": gateway.alice, "admin": gateway.admin_token}
+    clients = {
+        role: httpx.AsyncClient(
+            base_url=gateway.url,
+            headers={"Authorization": f"Bearer {tokens[role]}"} if role != "anon" else {},
+        )
+        for role in ROLES
+    }
+    try:
+        await clients["admin"].post("/api/users", json={"name": "carol", "password": "long-enough"})
+        await clients["admin"].post("/api/teams", json={"name": "matrix"})
+        fx = Fixtures(gateway, clients["admin"], clients["owner"])
+        failures = []
+        for (method, template), rule in sorted(RULES.items()):
+            for role in ROLES:
+                path = await fx.path(
+                    template
+                )  # fresh objects: one role's DELETE cannot hide another's answer
+                body = rule.body and {
+                    k: (f"x{next(fx.counter)}" if v == "{fresh}" else v)
+                    for k, v in rule.body.items()
+                }
+                status = await _status(clients[role], method, path, body, rule)
+                if status not in rule.expected(role):
+                    failures.append(
+                        f"{method} {template} as {role}: {status}, expected {sorted(rule.expected(role))}"
+                    )
+        assert not failures, "\n".join(failures)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+async def _status(client: httpx.AsyncClient, method: str, path: str, body: Any, rule: Rule) -> int:
+    if path.endswith("/events/stream"):
+        async with client.stream(method, path) as response:
+            return response.status_code
+    response = await client.request(method, path, json=body, data=rule.form, params=rule.query)
+    return response.status_code
