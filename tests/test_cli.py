@@ -118,6 +118,20 @@ def test_doctor_reports_what_works(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "store schema up to date" in out.stdout
     assert "GPUs:" in out.stdout
+    sso = cli(
+        "doctor",
+        "--dev",
+        "--data-dir",
+        str(tmp_path / "d"),
+        env={
+            "AIGC_PUBLIC_URL": "https://ai.example.com",
+            "AIGC_OIDC_ISSUER": "https://idp.example",
+            "AIGC_OIDC_CLIENT_ID": "c",
+            "AIGC_OIDC_CLIENT_SECRET": "s",
+        },
+    )
+    assert "https://ai.example.com/auth/oidc/callback" in sso.stdout
+    assert "https://ai.example.com/auth/logged-out" in sso.stdout
     broken = tmp_path / "templates"
     broken.mkdir()
     (broken / "x.yaml").write_text("nonsense: [")

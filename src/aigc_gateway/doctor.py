@@ -63,6 +63,10 @@ async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:
         report(True, f"runtime folder writable: {settings.runtime_dir}")
     except OSError as exc:
         report(False, f"runtime folder {settings.runtime_dir}: {exc.strerror}")
+    if settings.oidc_enabled:
+        say(f"note  single sign-on with {settings.oidc_issuer}; register at the provider:")
+        say(f"        redirect URI:             {settings.oidc_redirect_uri}")
+        say(f"        post-logout redirect URI: {settings.oidc_post_logout_redirect_uri}")
     _, gpus = gpu_summary()
     say(f"note  GPUs: {gpus}")
     say(f"note  {os.cpu_count()} CPUs")
