@@ -74,6 +74,51 @@ def test_init_user_add_and_token_create(tmp_path: Path) -> None:
     assert bad_scope.returncode == 1 and "--scopes" in bad_scope.stderr
 
 
+def test_user_admin_commands(gateway: RunningGateway) -> None:
+    data = str(gateway.settings.data_dir)
+    assert "alice" in cli("user", "list", "--dev", "--data-dir", data).stdout
+    assert cli("user", "admin", "alice", "--dev", "--data-dir", data).returncode == 0
+    me = httpx.get(
+        f"{gateway.url}/api/me", headers={"Authorization": f"Bearer {gateway.alice}"}
+    ).json()
+    assert me["is_admin"] is True
+    weak = cli(
+        "user", "passwd", "alice", "--password-stdin", "--dev", "--data-dir", data, stdin="short\n"
+    )
+    assert weak.returncode == 1 and "at least 8" in weak.stderr
+    assert (
+        cli(
+            "user",
+            "passwd",
+            "alice",
+            "--password-stdin",
+            "--dev",
+            "--data-dir",
+            data,
+            stdin="a-new-password\n",
+        ).returncode
+        == 0
+    )
+    r = httpx.post(
+        f"{gateway.url}/auth/login", data={"username": "alice", "password": "a-new-password"}
+    )
+    assert r.status_code == 303
+    assert cli("user", "disable", "alice", "--dev", "--data-dir", data).returncode == 0
+    r = httpx.get(f"{gateway.url}/api/me", headers={"Authorization": f"Bearer {gateway.alice}"})
+    assert r.status_code == 401
+    listed = cli("user", "list", "--dev", "--data-dir", data).stdout
+    assert "disabled" in next(line for line in listed.splitlines() if line.startswith("alice"))
+    assert cli("user", "enable", "alice", "--dev", "--data-dir", data).returncode == 0
+    assert (
+        httpx.get(
+            f"{gateway.url}/api/me", headers={"Authorization": f"Bearer {gateway.alice}"}
+        ).status_code
+        == 200
+    )
+    missing = cli("user", "disable", "nobody", "--dev", "--data-dir", data)
+    assert missing.returncode == 1 and "no user named" in missing.stderr
+
+
 def test_token_from_the_cli_works_against_the_api(gateway: RunningGateway) -> None:
     data = str(gateway.settings.data_dir)
     made = cli("token", "create", "--user", "alice", "--dev", "--data-dir", data)

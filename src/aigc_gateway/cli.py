@@ -179,6 +179,111 @@ def user_add(name: str, admin: bool, password_stdin: bool, **options: Any) -> No
     click.echo(f"created user {name}{' (admin)' if admin else ''}")
 
 
+def _user_change(settings: Any, name: str, change: str, password: str | None = None) -> str:
+    """Apply one admin change to a user straight in the store (for scripted set-ups and when no
+    admin can sign in). Disabling or a new password also ends the user's sessions."""
+    from datetime import UTC, datetime
+
+    from aigc_gateway.accounts.admin import check_password
+    from aigc_gateway.auth.secrets import hash_password
+    from aigc_gateway.store.db import Database
+    from aigc_gateway.store.sessions import revoke_user_sessions
+    from aigc_gateway.store.users import user_by_name
+
+    async def apply() -> str:
+        db = Database(settings.sqlalchemy_url)
+        try:
+            await db.migrate()
+            async with db.write() as session:
+                target = await user_by_name(session, name)
+                now = datetime.now(UTC)
+                if change == "disable":
+                    target.disabled = True
+                    await revoke_user_sessions(session, target.id, now)
+                elif change == "enable":
+                    target.disabled = False
+                elif change in ("admin", "no-admin"):
+                    target.is_admin = change == "admin"
+                elif change == "password":
+                    assert password is not None
+                    target.password_hash = hash_password(check_password(password))
+                    await revoke_user_sessions(session, target.id, now)
+                return f"{name}: {change} done"
+        finally:
+            await db.close()
+
+    return _run(apply())
+
+
+@user.command("list")
+@data_dir_option
+@config_option
+@dev_option
+def user_list(**options: Any) -> None:
+    """List users."""
+    from sqlalchemy import select
+
+    from aigc_gateway.store.db import Database
+    from aigc_gateway.store.tables import User
+
+    settings = _settings(**options)
+
+    async def rows() -> list[User]:
+        db = Database(settings.sqlalchemy_url)
+        try:
+            await db.migrate()
+            async with db.read() as session:
+                return list((await session.scalars(select(User).order_by(User.name))).all())
+        finally:
+            await db.close()
+
+    for u in _run(rows()):
+        flags = ",".join(
+            f
+            for f, on in (("admin", u.is_admin), ("disabled", u.disabled), ("sso", bool(u.issuer)))
+            if on
+        )
+        click.echo(f"{u.name:32} {flags}")
+
+
+def _user_command(change: str, help_text: str) -> None:
+    @user.command(change, help=help_text)
+    @click.argument("name")
+    @data_dir_option
+    @config_option
+    @dev_option
+    def command(name: str, **options: Any) -> None:
+        click.echo(_user_change(_settings(**options), name, change))
+
+
+for _change, _help in (
+    ("disable", "Disable a user and end their sessions."),
+    ("enable", "Enable a disabled user."),
+    ("admin", "Make a user an administrator."),
+    ("no-admin", "Remove a user's administrator role."),
+):
+    _user_command(_change, _help)
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    required=True,
+    help="Read the new password from standard input.",
+)
+@data_dir_option
+@config_option
+@dev_option
+def user_passwd(name: str, password_stdin: bool, **options: Any) -> None:
+    """Set a user's password (ends their sessions)."""
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise click.ClickException("no password on standard input")
+    click.echo(_user_change(_settings(**options), name, "password", password))
+
+
 @main.group()
 def token() -> None:
     """API tokens."""
