@@ -15,7 +15,7 @@ from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, make_settings, stop_engines
 from tests.support.pg import pg_bin, postgres_server
-from tests.support.server import serve_in_thread
+from tests.support.server import bound_socket, serve_in_thread
 
 # Python 3.11.7 corrupts its AST recursion counter when two threads convert ASTs at once
 # (CPython gh-106905, fixed in 3.11.8). pytest rewrites the hypothesis plugin's modules with
@@ -72,7 +72,10 @@ def gateway_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
 @pytest.fixture
 def gateway(gateway_settings: Settings) -> Iterator[RunningGateway]:
     """The real app on a real socket, with an admin and two users (alice, bob)."""
-    settings = gateway_settings
+    sock = bound_socket()
+    settings = gateway_settings.model_copy(
+        update={"public_url": f"http://127.0.0.1:{sock.getsockname()[1]}"}
+    )
     first = asyncio.run(bootstrap(settings))
     assert first is not None
     assert first.token is not None
@@ -80,7 +83,7 @@ def gateway(gateway_settings: Settings) -> Iterator[RunningGateway]:
     bob = asyncio.run(add_user(settings, "bob"))
     app = create_app(settings)
     try:
-        with serve_in_thread(app) as url:
+        with serve_in_thread(app, sock) as url:
             yield RunningGateway(url, settings, first.token, alice, bob)
     finally:
         stop_engines(settings)

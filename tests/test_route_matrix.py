@@ -103,6 +103,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/auth/forward"): public({403}),  # not an instance host: never allowed
     ("GET", "/auth/instance-login"): public({303}, query={"rd": "http://x.localhost/"}),
     ("GET", "/_aigc/handover"): public({404}, query={"token": "forged"}),  # not an instance host
+    ("GET", "/_aigc/status"): public({404}),  # only on instance hosts, with the instance cookie
+    ("GET", "/_aigc/events"): public({404}),
 }
 
 

@@ -13,9 +13,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from aigc_gateway import __version__
-from aigc_gateway.api import admin, health, instances, me, signin, templates
+from aigc_gateway.api import admin, health, instance_host, instances, me, signin, templates
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
+from aigc_gateway.proxy.asgi import InstanceProxy
 from aigc_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Per-user AI content engines on shared GPUs.",
     )
     app.state.settings = settings
+    app.add_middleware(InstanceProxy)
     api_errors.install(app)
     app.include_router(health.router)
     app.include_router(me.router)
@@ -59,4 +61,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(instances.router)
     app.include_router(admin.router)
     app.include_router(signin.router)
+    app.include_router(instance_host.router)
     return app

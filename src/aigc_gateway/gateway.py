@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
+from aigc_gateway.accounts.access_cache import AccessCache
 from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
 from aigc_gateway.accounts.service import AccountService
@@ -39,11 +41,15 @@ class Gateway:
     oidc: OidcClient | None
     http: httpx.AsyncClient
     """Outgoing HTTP (the sign-in provider)."""
+    upstream: aiohttp.ClientSession
+    """The proxy's pooled connections to engines."""
+    access_cache: AccessCache
 
     async def close(self) -> None:
         await self.controller.close()
         await self.runtime.close()
         await self.http.aclose()
+        await self.upstream.close()
         await self.db.close()
 
 
@@ -71,6 +77,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         log_max_bytes=settings.log_max_bytes,
         stop_grace_s=settings.stop_grace_s,
     )
+    access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
     service = InstanceService(
         db=db,
         registry=registry,
@@ -78,6 +85,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         runtime=runtime,
         volumes_dir=settings.volumes_dir,
         default_limit=settings.max_instances_per_user,
+        on_access_change=access_cache.clear,
     )
     http = httpx.AsyncClient(timeout=15, trust_env=False)
     oidc = None
@@ -105,10 +113,16 @@ async def open_gateway(settings: Settings) -> Gateway:
         hub=hub,
         controller=controller,
         instances=service,
-        accounts=AccountService(db=db, settings=settings),
-        admin=AdminService(db=db),
+        accounts=AccountService(db=db, settings=settings, on_access_change=access_cache.clear),
+        admin=AdminService(db=db, on_access_change=access_cache.clear),
         instance_access=InstanceAccess(db=db, settings=settings),
         signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
         oidc=oidc,
         http=http,
+        upstream=aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        ),
+        access_cache=access_cache,
     )

@@ -11,6 +11,7 @@ import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -68,6 +69,14 @@ class Settings(BaseSettings):
     """The claim (ID token or userinfo) whose values become team names."""
     oidc_admin_group: str | None = None
     """Members of this provider group are gateway administrators."""
+    proxy_connect_timeout_s: float = Field(default=10.0, gt=0)
+    proxy_read_timeout_s: float = Field(default=3600.0, gt=0)
+    """Longest silence from an engine in the middle of an answer."""
+    proxy_max_body_bytes: int = Field(default=0, ge=0)
+    """Largest request body passed to an engine (0: no limit; uploads of models are large)."""
+    access_cache_ttl_s: float = Field(default=5.0, ge=0)
+    """How long the proxy may reuse an "allowed" answer; changes made on this gateway clear it
+    at once, the TTL bounds how long another replica's change takes to be seen."""
     session_idle_minutes: float = Field(default=8 * 60, gt=0)
     session_max_hours: float = Field(default=7 * 24, gt=0)
     login_max_failures_per_account: int = Field(default=5, ge=1)
@@ -106,6 +115,12 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def instance_url(self, slug: str) -> str:
+        """Where a browser opens an instance: its own host on the gateway's port."""
+        base = urlsplit(self.base_url)
+        port = f":{base.port}" if base.port else ""
+        return f"{base.scheme}://{slug}.{self.apps_domain}{port}/"
 
     @property
     def oidc_redirect_uri(self) -> str:

@@ -2,7 +2,7 @@
 
 Listens on $PORT (or --port); records the moment it started listening in ``<data>/listen.json``;
 ``GET /`` answers ok; ``GET /write?name=N&content=C`` writes a file in the data folder;
-``GET /read?name=N`` reads it back; ``GET /crash?code=K`` prints a line and exits with code K.
+``GET /read?name=N`` reads it back; ``GET /setcookie`` tries to set the gateway's cookie; ``GET /crash?code=K`` prints a line and exits with code K.
 ``--exit-before-ready K`` exits at once with code K; ``--no-listen`` never opens its port.
 """
 
@@ -42,7 +42,13 @@ def main() -> None:
             url = urlparse(self.path)
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             body = b"ok"
-            if url.path == "/write":
+            extra: list[tuple[str, str]] = []
+            if url.path == "/setcookie":
+                extra = [
+                    ("Set-Cookie", "aigc_session=from-engine; Path=/"),
+                    ("Set-Cookie", "theme=dark; Path=/"),
+                ]
+            elif url.path == "/write":
                 (data / q["name"]).write_text(q["content"])
             elif url.path == "/read":
                 body = (data / q["name"]).read_bytes()
@@ -50,6 +56,8 @@ def main() -> None:
                 print("tiny engine: out of memory (simulated crash)", flush=True)
                 os._exit(int(q.get("code", "1")))
             self.send_response(200)
+            for name, value in extra:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

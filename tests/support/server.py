@@ -37,7 +37,10 @@ def serve_in_thread(app: Any, sock: socket.socket | None = None) -> Iterator[str
     sock = sock or bound_socket()
     port = sock.getsockname()[1]
     ready = threading.Event()
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3)
+    # Not behind a proxy: a client's X-Forwarded-For must not be trusted.
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3, proxy_headers=False
+    )
     server = _Server(config, ready)
     errors: list[BaseException] = []
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +37,11 @@ def check_password(password: str) -> str:
 
 
 class AdminService:
-    def __init__(self, *, db: Database) -> None:
+    def __init__(
+        self, *, db: Database, on_access_change: Callable[[], None] = lambda: None
+    ) -> None:
         self._db = db
+        self._on_access_change = on_access_change
 
     async def list_users(self, who: Principal) -> Sequence[tuple[User, list[str]]]:
         require_admin(who)
@@ -95,6 +98,7 @@ class AdminService:
                 detail["max_instances"] = changes.max_instances
             if detail:
                 await self._audit(session, who, "user.update", client, user, detail)
+        self._on_access_change()
         return user
 
     async def reset_password(
@@ -106,6 +110,7 @@ class AdminService:
             user.password_hash = hash_password(check_password(password))
             await sess.revoke_user_sessions(session, user.id, now())
             await self._audit(session, who, "user.password_reset", client, user, {})
+        self._on_access_change()
 
     async def revoke_sessions(self, who: Principal, user_id: str, client: Client) -> int:
         require_admin(who)
@@ -113,6 +118,7 @@ class AdminService:
             user = await self._user(session, user_id)
             count = await sess.revoke_user_sessions(session, user.id, now())
             await self._audit(session, who, "session.revoke_all", client, user, {"count": count})
+        self._on_access_change()
         return count
 
     async def change_own_password(
@@ -181,6 +187,7 @@ class AdminService:
                     user,
                     {"team": team.name},
                 )
+        self._on_access_change()
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from sqlalchemy import select
 
+from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
 from aigc_gateway.accounts.service import Client, now
 from aigc_gateway.auth.principal import Access, Principal, Via, authorize_instance
 from aigc_gateway.domain.hosts import instance_slug, instance_url_target, safe_next
@@ -47,6 +48,10 @@ class InstanceAccess:
         self._db = db
         self._apps_domain = settings.apps_domain
         self._idle = timedelta(minutes=settings.session_idle_minutes)
+
+    @property
+    def idle(self) -> timedelta:
+        return self._idle
 
     async def start_handover(self, who: Principal, rd: str, client: Client) -> str:
         """The URL that carries a signed-in browser to the instance at ``rd`` (a URL on an
@@ -147,6 +152,53 @@ class InstanceAccess:
         except (NotFound, Forbidden):
             return ForwardDecision(403, reason="not allowed to use this instance")
         return ForwardDecision(200, headers=_identity_headers(user, inst))
+
+
+async def decide_cookie(
+    db: Database, *, instance_id: str, owner_id: str, cookie: str | None, idle: timedelta
+) -> Decision:
+    """May the holder of instance cookie ``cookie`` use this instance? For the proxy (which
+    caches the answer briefly); the instance itself comes from the route table."""
+    if not cookie:
+        return Refused(401)
+    at = now()
+    async with db.read() as session:
+        found = await sess.instance_cookie_owner(session, cookie)
+        if found is None:
+            return Refused(401)
+        icookie, parent, user = found
+        if icookie.instance_id != instance_id:
+            return Refused(401)
+        if user.disabled or not sess.session_is_live(parent, now=at, idle=idle):
+            return Refused(401)
+        teams = await acl.team_ids_of(session, user.id)
+        shared = user.id != owner_id and await acl.is_shared_with(
+            session, instance_id, user.id, teams
+        )
+    who = Principal(
+        user_id=user.id,
+        name=user.name,
+        is_admin=user.is_admin,
+        team_ids=teams,
+        via=Via.INSTANCE_COOKIE,
+        session_id=parent.id,
+    )
+    try:
+        authorize_instance(who, owner_id, Access.USE, shared=shared)
+    except (NotFound, Forbidden):
+        return Refused(403)
+    try:
+        authorize_instance(who, owner_id, Access.OPERATE, shared=shared)
+        may_operate = True
+    except (NotFound, Forbidden):
+        may_operate = False
+    return Allowed(
+        user_id=user.id,
+        user_name=user.name,
+        may_operate=may_operate,
+        is_admin=user.is_admin,
+        team_ids=teams,
+    )
 
 
 def _identity_headers(user: User, inst: Instance) -> dict[str, str]:

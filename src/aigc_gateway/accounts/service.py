@@ -7,6 +7,7 @@ admin action is written to the audit log in the same transaction as the change i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,9 +57,16 @@ def now() -> datetime:
 
 
 class AccountService:
-    def __init__(self, *, db: Database, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        settings: Settings,
+        on_access_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self._db = db
         self._settings = settings
+        self._on_access_change = on_access_change
         self._idle = timedelta(minutes=settings.session_idle_minutes)
         self._max_age = timedelta(hours=settings.session_max_hours)
 
@@ -205,6 +213,7 @@ class AccountService:
                 ip=client.ip,
                 user_agent=client.user_agent,
             )
+        self._on_access_change()
         return row.id_token if row is not None else None
 
     # -- who is asking --------------------------------------------------------------------------
@@ -334,6 +343,7 @@ class AccountService:
                 raise NotFound("no such session", code="session_not_found")
             await sess.revoke_session(session, session_id, now())
             await self._audit(session, who, "session.revoke", client, "session", session_id, {})
+        self._on_access_change()
 
     # -- audit ----------------------------------------------------------------------------------
 

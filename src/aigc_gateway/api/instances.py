@@ -24,7 +24,10 @@ async def list_instances(
     gw: GatewayDep, who: CurrentUser, all: Annotated[bool, Query()] = False
 ) -> list[InstancePublic]:
     """Your instances; with ``all=true`` an admin sees everyone's."""
-    return [InstancePublic.of(i) for i in await gw.instances.list_visible(who, all_users=all)]
+    return [
+        InstancePublic.of(i, gw.settings)
+        for i in await gw.instances.list_visible(who, all_users=all)
+    ]
 
 
 @router.post("", status_code=201)
@@ -47,12 +50,12 @@ async def create_instance(
             target_id=inst.id,
             detail={"template": inst.template_id},
         )
-    return InstancePublic.of(inst)
+    return InstancePublic.of(inst, gw.settings)
 
 
 @router.get("/{instance_id}")
 async def get_instance(instance_id: str, gw: GatewayDep, who: CurrentUser) -> InstancePublic:
-    return InstancePublic.of(await gw.instances.get(who, instance_id))
+    return InstancePublic.of(await gw.instances.get(who, instance_id), gw.settings)
 
 
 @router.delete("/{instance_id}", status_code=202)
@@ -73,7 +76,7 @@ async def delete_instance(
         target_id=inst.id,
         detail={"delete_data": delete_data},
     )
-    return InstancePublic.of(inst)
+    return InstancePublic.of(inst, gw.settings)
 
 
 @router.get("/{instance_id}/events")
@@ -204,4 +207,4 @@ async def act(
     await gw.accounts.record(
         who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
     )
-    return InstancePublic.of(inst)
+    return InstancePublic.of(inst, gw.settings)

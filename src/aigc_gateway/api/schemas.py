@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aigc_gateway.settings import Settings
 from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
 
@@ -32,13 +33,17 @@ class InstancePublic(BaseModel):
     reason: str
     exit_code: int | None
     engine_url: str | None
+    """The engine's own address on the gateway host (for the gateway and operators)."""
+    url: str
+    """Where users open the instance: its own host, through the gateway."""
+    last_activity_at: datetime | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
     ready_at: datetime | None
 
     @classmethod
-    def of(cls, inst: Instance) -> InstancePublic:
+    def of(cls, inst: Instance, settings: Settings) -> InstancePublic:
         running = inst.state == "running" and inst.host and inst.port
         return cls(
             id=inst.id,
@@ -52,6 +57,8 @@ class InstancePublic(BaseModel):
             reason=inst.reason,
             exit_code=inst.exit_code,
             engine_url=f"http://{inst.host}:{inst.port}" if running else None,
+            url=settings.instance_url(inst.slug),
+            last_activity_at=inst.last_activity_at,
             created_at=inst.created_at,
             updated_at=inst.updated_at,
             started_at=inst.started_at,

@@ -22,8 +22,10 @@ from typing import Any
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import DesiredState, InstanceState, can_transition, transition
 from aigc_gateway.errors import Conflict
+from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.launch import launch_spec
+from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.runtime.base import LaunchError, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
@@ -51,6 +53,8 @@ class Controller:
         resync_interval_s: float,
         log_max_bytes: int,
         stop_grace_s: float,
+        routes: RouteTable | None = None,
+        activity: ActivityTracker | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -59,6 +63,8 @@ class Controller:
         self._resync_interval_s = resync_interval_s
         self._log_max_bytes = log_max_bytes
         self._stop_grace_s = stop_grace_s
+        self.routes = routes or RouteTable()
+        self.activity = activity or ActivityTracker()
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
         self._resync_task: asyncio.Task[None] | None = None
@@ -68,6 +74,9 @@ class Controller:
     # -- public ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        async with self._db.read() as session:
+            for inst in await repo.list_for(session, owner_id=None):
+                self.routes.put(Route.of(inst))
         await self.resync()
         self._resync_task = asyncio.create_task(self._resync_loop(), name="lifecycle-resync")
 
@@ -91,6 +100,13 @@ class Controller:
     def alive(self) -> bool:
         return self._resync_task is not None and not self._resync_task.done()
 
+    async def flush_activity(self) -> None:
+        """Write the proxy's activity marks to the store (one batch)."""
+        changed = self.activity.drain()
+        if changed:
+            async with self._db.write() as session:
+                await repo.set_activity(session, changed)
+
     async def resync(self) -> None:
         """Kick every live instance and stop workloads no live instance owns."""
         async with self._db.read() as session:
@@ -109,6 +125,7 @@ class Controller:
         while True:
             await asyncio.sleep(self._resync_interval_s)
             try:
+                await self.flush_activity()
                 await self.resync()
             except asyncio.CancelledError:
                 raise
@@ -191,7 +208,10 @@ class Controller:
                 events.append(
                     await repo.add_event(session, **self._progress_event(inst, step, data))
                 )
-        inst.state = target.value
+        inst.state, inst.reason = target.value, reason
+        for key, value in changes.items():
+            setattr(inst, key, value)
+        self.routes.put(Route.of(inst))
         for ev in events:
             self._hub.publish(EventRecord.of(ev))
         log.info("%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id})
@@ -259,6 +279,7 @@ class Controller:
         async with self._db.write() as session:
             await repo.set_fields(session, inst.id, pid=work.pid, host=work.host, port=work.port)
             ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
+        inst.pid, inst.host, inst.port = work.pid, work.host, work.port
         self._hub.publish(EventRecord.of(ev))
 
     async def _await_ready(self, inst: Instance, wake: asyncio.Event) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventRecord
+from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import instances as repo
@@ -60,6 +61,7 @@ class InstanceService:
         runtime: Runtime,
         volumes_dir: Path,
         default_limit: int,
+        on_access_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -67,6 +69,7 @@ class InstanceService:
         self._runtime = runtime
         self._volumes_dir = volumes_dir
         self._default_limit = default_limit
+        self._on_access_change = on_access_change
 
     async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
         """Create an instance (desired: running). Returns it and whether it is new."""
@@ -135,6 +138,7 @@ class InstanceService:
             await repo.add_event(
                 session, instance_id=inst.id, kind="action", message="created", actor=who.user_id
             )
+        self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst, True
 
@@ -196,6 +200,7 @@ class InstanceService:
                 message=f"shared with {'user ' + str(user_name) if user_name else 'team ' + str(team_name)}",
                 actor=who.user_id,
             )
+        self._on_access_change()
         return share
 
     async def unshare(self, who: Principal, instance_id: str, share_id: str) -> None:
@@ -209,6 +214,7 @@ class InstanceService:
                 message="share revoked",
                 actor=who.user_id,
             )
+        self._on_access_change()
 
     async def act(self, who: Principal, instance_id: str, action: Action) -> Instance:
         async with self._db.write() as session:
@@ -225,6 +231,7 @@ class InstanceService:
                     message=action.value,
                     actor=who.user_id,
                 )
+        self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst
 
@@ -239,6 +246,7 @@ class InstanceService:
                 await repo.add_event(
                     session, instance_id=inst.id, kind="action", message=message, actor=who.user_id
                 )
+        self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst
 

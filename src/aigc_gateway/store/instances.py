@@ -249,3 +249,14 @@ async def list_by_ids(session: AsyncSession, ids: set[str]) -> Sequence[Instance
             .order_by(Instance.created_at, Instance.id)
         )
     ).all()
+
+
+async def set_activity(session: AsyncSession, last: dict[str, float]) -> None:
+    """Record the last proxied activity of several instances at once."""
+    for instance_id, at in last.items():
+        await session.execute(
+            update(Instance)
+            .where(Instance.id == instance_id)
+            .values(last_activity_at=datetime.fromtimestamp(at, UTC))
+            .execution_options(synchronize_session=False)
+        )

@@ -110,6 +110,15 @@ class Storage(Strict):
     """An environment variable that receives the data folder, for engines that read one."""
 
 
+class AccessPolicy(Strict):
+    path_mode: bool = False
+    """Also serve the engine at ``/i/<slug>/`` on the gateway's host (engines that support a
+    root path, given as ``{base_path}``). The engine's pages then share the gateway's origin:
+    turn this on only for engines you trust."""
+    wake_on_request: bool = True
+    """A request for a paused instance starts it (if the user may)."""
+
+
 class IdlePolicy(Strict):
     pause_after_minutes: float | None = Field(default=60.0, gt=0)
     """Pause an instance nobody used for this long (null: never)."""
@@ -128,6 +137,7 @@ class Template(Strict):
     resources: Resources = Resources()
     storage: Storage = Storage()
     idle: IdlePolicy = IdlePolicy()
+    access: AccessPolicy = AccessPolicy()
     price_class: str = "cpu"
     enabled: bool = True
     schema_version: Literal[1] = 1

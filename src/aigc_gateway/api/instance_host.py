@@ -1,0 +1,85 @@
+"""The gateway's own paths on an instance host (besides the hand-over): the wake page's live
+status. Authenticated by the instance cookie, like the engine behind it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse
+from starlette.responses import JSONResponse, Response
+
+from aigc_gateway.accounts.access_cache import Allowed
+from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie
+from aigc_gateway.api.deps import GatewayDep
+from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.domain.hosts import instance_slug
+from aigc_gateway.lifecycle.routes import Route
+
+router = APIRouter(prefix="/_aigc", tags=["instance host"], include_in_schema=False)
+
+
+async def _allowed(request: Request, gw: GatewayDep) -> tuple[Route, Principal] | None:
+    slug = instance_slug(request.headers.get("host", ""), gw.settings.apps_domain)
+    route = gw.controller.routes.get(slug) if slug else None
+    if route is None:
+        return None
+    decision = await decide_cookie(
+        gw.db,
+        instance_id=route.instance_id,
+        owner_id=route.owner_id,
+        cookie=request.cookies.get(INSTANCE_COOKIE),
+        idle=gw.instance_access.idle,
+    )
+    if not isinstance(decision, Allowed):
+        return None
+    who = Principal(
+        user_id=decision.user_id,
+        name=decision.user_name,
+        is_admin=decision.is_admin,
+        team_ids=decision.team_ids,
+        via=Via.INSTANCE_COOKIE,
+    )
+    return route, who
+
+
+def _status(route: Route) -> dict[str, Any]:
+    return {
+        "state": route.state,
+        "desired_state": route.desired_state,
+        "reason": route.reason,
+        "exit_code": route.exit_code,
+    }
+
+
+@router.get("/status")
+async def instance_status(request: Request, gw: GatewayDep) -> Response:
+    found = await _allowed(request, gw)
+    if found is None:
+        return JSONResponse({"code": "not_found", "message": "no such instance"}, status_code=404)
+    return JSONResponse(_status(found[0]))
+
+
+@router.get("/events")
+async def instance_events(request: Request, gw: GatewayDep) -> Response:
+    """Live events of this instance (progress, transitions) for the "starting" page."""
+    found = await _allowed(request, gw)
+    if found is None:
+        return JSONResponse({"code": "not_found", "message": "no such instance"}, status_code=404)
+    route, who = found
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        yield {"event": "status", "data": json.dumps(_status(route))}
+        with gw.hub.subscribe(route.instance_id) as queue:
+            while True:
+                record = await queue.get()
+                yield {
+                    "id": str(record.id),
+                    "event": record.kind,
+                    "data": json.dumps(record.public()),
+                }
+
+    del who
+    return EventSourceResponse(events(), ping=15)

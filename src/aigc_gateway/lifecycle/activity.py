@@ -1,0 +1,26 @@
+"""Last activity per instance, kept in memory and written to the store in batches."""
+
+from __future__ import annotations
+
+import time
+
+
+class ActivityTracker:
+    """``touch`` is called for every proxied request and WebSocket message: a dict write.
+    ``drain`` hands the changes since the last drain to whoever persists them."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._dirty: set[str] = set()
+
+    def touch(self, instance_id: str) -> None:
+        self._last[instance_id] = time.time()
+        self._dirty.add(instance_id)
+
+    def last(self, instance_id: str) -> float | None:
+        return self._last.get(instance_id)
+
+    def drain(self) -> dict[str, float]:
+        changed = {i: self._last[i] for i in self._dirty}
+        self._dirty.clear()
+        return changed

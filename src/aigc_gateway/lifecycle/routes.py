@@ -1,0 +1,80 @@
+"""The in-memory route table the proxy reads: slug → where the engine is and in what state.
+
+The lifecycle controller updates it on every transition (and the table is loaded from the store
+at start), so the proxy never asks the store where an engine is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class _InstanceLike(Protocol):
+    id: str
+    slug: str
+    owner_id: str
+    template_id: str
+    state: str
+    desired_state: str
+    reason: str
+    exit_code: int | None
+    host: str | None
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    instance_id: str
+    slug: str
+    owner_id: str
+    template_id: str
+    state: str
+    desired_state: str
+    reason: str
+    exit_code: int | None
+    upstream: str | None
+    """``host:port`` while the engine runs, else None."""
+
+    @classmethod
+    def of(cls, inst: _InstanceLike) -> Route:
+        running = inst.state == "running" and inst.host and inst.port
+        return cls(
+            instance_id=inst.id,
+            slug=inst.slug,
+            owner_id=inst.owner_id,
+            template_id=inst.template_id,
+            state=inst.state,
+            desired_state=inst.desired_state,
+            reason=inst.reason,
+            exit_code=inst.exit_code,
+            upstream=f"{inst.host}:{inst.port}" if running else None,
+        )
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self._by_slug: dict[str, Route] = {}
+        self._slug_of: dict[str, str] = {}
+
+    def get(self, slug: str) -> Route | None:
+        return self._by_slug.get(slug)
+
+    def by_instance(self, instance_id: str) -> Route | None:
+        slug = self._slug_of.get(instance_id)
+        return self._by_slug.get(slug) if slug else None
+
+    def put(self, route: Route) -> None:
+        if route.state == "deleted":
+            self.remove(route.instance_id)
+            return
+        self._by_slug[route.slug] = route
+        self._slug_of[route.instance_id] = route.slug
+
+    def remove(self, instance_id: str) -> None:
+        slug = self._slug_of.pop(instance_id, None)
+        if slug is not None:
+            self._by_slug.pop(slug, None)
+
+    def __len__(self) -> int:
+        return len(self._by_slug)

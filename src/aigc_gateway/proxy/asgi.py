@@ -1,0 +1,354 @@
+"""The proxy as pure ASGI middleware in front of the gateway's own routes.
+
+A request whose ``Host`` is exactly ``<slug>.<apps_domain>`` (any port) goes to that instance's
+engine; so does ``/i/<slug>/…`` on the gateway's host for templates that allow path mode. All
+else — and ``/_aigc/…`` on instance hosts (hand-over, wake page events) — goes to the app.
+The hot path reads only memory: the route table, the template catalog, the access cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
+from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie
+from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.domain.hosts import instance_slug
+from aigc_gateway.errors import GatewayError
+from aigc_gateway.lifecycle.routes import Route
+from aigc_gateway.lifecycle.service import Action
+from aigc_gateway.proxy.relay import Limits, relay_http, relay_websocket, upstream_headers
+from aigc_gateway.web.pages import environment
+
+if TYPE_CHECKING:
+    from aigc_gateway.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+WAKING = frozenset({"pending", "starting", "stopping", "paused"})
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    for part in _header(scope, b"cookie").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _wants_html(scope: Scope) -> bool:
+    return scope["type"] == "http" and "text/html" in _header(scope, b"accept")
+
+
+class InstanceProxy:
+    """Routes instance traffic to engines; everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        gw: Gateway = scope["app"].state.gateway
+        host = _header(scope, b"host")
+        slug = instance_slug(host, gw.settings.apps_domain)
+        path: str = scope["path"]
+        if slug is not None and not path.startswith("/_aigc/"):
+            await self._instance(gw, scope, receive, send, slug=slug, host=host, prefix=None)
+            return
+        if slug is None and path.startswith("/i/"):
+            candidate = path[3:].split("/", 1)[0]
+            route = gw.controller.routes.get(candidate)
+            loaded = gw.registry.get(route.template_id) if route else None
+            if route is not None and loaded is not None and loaded.template.access.path_mode:
+                await self._instance(
+                    gw, scope, receive, send, slug=candidate, host=host, prefix=f"/i/{candidate}"
+                )
+                return
+        await self.app(scope, receive, send)
+
+    async def _instance(
+        self,
+        gw: Gateway,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        slug: str,
+        host: str,
+        prefix: str | None,
+    ) -> None:
+        route = gw.controller.routes.get(slug)
+        if route is None:
+            await self._refuse(scope, receive, send, 404, "no such instance")
+            return
+        decision = await self._decide(gw, scope, route, prefix)
+        if isinstance(decision, Refused):
+            if decision.status == 401 and _wants_html(scope) and prefix is None:
+                await self._to_sign_in(gw, scope, send, host)
+            elif decision.status == 401 and _wants_html(scope):
+                await _redirect(send, f"/auth/login?next={quote(scope['path'], safe='')}")
+            else:
+                await self._refuse(
+                    scope,
+                    receive,
+                    send,
+                    decision.status,
+                    "sign in to open this instance"
+                    if decision.status == 401
+                    else "you may not open this instance",
+                )
+            return
+        gw.controller.activity.touch(route.instance_id)
+        if route.state == "running" and route.upstream:
+            await self._relay(gw, scope, receive, send, route, decision, host, prefix)
+        elif route.state in WAKING:
+            await self._wake(gw, scope, receive, send, route, decision, prefix)
+        else:
+            await self._refuse(scope, receive, send, 502, _failed_text(route))
+
+    async def _decide(
+        self, gw: Gateway, scope: Scope, route: Route, prefix: str | None
+    ) -> Decision:
+        """Host mode: the instance cookie. Path mode (same host as the gateway): the session."""
+        name = INSTANCE_COOKIE if prefix is None else "aigc_session"
+        cookie = _cookie(scope, name)
+        if not cookie:
+            return Refused(401)
+        key = ("p:" if prefix else "h:") + cookie
+        cached = gw.access_cache.get(route.slug, key)
+        if cached is not None:
+            return cached
+        if prefix is None:
+            decision = await decide_cookie(
+                gw.db,
+                instance_id=route.instance_id,
+                owner_id=route.owner_id,
+                cookie=cookie,
+                idle=gw.instance_access.idle,
+            )
+        else:
+            decision = await _decide_session(gw, route, cookie)
+        gw.access_cache.put(route.slug, key, decision)
+        return decision
+
+    async def _relay(
+        self,
+        gw: Gateway,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        who: Allowed,
+        host: str,
+        prefix: str | None,
+    ) -> None:
+        assert route.upstream is not None
+        settings = gw.settings
+        limits = Limits(
+            settings.proxy_connect_timeout_s,
+            settings.proxy_read_timeout_s,
+            settings.proxy_max_body_bytes,
+        )
+        websocket = scope["type"] == "websocket"
+        headers = upstream_headers(
+            scope, user_name=who.user_name, host=host, prefix=prefix, websocket=websocket
+        )
+        if websocket:
+            await relay_websocket(
+                scope,
+                receive,
+                send,
+                session=gw.upstream,
+                upstream=route.upstream,
+                headers=headers,
+                limits=limits,
+                on_message=lambda: gw.controller.activity.touch(route.instance_id),
+            )
+            return
+        html = _wants_html(scope)
+        await relay_http(
+            scope,
+            receive,
+            send,
+            session=gw.upstream,
+            upstream=route.upstream,
+            headers=headers,
+            limits=limits,
+            error=lambda status, text: _error_body(status, text, html),
+        )
+
+    async def _wake(
+        self,
+        gw: Gateway,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        who: Allowed,
+        prefix: str | None,
+    ) -> None:
+        """A request for an instance that is not running: start it if the user may and the
+        template allows, then show a live "starting" page (browsers) or 503 + Retry-After."""
+        loaded = gw.registry.get(route.template_id)
+        may_wake = loaded is not None and loaded.template.access.wake_on_request and who.may_operate
+        if route.desired_state != "running":
+            if not may_wake:
+                await self._refuse(
+                    scope, receive, send, 409, "this instance is paused; its owner can resume it"
+                )
+                return
+            principal = Principal(
+                user_id=who.user_id,
+                name=who.user_name,
+                is_admin=who.is_admin,
+                team_ids=who.team_ids,
+                via=Via.INSTANCE_COOKIE,
+            )
+            try:
+                await gw.instances.act(principal, route.instance_id, Action.RESUME)
+            except GatewayError as exc:
+                await self._refuse(scope, receive, send, exc.status, exc.message)
+                return
+        if scope["type"] == "websocket":
+            await self._refuse(scope, receive, send, 503, "starting")
+            return
+        if _wants_html(scope):
+            events = (
+                f"/api/instances/{route.instance_id}/events/stream" if prefix else "/_aigc/events"
+            )
+            page = (
+                environment()
+                .get_template("instance_starting.html")
+                .render(title="Starting", events_url=events, state=route.state)
+            )
+            await _respond(send, 503, "text/html; charset=utf-8", page.encode(), retry_after=2)
+        else:
+            body = json.dumps(
+                {
+                    "code": "instance_starting",
+                    "message": "the instance is starting; retry shortly",
+                    "state": route.state,
+                }
+            ).encode()
+            await _respond(send, 503, "application/json", body, retry_after=2)
+
+    async def _to_sign_in(self, gw: Gateway, scope: Scope, send: Send, host: str) -> None:
+        scheme = "https" if scope.get("scheme") == "https" else "http"
+        query = scope.get("query_string", b"").decode("latin-1")
+        original = f"{scheme}://{host}{scope['path']}" + (f"?{query}" if query else "")
+        await _redirect(
+            send, f"{gw.settings.base_url}/auth/instance-login?rd={quote(original, safe='')}"
+        )
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, text: str
+    ) -> None:
+        if scope["type"] == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            return
+        content_type, body = _error_body(status, text, _wants_html(scope))
+        await _respond(send, status, content_type, body)
+
+
+async def _decide_session(gw: Gateway, route: Route, cookie: str) -> Decision:
+    from aigc_gateway.auth.principal import Access, authorize_instance
+    from aigc_gateway.store import access as acl
+
+    who = await gw.accounts.principal_for_session(cookie)
+    if who is None:
+        return Refused(401)
+    async with gw.db.read() as session:
+        shared = who.user_id != route.owner_id and await acl.is_shared_with(
+            session, route.instance_id, who.user_id, who.team_ids
+        )
+    try:
+        authorize_instance(who, route.owner_id, Access.USE, shared=shared)
+    except GatewayError:
+        return Refused(403)
+    try:
+        authorize_instance(who, route.owner_id, Access.OPERATE, shared=shared)
+        operate = True
+    except GatewayError:
+        operate = False
+    return Allowed(
+        user_id=who.user_id,
+        user_name=who.name,
+        may_operate=operate,
+        is_admin=who.is_admin,
+        team_ids=who.team_ids,
+    )
+
+
+def _failed_text(route: Route) -> str:
+    code = f" (exit code {route.exit_code})" if route.exit_code is not None else ""
+    return f"this instance is {route.state}: {route.reason}{code}"
+
+
+def _error_body(status: int, text: str, html: bool) -> tuple[str, bytes]:
+    if html:
+        page = (
+            environment()
+            .get_template("message.html")
+            .render(
+                title="Instance unavailable" if status >= 500 else "Cannot open this instance",
+                text=text,
+            )
+        )
+        return "text/html; charset=utf-8", page.encode()
+    codes = {
+        401: "unauthorized",
+        403: "forbidden",
+        404: "instance_not_found",
+        409: "instance_paused",
+        413: "body_too_large",
+        502: "engine_unavailable",
+        503: "instance_starting",
+        504: "engine_timeout",
+    }
+    return "application/json", json.dumps(
+        {"code": codes.get(status, "proxy_error"), "message": text}
+    ).encode()
+
+
+async def _respond(
+    send: Send, status: int, content_type: str, body: bytes, retry_after: int | None = None
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location.encode("latin-1")),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,328 @@
+"""Streaming relay of one HTTP request or WebSocket to an engine (aiohttp client upstream).
+
+Bodies are streamed both ways, never buffered whole. A client that goes away cancels the
+upstream request. Headers: hop-by-hop headers are dropped, the gateway's own cookies and bearer
+tokens never reach the engine, the engine cannot set the gateway's cookies, and the
+``X-Forwarded-*`` headers are the gateway's own (a client cannot spoof them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+SET_BY_GATEWAY = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+WS_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+GATEWAY_COOKIES = frozenset({"aigc_session", "aigc_instance", "aigc_oidc"})
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request body was being read."""
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 3600.0
+    max_body_bytes: int = 0
+    """0: no limit (models and datasets are large)."""
+
+
+def strip_cookies(header: str) -> str:
+    """The Cookie header without the gateway's cookies (parsed per pair, names matched exactly)."""
+    kept = []
+    for pair in header.split(";"):
+        name = pair.split("=", 1)[0].strip()
+        if name and name not in GATEWAY_COOKIES:
+            kept.append(pair.strip())
+    return "; ".join(kept)
+
+
+def upstream_headers(
+    scope: Scope, *, user_name: str, host: str, prefix: str | None, websocket: bool = False
+) -> list[tuple[str, str]]:
+    connection_tokens: set[str] = set()
+    raw: list[tuple[str, str]] = []
+    for key, value in scope["headers"]:
+        name, text = key.decode("latin-1").lower(), value.decode("latin-1")
+        if name == "connection":
+            connection_tokens |= {t.strip().lower() for t in text.split(",")}
+        raw.append((name, text))
+    out: list[tuple[str, str]] = []
+    for name, text in raw:
+        if name in HOP_BY_HOP or name in connection_tokens or name in SET_BY_GATEWAY:
+            continue
+        if name.startswith("x-aigc-") or (websocket and name in WS_HANDSHAKE):
+            continue
+        if name == "cookie":
+            text = strip_cookies(text)
+            if not text:
+                continue
+        if name == "authorization" and text[7:].startswith("agw_"):
+            continue  # the gateway's own API token: never an engine's business
+        out.append((name, text))
+    client = scope.get("client")
+    ip = client[0] if client else ""
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    out += [
+        ("x-forwarded-for", ip),
+        ("x-forwarded-proto", scheme),
+        ("x-forwarded-host", host),
+        ("x-real-ip", ip),
+        ("x-aigc-user", user_name),
+    ]
+    if prefix:
+        out.append(("x-forwarded-prefix", prefix))
+    return out
+
+
+def downstream_headers(headers: aiohttp.typedefs.LooseHeaders) -> list[tuple[bytes, bytes]]:
+    out = []
+    for name, value in headers.items():  # type: ignore[union-attr]
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            continue
+        if lower == "set-cookie" and _sets_gateway_cookie(value):
+            continue
+        out.append((lower.encode("latin-1"), value.encode("latin-1")))
+    return out
+
+
+def _sets_gateway_cookie(value: str) -> bool:
+    cookie: SimpleCookie = SimpleCookie()
+    with contextlib.suppress(Exception):
+        cookie.load(value)
+    return (
+        any(name in GATEWAY_COOKIES for name in cookie)
+        or value.split("=", 1)[0].strip() in GATEWAY_COOKIES
+    )
+
+
+def target_url(scope: Scope, upstream: str, *, websocket: bool = False) -> str:
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    url = f"{'ws' if websocket else 'http'}://{upstream}{path.decode('latin-1')}"
+    return url + (f"?{query.decode('latin-1')}" if query else "")
+
+
+async def relay_http(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    session: aiohttp.ClientSession,
+    upstream: str,
+    headers: list[tuple[str, str]],
+    limits: Limits,
+    error: Callable[[int, str], tuple[str, bytes]],
+) -> None:
+    """Relay one request. ``error(status, message)`` gives the content type and body of the
+    answer when the engine fails before answering."""
+    method = scope["method"]
+    has_body = any(n in ("content-length", "transfer-encoding") for n, _ in headers) or method in (
+        "POST",
+        "PUT",
+        "PATCH",
+    )
+    body_read = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if limits.max_body_bytes and total > limits.max_body_bytes:
+                raise BodyTooLarge
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        body_read.set()
+
+    if not has_body:
+        body_read.set()
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=limits.connect_timeout_s, sock_read=limits.read_timeout_s
+    )
+    started = False
+
+    async def exchange() -> None:
+        nonlocal started
+        async with session.request(
+            method,
+            target_url(scope, upstream),
+            headers=headers,
+            data=body() if has_body else None,
+            allow_redirects=False,
+            auto_decompress=False,
+            timeout=timeout,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        ) as response:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": downstream_headers(response.headers),
+                }
+            )
+            started = True
+            if method != "HEAD":
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def client_left() -> None:
+        await body_read.wait()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.create_task(exchange()), asyncio.create_task(client_left())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, watch):
+            task.cancel()
+        results = await asyncio.gather(work, watch, return_exceptions=True)
+    failure = results[0]
+    if isinstance(failure, BaseException) and not isinstance(failure, asyncio.CancelledError):
+        if isinstance(failure, ClientGone):
+            return
+        if started:
+            raise failure  # mid-stream: the server closes the connection
+        status, text = _explain(failure)
+        content_type, payload = error(status, text)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _explain(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, BodyTooLarge):
+        return 413, "the request body is larger than this gateway allows"
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
+        return 502, "the engine is not reachable (it may be restarting)"
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return 504, "the engine did not answer in time"
+    log.warning("proxy error: %s", type(exc).__name__)
+    return 502, f"the engine's answer could not be relayed ({type(exc).__name__})"
+
+
+async def relay_websocket(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    session: aiohttp.ClientSession,
+    upstream: str,
+    headers: list[tuple[str, str]],
+    limits: Limits,
+    on_message: Callable[[], None],
+) -> None:
+    """Relay a WebSocket: text and binary frames both ways, close codes passed through,
+    subprotocol negotiated with the engine, back-pressure by awaiting each send."""
+    first = await receive()
+    if first["type"] != "websocket.connect":
+        return
+    try:
+        upstream_ws = await session.ws_connect(
+            target_url(scope, upstream, websocket=True),
+            protocols=tuple(scope.get("subprotocols") or ()),
+            headers=headers,
+            autoping=True,
+            max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10),
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.info("engine refused the WebSocket: %s", type(exc).__name__)
+        await send({"type": "websocket.close", "code": 1011})
+        return
+    await send({"type": "websocket.accept", "subprotocol": upstream_ws.protocol})
+
+    async def to_engine() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                if message.get("text") is not None:
+                    await upstream_ws.send_str(message["text"])
+                else:
+                    await upstream_ws.send_bytes(message.get("bytes") or b"")
+                on_message()
+            elif message["type"] == "websocket.disconnect":
+                await upstream_ws.close(code=message.get("code", 1000))
+                return
+
+    async def to_client() -> None:
+        async for message in upstream_ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                await send({"type": "websocket.send", "text": message.data})
+            elif message.type is aiohttp.WSMsgType.BINARY:
+                await send({"type": "websocket.send", "bytes": message.data})
+            else:
+                break
+            on_message()
+        code = upstream_ws.close_code or 1000
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code if code != 1006 else 1011})
+
+    tasks = [asyncio.create_task(to_engine()), asyncio.create_task(to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await upstream_ws.close()
