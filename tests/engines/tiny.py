@@ -2,7 +2,8 @@
 
 Listens on $PORT (or --port); records the moment it started listening in ``<data>/listen.json``;
 ``GET /`` answers ok; ``GET /write?name=N&content=C`` writes a file in the data folder;
-``GET /read?name=N`` reads it back; ``GET /setcookie`` tries to set the gateway's cookie; ``GET /crash?code=K`` prints a line and exits with code K.
+``GET /read?name=N`` reads it back; ``GET /setcookie`` tries to set the gateway's cookie; ``GET /stream`` streams until the reader goes away and then writes ``stream-closed``;
+``GET /crash?code=K`` prints a line and exits with code K.
 ``--exit-before-ready K`` exits at once with code K; ``--no-listen`` never opens its port.
 """
 
@@ -52,6 +53,21 @@ def main() -> None:
                 (data / q["name"]).write_text(q["content"])
             elif url.path == "/read":
                 body = (data / q["name"]).read_bytes()
+            elif url.path == "/stream":
+                # Streams until the client (or the proxy in front) goes away, then says so.
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"tick\n" * 64)
+                        self.wfile.flush()
+                        time.sleep(0.02)
+                except OSError:
+                    (data / "stream-closed").write_text("closed")
+                return
+            elif url.path.endswith("/prefix"):  # path mode keeps the /i/<slug> prefix
+                body = (self.headers.get("X-Forwarded-Prefix") or "none").encode()
             elif url.path == "/crash":
                 print("tiny engine: out of memory (simulated crash)", flush=True)
                 os._exit(int(q.get("code", "1")))

@@ -40,12 +40,36 @@ def write_templates(folder: Path) -> Path:
     for name in ("demo.yaml", "jupyterlab.yaml", "sd-webui.yaml"):
         shutil.copy(REPO / "templates" / name, folder / name)
     (folder / "tiny.yaml").write_text(tiny_template("tiny"))
+    (folder / "tiny-path.yaml").write_text(
+        tiny_template("tiny-path") + "access: {path_mode: true}\n"
+    )
+    (folder / "tiny-idle.yaml").write_text(
+        tiny_template("tiny-idle") + "idle: {pause_after_minutes: 0.02}\n"
+    )
     (folder / "crash.yaml").write_text(tiny_template("crash", "--exit-before-ready", "3"))
     (folder / "never-ready.yaml").write_text(
         tiny_template("never-ready", "--no-listen", timeout_s=1)
     )
     (folder / "missing-binary.yaml").write_text(
         tiny_template("missing-binary").replace('"{python}"', '"/nonexistent/engine-binary"', 1)
+    )
+    (folder / "gradio.yaml").write_text(  # a real Gradio app (tests/engines/gradio_app.py)
+        f"""
+id: gradio
+family: gradio
+version: "1"
+display: {{name: {{en: Gradio test engine, zh-CN: Gradio 测试引擎}}}}
+launch:
+  command: ["{{python}}", "{REPO / "tests" / "engines" / "gradio_app.py"}", "--port", "{{port}}",
+            "--data-dir", "{{data_dir}}"]
+  env:
+    GRADIO_ANALYTICS_ENABLED: "False"
+    GRADIO_TEMP_DIR: "{{data_dir}}/.gradio"
+    HF_HUB_OFFLINE: "1"
+  requires: ["python:gradio"]
+  stop_grace_s: 5
+readiness: {{http: /, timeout_s: 60}}
+"""
     )
     return folder
 

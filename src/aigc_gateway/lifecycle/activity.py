@@ -17,6 +17,11 @@ class ActivityTracker:
         self._last[instance_id] = time.time()
         self._dirty.add(instance_id)
 
+    def seed(self, instance_id: str, at: float) -> None:
+        """Known activity from the store (after a restart); not written back."""
+        if at > self._last.get(instance_id, 0.0):
+            self._last[instance_id] = at
+
     def last(self, instance_id: str) -> float | None:
         return self._last.get(instance_id)
 

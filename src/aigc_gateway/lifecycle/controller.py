@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +78,8 @@ class Controller:
         async with self._db.read() as session:
             for inst in await repo.list_for(session, owner_id=None):
                 self.routes.put(Route.of(inst))
+                if inst.last_activity_at is not None:
+                    self.activity.seed(inst.id, inst.last_activity_at.timestamp())
         await self.resync()
         self._resync_task = asyncio.create_task(self._resync_loop(), name="lifecycle-resync")
 
@@ -107,6 +110,29 @@ class Controller:
             async with self._db.write() as session:
                 await repo.set_activity(session, changed)
 
+    async def pause_idle(self) -> None:
+        """Release engines nobody used for their template's ``idle.pause_after_minutes``: the
+        instance is paused (desired state), its data kept; the next request wakes it."""
+        now = time.time()
+        for route in self.routes.all():
+            if route.state != "running" or route.desired_state != "running":
+                continue
+            loaded = self._registry.get(route.template_id)
+            minutes = loaded.template.idle.pause_after_minutes if loaded else None
+            if not minutes:
+                continue
+            last = max(self.activity.last(route.instance_id) or 0.0, route.ready_at or 0.0)
+            if last and now - last > minutes * 60:
+                async with self._db.write() as session:
+                    paused = await repo.pause_if_running(
+                        session,
+                        route.instance_id,
+                        f"paused after {minutes:g} minutes idle (no requests); data kept",
+                    )
+                if paused is not None:
+                    self.routes.put(Route.of(paused))
+                    self.kick(route.instance_id)
+
     async def resync(self) -> None:
         """Kick every live instance and stop workloads no live instance owns."""
         async with self._db.read() as session:
@@ -126,6 +152,7 @@ class Controller:
             await asyncio.sleep(self._resync_interval_s)
             try:
                 await self.flush_activity()
+                await self.pause_idle()
                 await self.resync()
             except asyncio.CancelledError:
                 raise

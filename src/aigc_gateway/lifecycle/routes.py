@@ -7,6 +7,7 @@ at start), so the proxy never asks the store where an engine is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 
@@ -21,6 +22,7 @@ class _InstanceLike(Protocol):
     exit_code: int | None
     host: str | None
     port: int | None
+    ready_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,8 @@ class Route:
     exit_code: int | None
     upstream: str | None
     """``host:port`` while the engine runs, else None."""
+    ready_at: float | None = None
+    """When the engine last became ready (epoch seconds): idle time counts from here at least."""
 
     @classmethod
     def of(cls, inst: _InstanceLike) -> Route:
@@ -49,6 +53,7 @@ class Route:
             reason=inst.reason,
             exit_code=inst.exit_code,
             upstream=f"{inst.host}:{inst.port}" if running else None,
+            ready_at=inst.ready_at.timestamp() if inst.ready_at else None,
         )
 
 
@@ -75,6 +80,9 @@ class RouteTable:
         slug = self._slug_of.pop(instance_id, None)
         if slug is not None:
             self._by_slug.pop(slug, None)
+
+    def all(self) -> list[Route]:
+        return list(self._by_slug.values())
 
     def __len__(self) -> int:
         return len(self._by_slug)

@@ -168,8 +168,20 @@ async def relay_http(
         "PATCH",
     )
     body_read = asyncio.Event()
+    too_large = False
+    declared = next((v for n, v in headers if n == "content-length"), None)
+    if (
+        limits.max_body_bytes
+        and declared
+        and declared.isdigit()
+        and int(declared) > limits.max_body_bytes
+    ):
+        content_type, payload = error(413, _explain(BodyTooLarge())[1])
+        await _send_error(send, 413, content_type, payload)
+        return
 
     async def body() -> AsyncIterator[bytes]:
+        nonlocal too_large
         total = 0
         while True:
             message = await receive()
@@ -178,6 +190,7 @@ async def relay_http(
             chunk = message.get("body", b"")
             total += len(chunk)
             if limits.max_body_bytes and total > limits.max_body_bytes:
+                too_large = True
                 raise BodyTooLarge
             if chunk:
                 yield chunk
@@ -235,19 +248,18 @@ async def relay_http(
             return
         if started:
             raise failure  # mid-stream: the server closes the connection
-        status, text = _explain(failure)
+        status, text = _explain(BodyTooLarge() if too_large else failure)
         content_type, payload = error(status, text)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        await _send_error(send, status, content_type, payload)
+
+
+async def _send_error(send: Send, status: int, content_type: str, payload: bytes) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 def _explain(exc: BaseException) -> tuple[int, str]:

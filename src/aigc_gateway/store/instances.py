@@ -260,3 +260,14 @@ async def set_activity(session: AsyncSession, last: dict[str, float]) -> None:
             .values(last_activity_at=datetime.fromtimestamp(at, UTC))
             .execution_options(synchronize_session=False)
         )
+
+
+async def pause_if_running(session: AsyncSession, instance_id: str, reason: str) -> Instance | None:
+    """Set desired state to paused if the instance still wants to run (idempotent); record why."""
+    inst = await session.get(Instance, instance_id, with_for_update=True, populate_existing=True)
+    if inst is None or inst.desired_state != DesiredState.RUNNING.value:
+        return None
+    inst.desired_state = DesiredState.PAUSED.value
+    inst.updated_at = now()
+    await add_event(session, instance_id=instance_id, kind="action", message=reason)
+    return inst
