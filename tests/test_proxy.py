@@ -124,6 +124,19 @@ async def test_websocket_relay_text_binary_and_close(
             while not seen or seen[-1] != "done":
                 seen.append(json.loads(await ws.recv())["type"])
             assert "progress" in seen
+        # The subprotocol is negotiated with the engine, and its close code passes through.
+        async with websockets.connect(
+            f"ws://{host}:{port}/ws",
+            host="127.0.0.1",
+            port=port,
+            subprotocols=["demo.v1"],
+            additional_headers={"Cookie": f"aigc_instance={cookie}"},
+        ) as ws:
+            assert ws.subprotocol == "demo.v1"
+            await ws.send(json.dumps({"type": "close", "code": 4001}))
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 4001
         # Without the instance cookie the handshake is refused.
         with pytest.raises(InvalidStatus) as refused:
             async with websockets.connect(f"ws://{host}:{port}/ws", host="127.0.0.1", port=port):
@@ -155,6 +168,20 @@ async def test_streamed_upload_and_download(gateway: RunningGateway, demo: dict[
             async for part in download.aiter_bytes():
                 size += len(part)
         assert size == 64 * 2**20
+    finally:
+        await browser.aclose()
+
+
+async def test_signing_out_revokes_the_instance_cookie_at_once(
+    gateway: RunningGateway, demo: dict[str, Any]
+) -> None:
+    browser = await signed_in_browser(gateway, "alice", "pw-alice")
+    try:
+        assert (await open_through_gateway(browser, demo)).status_code == 200
+        assert (await browser.get(f"{demo['url']}api/outputs")).status_code == 200
+        csrf = (await browser.get(f"{gateway.url}/api/me")).json()["csrf_token"]
+        await browser.post(f"{gateway.url}/auth/logout", headers={"X-CSRF-Token": csrf})
+        assert (await browser.get(f"{demo['url']}api/outputs")).status_code == 401
     finally:
         await browser.aclose()
 

@@ -6,7 +6,8 @@ Endpoints (all paths are relative, so the app also works behind a path prefix):
 * ``GET /api/state`` counters (generations survive restarts, via ``state.json``)
 * ``POST /api/generate`` ``{"prompt", "seed"?}`` → 202 ``{"job": id}``
 * ``GET /api/jobs/{id}`` status; ``GET /api/jobs/{id}/events`` Server-Sent Events
-* ``WebSocket /ws`` generate / ping / echo over JSON text frames; binary frames echoed
+* ``WebSocket /ws`` generate / ping / echo / close (with a code) over JSON text frames; binary
+  frames echoed; subprotocol ``demo.v1`` when offered
 * ``GET /api/outputs`` list, newest first; ``GET /outputs/{name}`` one file
 * ``POST /api/upload?name=`` streamed upload; ``GET /api/download/{size_mib}`` streamed bytes
 * ``GET|POST|... /api/echo[/{path}]`` what the engine received (headers, cookies, ...)
@@ -177,7 +178,9 @@ class _DemoEngine:
     # --- WebSocket -------------------------------------------------------------------
 
     async def websocket(self, websocket: WebSocket) -> None:
-        await websocket.accept()
+        # The demo speaks one subprotocol, chosen if the client offers it.
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(subprotocol="demo.v1" if "demo.v1" in offered else None)
         send_lock = asyncio.Lock()
         followers: set[asyncio.Task[None]] = set()
 
@@ -226,6 +229,11 @@ class _DemoEngine:
                         await send_json({"type": "error", "error": "no such job"})
                     else:
                         start_forwarding(found)
+                elif kind == "close":
+                    # Lets clients (and proxy tests) see a chosen close code pass through.
+                    code = request.get("code", 1000)
+                    await websocket.close(code=code if isinstance(code, int) else 1000)
+                    break
                 elif kind == "echo":
                     await send_json(
                         {
