@@ -13,6 +13,7 @@ from datetime import timedelta
 from urllib.parse import quote
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
 from aigc_gateway.accounts.service import Client, now
@@ -24,7 +25,7 @@ from aigc_gateway.settings import Settings
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import sessions as sess
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import Instance, Session, User
+from aigc_gateway.store.tables import Instance, Session
 
 INSTANCE_COOKIE = "aigc_instance"
 
@@ -122,43 +123,26 @@ class InstanceAccess:
         slug = instance_slug(host, self._apps_domain)
         if slug is None:
             return ForwardDecision(403, reason="not an instance host")
-        at = now()
         async with self._db.read() as session:
             inst = await _instance_by_slug(session, slug)
-            if inst is None:
-                return ForwardDecision(403, reason="no such instance")
-            if not cookie:
-                return ForwardDecision(401, reason="not signed in on this instance")
-            found = await sess.instance_cookie_owner(session, cookie)
-            if found is None:
-                return ForwardDecision(401, reason="unknown instance cookie")
-            icookie, parent, user = found
-            if icookie.instance_id != inst.id:
-                return ForwardDecision(401, reason="cookie belongs to another instance")
-            if user.disabled or not sess.session_is_live(parent, now=at, idle=self._idle):
-                return ForwardDecision(401, reason="session ended")
-            teams = await acl.team_ids_of(session, user.id)
-            who = Principal(
-                user_id=user.id,
-                name=user.name,
-                is_admin=user.is_admin,
-                team_ids=teams,
-                via=Via.INSTANCE_COOKIE,
-                session_id=parent.id,
+        if inst is None:
+            return ForwardDecision(403, reason="no such instance")
+        decision = await decide_cookie(
+            self._db, instance_id=inst.id, owner_id=inst.owner_id, cookie=cookie, idle=self._idle
+        )
+        if isinstance(decision, Refused):
+            return ForwardDecision(
+                decision.status, reason="not allowed" if decision.status == 403 else "sign in"
             )
-            shared = await acl.is_shared_with(session, inst.id, user.id, teams)
-        try:
-            authorize_instance(who, inst.owner_id, Access.USE, shared=shared)
-        except (NotFound, Forbidden):
-            return ForwardDecision(403, reason="not allowed to use this instance")
-        return ForwardDecision(200, headers=_identity_headers(user, inst))
+        return ForwardDecision(200, headers=_identity_headers(decision, inst))
 
 
 async def decide_cookie(
     db: Database, *, instance_id: str, owner_id: str, cookie: str | None, idle: timedelta
 ) -> Decision:
-    """May the holder of instance cookie ``cookie`` use this instance? For the proxy (which
-    caches the answer briefly); the instance itself comes from the route table."""
+    """May the holder of instance cookie ``cookie`` use this instance? Used by the proxy (which
+    caches the answer briefly) and by forward-auth. 401: not signed in on this instance host
+    (no cookie, an unknown one, one for another instance, an ended session); 403: not allowed."""
     if not cookie:
         return Refused(401)
     at = now()
@@ -172,16 +156,23 @@ async def decide_cookie(
         if user.disabled or not sess.session_is_live(parent, now=at, idle=idle):
             return Refused(401)
         teams = await acl.team_ids_of(session, user.id)
-        shared = user.id != owner_id and await acl.is_shared_with(
-            session, instance_id, user.id, teams
+        who = Principal(
+            user_id=user.id,
+            name=user.name,
+            is_admin=user.is_admin,
+            team_ids=teams,
+            via=Via.INSTANCE_COOKIE,
+            session_id=parent.id,
         )
-    who = Principal(
-        user_id=user.id,
-        name=user.name,
-        is_admin=user.is_admin,
-        team_ids=teams,
-        via=Via.INSTANCE_COOKIE,
-        session_id=parent.id,
+        return await decide_principal(session, who, instance_id=instance_id, owner_id=owner_id)
+
+
+async def decide_principal(
+    session: AsyncSession, who: Principal, *, instance_id: str, owner_id: str
+) -> Decision:
+    """The one access rule applied to a known principal: may use (and may operate?) the instance."""
+    shared = who.user_id != owner_id and await acl.is_shared_with(
+        session, instance_id, who.user_id, who.team_ids
     )
     try:
         authorize_instance(who, owner_id, Access.USE, shared=shared)
@@ -193,18 +184,18 @@ async def decide_cookie(
     except (NotFound, Forbidden):
         may_operate = False
     return Allowed(
-        user_id=user.id,
-        user_name=user.name,
+        user_id=who.user_id,
+        user_name=who.name,
         may_operate=may_operate,
-        is_admin=user.is_admin,
-        team_ids=teams,
+        is_admin=who.is_admin,
+        team_ids=who.team_ids,
     )
 
 
-def _identity_headers(user: User, inst: Instance) -> dict[str, str]:
+def _identity_headers(who: Allowed, inst: Instance) -> dict[str, str]:
     headers = {
-        "X-Aigc-User": user.name,
-        "X-Aigc-User-Id": user.id,
+        "X-Aigc-User": who.user_name,
+        "X-Aigc-User-Id": who.user_id,
         "X-Aigc-Instance": inst.id,
         "X-Aigc-State": inst.state,
     }

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
-from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie
+from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie, decide_principal
 from aigc_gateway.auth.principal import Principal, Via
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.errors import GatewayError
@@ -266,32 +266,13 @@ class InstanceProxy:
 
 
 async def _decide_session(gw: Gateway, route: Route, cookie: str) -> Decision:
-    from aigc_gateway.auth.principal import Access, authorize_instance
-    from aigc_gateway.store import access as acl
-
     who = await gw.accounts.principal_for_session(cookie)
     if who is None:
         return Refused(401)
     async with gw.db.read() as session:
-        shared = who.user_id != route.owner_id and await acl.is_shared_with(
-            session, route.instance_id, who.user_id, who.team_ids
+        return await decide_principal(
+            session, who, instance_id=route.instance_id, owner_id=route.owner_id
         )
-    try:
-        authorize_instance(who, route.owner_id, Access.USE, shared=shared)
-    except GatewayError:
-        return Refused(403)
-    try:
-        authorize_instance(who, route.owner_id, Access.OPERATE, shared=shared)
-        operate = True
-    except GatewayError:
-        operate = False
-    return Allowed(
-        user_id=who.user_id,
-        user_name=who.name,
-        may_operate=operate,
-        is_admin=who.is_admin,
-        team_ids=who.team_ids,
-    )
 
 
 def _failed_text(route: Route) -> str:

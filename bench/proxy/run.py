@@ -1,0 +1,705 @@
+"""bench/proxy: the gateway's streaming reverse proxy against configurable-http-proxy and nginx.
+
+One run, one workload, four targets, all in front of the same backend processes:
+
+1. ``direct``: the backend itself;
+2. ``chp``: configurable-http-proxy (JupyterHub's proxy; pinned in ``package.json``), with a
+   route ``/`` to the HTTP backend and ``/ws`` to the WebSocket backend added through its API;
+3. ``nginx``: a plain nginx reverse proxy (HTTP/1.1 upstream with keepalive, the WebSocket
+   upgrade map, default buffering, one worker);
+4. ``gateway``: the real gateway (``python -m aigc_gateway serve``) as its own process. The
+   backends are its engines: two templates (``bench-http``, ``bench-ws``) that the gateway
+   launches like any engine. The load signs in as a user, opens both instances (one-time
+   hand-over → ``aigc_instance`` cookie) and goes to ``127.0.0.1:<port>`` with
+   ``Host: <slug>.localhost:<port>`` and that cookie: the gateway's whole instance path
+   (route table, access check, activity, header rewriting, relay).
+
+The backends (see ``backend.py``) are the gateway's engines, reused by the other targets once the
+gateway reports them running: nginx serving ``/small`` (``ok\\n``) and ``/big`` (10 MiB), and a
+Python WebSocket echo server.
+
+Measurements, per target and round (``--rounds``, default 2; round 2 goes in reverse order):
+
+- small responses: ``wrk -t1 -c64 --latency`` on ``/small`` for ``--duration`` seconds (after a
+  1 s warm-up): requests/s and latency p50/p99 (wrk's per-request latency, closed loop);
+- 10 MiB download: ``wrk -t1 -c4`` on ``/big`` for ``--duration`` seconds; MB/s = bytes read /
+  duration (MB = 10^6 bytes), from wrk's own byte count;
+- WebSocket: one client (``websockets`` sync client, no compression, TCP_NODELAY) sends
+  ``--ws-messages`` 32-byte text messages one after another, each waiting for its echo:
+  round-trip p50/p99 in µs and round trips per second ("messages/s"); "added" = the target's
+  p50 − direct's p50.
+
+CPU pinning (``taskset``; off with ``--no-pin``): the proxy under test gets its own core (the
+gateway with everything it runs, node, the nginx worker); the load generator (wrk, this
+script's WebSocket client) and the backends share the other core(s). Every proxy runs one
+process / one event loop. Any non-2xx answer or socket error fails the run: numbers from error
+pages would be meaningless. Everything it starts is stopped and its temp folder removed, also
+on failure or Ctrl-C. All traffic stays on 127.0.0.1.
+
+The table shows the mean of the rounds with the spread (min–max); the last line is one JSON
+object with the ratios (gateway / chp, gateway / nginx) and the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from backend import (  # noqa: E402
+    BIG_NAME,
+    BIG_SIZE,
+    SMALL_BODY,
+    main_context,
+    nginx_argv,
+    temp_paths,
+    write_big_file,
+)
+from tests.support.gateway import Api, add_user, stop_engines_async  # noqa: E402
+from tests.support.hosts import browser_for  # noqa: E402
+
+from aigc_gateway.settings import Settings  # noqa: E402
+
+CHP = HERE / "node_modules" / ".bin" / "configurable-http-proxy"
+USER = "bench"
+WS_MESSAGE_SIZE = 32
+WRK_REPORT = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "bytes": %d, "duration_us": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "mean_us": %.1f, ' ..
+    '"max_us": %d}\n',
+    summary.requests, summary.bytes, summary.duration, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- tools and CPUs ------------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    if shutil.which("wrk") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            print("wrk is missing: apt-get install -y wrk", flush=True)
+            quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "x"}}
+            if subprocess.run(["apt-get", "install", "-y", "wrk"], **quiet).returncode:  # type: ignore[call-overload]
+                subprocess.run(["apt-get", "update"], **quiet)  # type: ignore[call-overload]
+                subprocess.run(["apt-get", "install", "-y", "wrk"], **quiet)  # type: ignore[call-overload]
+        if shutil.which("wrk") is None:
+            raise SystemExit("bench/proxy needs wrk: apt-get install wrk (Debian/Ubuntu)")
+    if not Path("/usr/sbin/nginx").exists():
+        raise SystemExit("bench/proxy needs nginx at /usr/sbin/nginx: apt-get install nginx")
+    if shutil.which("taskset") is None:
+        raise SystemExit("bench/proxy needs taskset (util-linux)")
+    if not CHP.exists():
+        if shutil.which("npm") is None:
+            raise SystemExit("bench/proxy needs Node.js and npm for configurable-http-proxy")
+        print("installing configurable-http-proxy: npm ci --prefix bench/proxy", flush=True)
+        subprocess.run(
+            ["npm", "ci", "--prefix", str(HERE), "--no-audit", "--no-fund"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+@dataclass(frozen=True)
+class Cpus:
+    proxy: str | None  # the proxy under test
+    load: str | None  # wrk and this script's WebSocket client
+    backend: str | None  # the engines
+
+    def describe(self) -> str:
+        if self.proxy is None:
+            return "not pinned"
+        return f"proxy on CPU {self.proxy}; load on {self.load}; backends on {self.backend}"
+
+
+def plan_cpus(pin: bool) -> Cpus:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return Cpus(None, None, None)
+    if len(cpus) == 2:
+        return Cpus(str(cpus[1]), str(cpus[0]), str(cpus[0]))
+    return Cpus(str(cpus[1]), str(cpus[0]), str(cpus[2]))
+
+
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+class Processes:
+    """Processes this bench started, each in its own process group; all stopped at the end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Any:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.started.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def check_alive(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}"
+            )
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.started):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in reversed(self.started):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            # Anything the process left in its group (nginx workers, node helpers).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        self.started.clear()
+
+
+def wait_http(url: str, proc_check: Any, timeout: float = 60, **kwargs: Any) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False, timeout=2) as client:
+        while True:
+            proc_check()
+            try:
+                if client.get(url, **kwargs).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
+            time.sleep(0.1)
+
+
+# --- targets -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    http_host: str | None = None  # Host header for HTTP (None: 127.0.0.1:port)
+    ws_host: str | None = None
+    http_cookie: str | None = None
+    ws_cookie: str | None = None
+    ws_path: str = "/ws"
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def http_headers(self) -> dict[str, str]:
+        headers = {}
+        if self.http_host:
+            headers["Host"] = self.http_host
+        if self.http_cookie:
+            headers["Cookie"] = f"aigc_instance={self.http_cookie}"
+        return headers
+
+    def ws_headers(self) -> dict[str, str]:
+        return {"Cookie": f"aigc_instance={self.ws_cookie}"} if self.ws_cookie else {}
+
+    def ws_uri(self) -> str:
+        return f"ws://{self.ws_host or f'127.0.0.1:{self.port}'}{self.ws_path}"
+
+
+def template_yaml(template_id: str, argv: list[str], readiness: dict[str, Any]) -> str:
+    return f"""
+id: {template_id}
+family: {template_id}
+version: "1"
+display: {{name: {{en: "bench/proxy {template_id}"}}}}
+launch:
+  command: {json.dumps(argv)}
+  stop_grace_s: 3
+readiness: {json.dumps({**readiness, "timeout_s": 30})}
+resources: {{cpu: 0.1, memory_gib: 0.1}}
+idle: {{pause_after_minutes: null}}
+"""
+
+
+def write_templates(folder: Path, www: Path, cpus: Cpus) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pin = ["--cpus", cpus.backend] if cpus.backend else []
+    script = str(HERE / "backend.py")
+    http = ["{python}", script, "http", "--port", "{port}", "--dir", "{data_dir}", "--www", str(www)]
+    (folder / "bench-http.yaml").write_text(
+        template_yaml("bench-http", [*http, *pin], {"http": "/small"})
+    )
+    ws = ["{python}", script, "ws", "--port", "{port}"]
+    (folder / "bench-ws.yaml").write_text(
+        template_yaml("bench-ws", [*ws, *pin], {"http": None, "tcp": True})
+    )
+    return folder
+
+
+def start_gateway(procs: Processes, data: Path, templates: Path, cpus: Cpus) -> int:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+    argv = [
+        sys.executable,
+        "-m",
+        "aigc_gateway",
+        "serve",
+        "--dev",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        "--templates-dir",
+        str(templates),
+        "--log-level",
+        "warning",
+    ]
+    proc = procs.start("gateway", pinned(argv, cpus.proxy), env=env)
+    # At warning level uvicorn does not say "Application startup complete": ask /healthz.
+    wait_http(
+        f"http://127.0.0.1:{port}/healthz", lambda: procs.check_alive("gateway", proc), timeout=60
+    )
+    return port
+
+
+async def open_instance(gw_url: str, browser: httpx.AsyncClient, inst: dict[str, Any]) -> str:
+    """Open ``inst`` as a signed-in browser: instance-login → hand-over → instance cookie."""
+    r = await browser.get(f"{gw_url}/auth/instance-login", params={"rd": inst["url"]})
+    assert r.status_code == 303, (r.status_code, r.text[:300])
+    handover = httpx.URL(r.headers["location"])
+    assert handover.path == "/_aigc/handover", handover
+    r = await browser.get(handover)
+    assert r.status_code in (302, 303, 307), (r.status_code, r.text[:300])
+    host = httpx.URL(inst["url"]).host
+    return next(
+        c.value for c in browser.cookies.jar if c.name == "aigc_instance" and c.domain == host
+    )
+
+
+async def gateway_target(
+    procs: Processes, root: Path, www: Path, cpus: Cpus
+) -> tuple[Target, str, str, Settings]:
+    """Start the gateway, let it launch both backends, sign in and open them."""
+    data = root / "gateway-data"
+    templates = write_templates(root / "templates", www, cpus)
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates)
+    token = await add_user(settings, USER)
+    port = start_gateway(procs, data, templates, cpus)
+    gw_url = f"http://127.0.0.1:{port}"
+    api = Api(gw_url, token)
+    try:
+        http_inst = await api.create("bench-http", name="http")
+        ws_inst = await api.create("bench-ws", name="ws")
+        http_inst = await api.wait_state(http_inst["id"], "running", "failed")
+        ws_inst = await api.wait_state(ws_inst["id"], "running", "failed")
+        for inst in (http_inst, ws_inst):
+            if inst["state"] != "running":
+                r = await api.client.get(f"/api/instances/{inst['id']}/logs", params={"tail": 30})
+                raise SystemExit(f"engine {inst['template']} failed: {inst['reason']}\n{r.text}")
+    finally:
+        await api.aclose()
+    browser = browser_for(gw_url, follow_redirects=False, timeout=30, trust_env=False)
+    try:
+        r = await browser.post(
+            f"{gw_url}/auth/login",
+            data={"username": USER, "password": "pw-" + USER, "next": "/api/me"},
+        )
+        assert r.status_code == 303, (r.status_code, r.text[:300])
+        http_cookie = await open_instance(gw_url, browser, http_inst)
+        ws_cookie = await open_instance(gw_url, browser, ws_inst)
+    finally:
+        await browser.aclose()
+    target = Target(
+        "gateway",
+        port,
+        http_host=httpx.URL(http_inst["url"]).netloc.decode(),
+        ws_host=httpx.URL(ws_inst["url"]).netloc.decode(),
+        http_cookie=http_cookie,
+        ws_cookie=ws_cookie,
+    )
+    engines = (http_inst["engine_url"], ws_inst["engine_url"])
+    return target, engines[0].removeprefix("http://"), engines[1].removeprefix("http://"), settings
+
+
+def start_chp(procs: Processes, http_up: str, ws_up: str, cpus: Cpus) -> Target:
+    port, api_port = free_port(), free_port()
+    token = secrets.token_hex(16)
+    argv = [
+        "node",
+        str(CHP),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-ip",
+        "127.0.0.1",
+        "--api-port",
+        str(api_port),
+        "--log-level",
+        "warn",
+    ]
+    proc = procs.start(
+        "chp", pinned(argv, cpus.proxy), env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token}
+    )
+    api = f"http://127.0.0.1:{api_port}/api/routes"
+    auth = {"Authorization": f"token {token}"}
+    wait_http(api, lambda: procs.check_alive("chp", proc), timeout=30, headers=auth)
+    with httpx.Client(trust_env=False, timeout=10, headers=auth) as client:
+        for path, upstream in (("/", http_up), ("/ws", ws_up)):
+            r = client.post(f"{api}{path}", json={"target": f"http://{upstream}"})
+            assert r.status_code == 201, (r.status_code, r.text)
+        routes = client.get(api).json()
+    assert set(routes) == {"/", "/ws"}, routes
+    return Target("chp", port)
+
+
+def nginx_proxy_conf(port: int, prefix: Path, http_up: str, ws_up: str) -> str:
+    def location(path: str, upstream: str) -> str:
+        return f"""
+    location {path} {{
+      proxy_pass http://{upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }}"""
+
+    return f"""{main_context(prefix)}
+http {{
+  access_log off;
+{temp_paths(prefix)}
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  # Upgrade for WebSockets; otherwise an empty Connection header keeps upstreams alive.
+  map $http_upgrade $connection_upgrade {{ default upgrade; "" ""; }}
+  upstream engine {{ server {http_up}; keepalive 64; keepalive_requests 1000000; }}
+  upstream ws_engine {{ server {ws_up}; keepalive 8; }}
+  server {{
+    listen 127.0.0.1:{port};{location("/", "engine")}{location("/ws", "ws_engine")}
+  }}
+}}
+"""
+
+
+def start_nginx_proxy(
+    procs: Processes, root: Path, http_up: str, ws_up: str, cpus: Cpus
+) -> Target:
+    port = free_port()
+    prefix = root / "nginx-proxy"
+    prefix.mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_proxy_conf(port, prefix, http_up, ws_up))
+    proc = procs.start("nginx", pinned(nginx_argv(conf, prefix), cpus.proxy))
+    wait_http(
+        f"http://127.0.0.1:{port}/small", lambda: procs.check_alive("nginx", proc), timeout=30
+    )
+    return Target("nginx", port)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def verify(target: Target) -> None:
+    """One request of each kind, checked, before any load: a proxy answering errors fast must
+    not look good."""
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        base = f"http://127.0.0.1:{target.port}"
+        small = client.get(f"{base}/small", headers=target.http_headers())
+        assert small.status_code == 200 and small.content == SMALL_BODY, (
+            target.name,
+            small.status_code,
+            small.text[:300],
+        )
+        big = client.get(f"{base}/{BIG_NAME}", headers=target.http_headers())
+        assert big.status_code == 200 and len(big.content) == BIG_SIZE, (
+            target.name,
+            big.status_code,
+            len(big.content),
+        )
+    ws_rtt(target, messages=10, warmup=0)
+
+
+def wrk(
+    target: Target, path: str, *, connections: int, duration: float, script: Path, cpus: Cpus
+) -> dict[str, float]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "30s", "--latency"]
+    argv += ["-s", str(script)]
+    for name, value in target.http_headers().items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(f"http://127.0.0.1:{target.port}{path}")
+    done = subprocess.run(pinned(argv, cpus.load), capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if done.returncode or line is None:
+        raise SystemExit(f"wrk failed on {target.name}{path}:\n{done.stdout}\n{done.stderr}")
+    result = json.loads(line[len("WRKJSON ") :])
+    errors = {k: result[k] for k in ("connect", "read", "write", "status", "timeout") if result[k]}
+    if errors or not result["requests"]:
+        raise SystemExit(f"{target.name}{path}: errors under load {errors}:\n{done.stdout}")
+    return result  # type: ignore[no-any-return]
+
+
+def ws_rtt(target: Target, *, messages: int, warmup: int = 200) -> dict[str, float]:
+    from websockets.sync.client import connect
+
+    sock = socket.create_connection(("127.0.0.1", target.port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rtts: list[float] = []
+    with connect(
+        target.ws_uri(),
+        sock=sock,
+        additional_headers=target.ws_headers(),
+        compression=None,
+        proxy=None,
+        ping_interval=None,
+        max_size=None,
+        open_timeout=30,
+    ) as ws:
+        pad = "x" * (WS_MESSAGE_SIZE - 8)
+        for i in range(warmup):
+            ws.send(f"{i:08d}{pad}")
+            ws.recv(timeout=30)
+        clock = time.perf_counter_ns
+        started = clock()
+        for i in range(messages):
+            message = f"{i:08d}{pad}"
+            t0 = clock()
+            ws.send(message)
+            reply = ws.recv(timeout=30)
+            rtts.append((clock() - t0) / 1000)
+            if reply != message:
+                raise SystemExit(f"{target.name}: WebSocket echo mismatch")
+        elapsed = (clock() - started) / 1e9
+    return {
+        "ws_p50_us": pct(rtts, 0.5),
+        "ws_p99_us": pct(rtts, 0.99),
+        "ws_msgs_per_s": messages / elapsed,
+    }
+
+
+def measure(target: Target, args: argparse.Namespace, script: Path, cpus: Cpus) -> None:
+    wrk(target, "/small", connections=args.connections, duration=1, script=script, cpus=cpus)
+    small = wrk(
+        target, "/small", connections=args.connections, duration=args.duration, script=script,
+        cpus=cpus,
+    )
+    big = wrk(
+        target, f"/{BIG_NAME}", connections=args.large_connections, duration=args.duration,
+        script=script, cpus=cpus,
+    )
+    run = {
+        "small_rps": small["requests"] / (small["duration_us"] / 1e6),
+        "small_p50_ms": small["p50_us"] / 1000,
+        "small_p99_ms": small["p99_us"] / 1000,
+        "large_mbps": big["bytes"] / (big["duration_us"] / 1e6) / 1e6,
+        **ws_rtt(target, messages=args.ws_messages),
+    }
+    target.runs.append(run)
+    print(
+        f"  {target.name:8} small {run['small_rps']:9.0f} req/s p99 {run['small_p99_ms']:6.2f} ms"
+        f" | 10 MiB {run['large_mbps']:7.0f} MB/s | WS RTT p50 {run['ws_p50_us']:6.0f} µs",
+        flush=True,
+    )
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def mean(target: Target, key: str) -> float:
+    return statistics.mean(run[key] for run in target.runs)
+
+
+def cell(target: Target, key: str, fmt: str) -> str:
+    values = [run[key] for run in target.runs]
+    m = statistics.mean(values)
+    if len(values) == 1:
+        return format(m, fmt)
+    return f"{m:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+def report(targets: dict[str, Target], args: argparse.Namespace, cpus: Cpus) -> dict[str, Any]:
+    direct = targets["direct"]
+    columns = [
+        ("small req/s", "small_rps", ".0f"),
+        ("p50 ms", "small_p50_ms", ".2f"),
+        ("p99 ms", "small_p99_ms", ".2f"),
+        ("10 MiB MB/s", "large_mbps", ".0f"),
+        ("WS RTT p50 µs", "ws_p50_us", ".0f"),
+        ("WS RTT p99 µs", "ws_p99_us", ".0f"),
+        ("WS msg/s", "ws_msgs_per_s", ".0f"),
+    ]
+    rows = [["target", *[c[0] for c in columns], "WS added p50 µs"]]
+    for t in targets.values():
+        added = mean(t, "ws_p50_us") - mean(direct, "ws_p50_us")
+        rows.append([t.name, *[cell(t, key, fmt) for _, key, fmt in columns], f"{added:.0f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print()
+    print(
+        f"bench/proxy: {len(direct.runs)} round(s), {args.duration:g} s per load; small: "
+        f"{args.connections} connections; 10 MiB: {args.large_connections} connections (wrk); "
+        f"WS: {args.ws_messages} sequential round trips; {cpus.describe()}"
+    )
+    print("mean (min–max) over rounds")
+    for i, row in enumerate(rows):
+        print("  ".join(v.ljust(widths[j]) if j == 0 else v.rjust(widths[j]) for j, v in enumerate(row)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+    gw, chp, nginx = targets["gateway"], targets["chp"], targets["nginx"]
+    figures: dict[str, Any] = {
+        "small_rps_vs_chp": round(mean(gw, "small_rps") / mean(chp, "small_rps"), 3),
+        "small_p99_vs_chp": round(mean(gw, "small_p99_ms") / mean(chp, "small_p99_ms"), 3),
+        "large_mbps_vs_chp": round(mean(gw, "large_mbps") / mean(chp, "large_mbps"), 3),
+        "ws_rtt_added_us_p50": round(mean(gw, "ws_p50_us") - mean(direct, "ws_p50_us"), 1),
+        "chp_ws_rtt_added_us_p50": round(mean(chp, "ws_p50_us") - mean(direct, "ws_p50_us"), 1),
+        "small_rps_vs_nginx": round(mean(gw, "small_rps") / mean(nginx, "small_rps"), 3),
+        "large_mbps_vs_nginx": round(mean(gw, "large_mbps") / mean(nginx, "large_mbps"), 3),
+        "nginx_ws_rtt_added_us_p50": round(
+            mean(nginx, "ws_p50_us") - mean(direct, "ws_p50_us"), 1
+        ),
+    }
+    for t in targets.values():
+        for _, key, _fmt in columns:
+            figures[f"{t.name}_{key}"] = round(mean(t, key), 2)
+    figures.update(
+        rounds=len(direct.runs),
+        duration_s=args.duration,
+        connections=args.connections,
+        large_connections=args.large_connections,
+        ws_messages=args.ws_messages,
+        pinned=cpus.proxy is not None,
+    )
+    print()
+    print(
+        "goals: small req/s ≥ 1.5× chp: "
+        f"{figures['small_rps_vs_chp'] >= 1.5} ({figures['small_rps_vs_chp']}×); "
+        f"p99 no worse than chp: {figures['small_p99_vs_chp'] <= 1} ({figures['small_p99_vs_chp']}×); "
+        f"10 MiB ≥ 2× chp: {figures['large_mbps_vs_chp'] >= 2} ({figures['large_mbps_vs_chp']}×); "
+        "added WS RTT ≤ chp's: "
+        f"{figures['ws_rtt_added_us_p50'] <= figures['chp_ws_rtt_added_us_p50']} "
+        f"({figures['ws_rtt_added_us_p50']} vs {figures['chp_ws_rtt_added_us_p50']} µs)"
+    )
+    return figures
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+async def bench(args: argparse.Namespace, root: Path, procs: Processes, cpus: Cpus) -> Settings | None:
+    """Returns the gateway's settings as soon as they exist, via ``args.settings``."""
+    raise NotImplementedError
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10, help="seconds per wrk load")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64, help="small responses")
+    parser.add_argument("--large-connections", type=int, default=4, help="10 MiB downloads")
+    parser.add_argument("--ws-messages", type=int, default=2000)
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+    ensure_tools()
+    cpus = plan_cpus(args.pin)
+    if cpus.load:
+        os.sched_setaffinity(0, {int(cpus.load)})  # this script's WebSocket client
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
+        root = Path(tmp)
+        procs = Processes(root / "logs")
+        www = root / "www"
+        write_big_file(www)
+        script = root / "report.lua"
+        script.write_text(WRK_REPORT)
+        settings: Settings | None = None
+        try:
+            print("starting the gateway and its two engines (the backends) …", flush=True)
+            gateway, http_up, ws_up, settings = await gateway_target(procs, root, www, cpus)
+            targets = {
+                "direct": Target("direct", int(http_up.rsplit(":", 1)[1])),
+                "chp": start_chp(procs, http_up, ws_up, cpus),
+                "nginx": start_nginx_proxy(procs, root, http_up, ws_up, cpus),
+                "gateway": gateway,
+            }
+            direct = targets["direct"]
+            direct.ws_host, direct.ws_path = ws_up, "/ws"
+            for target in targets.values():
+                verify(target)
+            order = list(targets.values())
+            for n in range(args.rounds):
+                print(f"round {n + 1}/{args.rounds}", flush=True)
+                for target in order if n % 2 == 0 else reversed(order):
+                    measure(target, args, script, cpus)
+        finally:
+            procs.stop_all()
+            if settings is not None:
+                await stop_engines_async(settings)
+    figures = report(targets, args, cpus)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
