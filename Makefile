@@ -46,3 +46,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache
+
+# bench/proxy: the gateway's proxy against configurable-http-proxy and nginx (needs wrk, nginx, Node.js).
+.PHONY: bench-proxy
+bench-proxy: $(STAMP)
+	@test -d bench/proxy/node_modules || npm ci --prefix bench/proxy --no-audit --no-fund
+	$(BIN)/python bench/proxy/run.py

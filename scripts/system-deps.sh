@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the test suite needs: a real PostgreSQL server (Debian's package), and the
+# System packages the test suite needs: a real PostgreSQL server, nginx, Chromium (Debian's
+# packages), and the
 # node modules of the test OIDC provider (tests/oidc, pinned by its package-lock.json).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
@@ -10,6 +11,10 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 # nginx in front of instances (deploy/nginx/, tests/support/nginx.py), with njs for its redirect.
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing+=(libnginx-mod-http-js)
+# A real browser for the dashboard tests (Playwright drives it with executable_path).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+# A CJK font, so the Chinese dashboard's screenshots (test artifacts) show their text.
+[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing system packages for the tests: ${missing[*]}"

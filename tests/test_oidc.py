@@ -259,3 +259,25 @@ async def test_a_callback_without_the_login_cookie_is_refused(
     r = await browser.get(f"{sso.url}/auth/oidc/callback", params={"code": "x", "state": "y"})
     assert r.status_code == 400
     assert "try again" in r.text.lower()
+
+
+@pytest.mark.slow
+async def test_sign_in_with_the_provider_in_a_real_browser(sso: SsoGateway) -> None:
+    import re
+
+    from playwright.async_api import expect
+
+    from tests.support.browser import chromium, chromium_available, context, shot
+
+    if not chromium_available():
+        pytest.skip("Debian chromium (scripts/system-deps.sh)")
+    async with chromium() as browser, context(browser) as ctx:
+        page = await ctx.new_page()
+        await page.goto(f"{sso.url}/auth/login")
+        await page.get_by_role("link", name=re.compile("Test SSO")).click()
+        await page.locator("input[name=username]").fill("alice")
+        await page.locator("input[name=password]").fill("alice-pw")
+        await shot(page, "oidc-1-provider-login")
+        await page.locator("form button[type=submit], form input[type=submit]").first.click()
+        await expect(page.get_by_test_id("nav-user")).to_contain_text("alice")
+        await shot(page, "oidc-2-signed-in")

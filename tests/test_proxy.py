@@ -55,6 +55,7 @@ async def test_open_an_instance_and_talk_to_the_engine(
         page = await open_through_gateway(browser, demo)
         assert page.status_code == 200 and "Demo engine" in page.text
         assert str(page.url) == demo["url"]
+        assert len(page.headers.get_list("date")) == 1 and len(page.headers.get_list("server")) <= 1
         host = httpx.URL(demo["url"]).host
         browser.cookies.set("theme", "dark", domain=host)
         echo = (

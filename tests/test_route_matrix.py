@@ -54,6 +54,20 @@ def admin_only(**kw: Any) -> Rule:
     return Rule({401}, {403}, {403}, OK, **kw)
 
 
+def page(**kw: Any) -> Rule:
+    """A dashboard page: anonymous visitors are sent to sign in."""
+    return Rule({303}, {200}, {200}, {200}, **kw)
+
+
+def admin_page(**kw: Any) -> Rule:
+    return Rule({303}, {403}, {403}, {200}, **kw)
+
+
+def own_files(**kw: Any) -> Rule:
+    """Files are always the caller's own; the literal `{family}` is no family anyone has."""
+    return Rule({401}, {404}, {404}, {404}, **kw)
+
+
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/openapi.json"): public(),
     ("GET", "/docs"): public(),
@@ -105,6 +119,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/_aigc/handover"): public({404}, query={"token": "forged"}),  # not an instance host
     ("GET", "/_aigc/status"): public({404}),  # only on instance hosts, with the instance cookie
     ("GET", "/_aigc/events"): public({404}),
+    ("GET", "/api/files"): signed_in(),
+    ("GET", "/api/files/{family}"): own_files(),
+    ("GET", "/api/files/{family}/content"): own_files(query={"path": "x.png"}),
+    ("PUT", "/api/files/{family}/content"): own_files(query={"path": "x.png"}),
+    ("DELETE", "/api/files/{family}/content"): own_files(query={"path": "x.png"}),
+    ("GET", "/"): page(),
+    ("GET", "/catalog"): page(),
+    ("GET", "/files"): page(),
+    ("GET", "/files/{family}"): Rule({303}, {404}, {404}, {404}),  # no such family: a 404 page
+    ("GET", "/usage"): page(),
+    ("GET", "/account"): page(),
+    ("GET", "/admin/instances"): admin_page(),
+    ("GET", "/admin/users"): admin_page(),
+    ("GET", "/admin/audit"): admin_page(),
+    ("GET", "/admin/templates"): admin_page(),
+    ("GET", "/admin/health"): admin_page(),
+    ("GET", "/lang/{code}"): public({303}, query={"next": "/"}),
+    ("GET", "/static/{path:path}"): public({404}),  # the literal path names no file
 }
 
 

@@ -13,11 +13,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from aigc_gateway import __version__
-from aigc_gateway.api import admin, health, instance_host, instances, me, signin, templates
+from aigc_gateway.api import (
+    admin,
+    dashboard,
+    files,
+    health,
+    instance_host,
+    instances,
+    me,
+    signin,
+    templates,
+)
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
 from aigc_gateway.proxy.asgi import InstanceProxy
 from aigc_gateway.settings import Settings
+from aigc_gateway.web.i18n import LanguageMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Per-user AI content engines on shared GPUs.",
     )
     app.state.settings = settings
-    app.add_middleware(InstanceProxy)
+    app.add_middleware(LanguageMiddleware)  # the gateway's pages in the visitor's language
+    app.add_middleware(InstanceProxy)  # outermost: engine traffic skips every other layer
     api_errors.install(app)
     app.include_router(health.router)
     app.include_router(me.router)
@@ -62,4 +74,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(signin.router)
     app.include_router(instance_host.router)
+    app.include_router(files.router)
+    app.include_router(dashboard.router)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -74,6 +75,11 @@ def serve(log_level: str, **options: Any) -> None:
     )
     if first is not None:
         _print_first_admin(first)
+    # The start-up heap (imports, catalog) lives as long as the process: keep the collector from
+    # re-scanning it, and collect young objects less often (measured in bench/proxy).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

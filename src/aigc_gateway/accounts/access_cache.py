@@ -7,7 +7,9 @@ the TTL bounds how long another gateway replica's change can take to be seen.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -35,6 +37,33 @@ class AccessCache:
         self._ttl = ttl_s
         self._max = max_entries
         self._entries: dict[tuple[str, str], tuple[float, Decision]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Decision]] = {}
+
+    async def get_or_load(
+        self, slug: str, cookie: str, load: Callable[[], Awaitable[Decision]]
+    ) -> Decision:
+        """The cached answer, or one ``load()`` shared by every request that asks meanwhile
+        (when an answer expires under load, the store sees one query, not one per request)."""
+        cached = self.get(slug, cookie)
+        if cached is not None:
+            return cached
+        key = (slug, cookie)
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            decision = await load()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            self._loading.pop(key, None)
+        self.put(slug, cookie, decision)
+        future.set_result(decision)
+        return decision
 
     def get(self, slug: str, cookie: str) -> Decision | None:
         hit = self._entries.get((slug, cookie))

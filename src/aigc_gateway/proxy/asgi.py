@@ -129,21 +129,19 @@ class InstanceProxy:
         if not cookie:
             return Refused(401)
         key = ("p:" if prefix else "h:") + cookie
-        cached = gw.access_cache.get(route.slug, key)
-        if cached is not None:
-            return cached
-        if prefix is None:
-            decision = await decide_cookie(
-                gw.db,
-                instance_id=route.instance_id,
-                owner_id=route.owner_id,
-                cookie=cookie,
-                idle=gw.instance_access.idle,
-            )
-        else:
-            decision = await _decide_session(gw, route, cookie)
-        gw.access_cache.put(route.slug, key, decision)
-        return decision
+
+        async def load() -> Decision:
+            if prefix is None:
+                return await decide_cookie(
+                    gw.db,
+                    instance_id=route.instance_id,
+                    owner_id=route.owner_id,
+                    cookie=cookie,
+                    idle=gw.instance_access.idle,
+                )
+            return await _decide_session(gw, route, cookie)
+
+        return await gw.access_cache.get_or_load(route.slug, key, load)
 
     async def _relay(
         self,

@@ -53,6 +53,8 @@ WS_HANDSHAKE = frozenset(
     }
 )
 GATEWAY_COOKIES = frozenset({"aigc_session", "aigc_instance", "aigc_oidc"})
+SET_BY_SERVER = frozenset({"date", "server"})
+"""The gateway's server adds its own; relaying the engine's would send them twice."""
 
 
 class ClientGone(Exception):
@@ -123,7 +125,7 @@ def downstream_headers(headers: aiohttp.typedefs.LooseHeaders) -> list[tuple[byt
     out = []
     for name, value in headers.items():  # type: ignore[union-attr]
         lower = name.lower()
-        if lower in HOP_BY_HOP:
+        if lower in HOP_BY_HOP or lower in SET_BY_SERVER:
             continue
         if lower == "set-cookie" and _sets_gateway_cookie(value):
             continue

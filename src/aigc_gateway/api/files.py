@@ -1,0 +1,154 @@
+"""The signed-in user's data folders, one per engine family: list, download, upload, delete.
+
+Paths are relative to the family's folder (``?path=outputs/cat.png``); anything that could leave
+it (``..``, absolute paths, NUL bytes, links pointing outside) is refused with 400 or 404.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
+from aigc_gateway.auth.principal import Principal
+from aigc_gateway.errors import Forbidden, UserError
+from aigc_gateway.gateway import Gateway
+from aigc_gateway.lifecycle.files import Entry, FileService, Usage
+
+router = APIRouter(prefix="/api/files", tags=["files"])
+
+PathQuery = Annotated[str, Query(max_length=4096, description="relative to the family's folder")]
+
+
+class UsagePublic(BaseModel):
+    family: str
+    used_bytes: int
+    quota_bytes: int
+
+    @classmethod
+    def of(cls, u: Usage) -> UsagePublic:
+        return cls(family=u.family, used_bytes=u.used_bytes, quota_bytes=u.quota_bytes)
+
+
+class EntryPublic(BaseModel):
+    name: str
+    path: str
+    type: str
+    size: int
+    modified: datetime
+    image: bool
+
+    @classmethod
+    def of(cls, e: Entry) -> EntryPublic:
+        return cls(
+            name=e.name,
+            path=e.path,
+            type="folder" if e.is_dir else "file",
+            size=e.size,
+            modified=e.modified,
+            image=e.media_type is not None,
+        )
+
+
+class ListingPublic(BaseModel):
+    family: str
+    path: str
+    used_bytes: int
+    quota_bytes: int
+    entries: list[EntryPublic]
+
+
+def file_service(gw: Gateway) -> FileService:
+    return FileService(db=gw.db, registry=gw.registry, volumes_dir=gw.settings.volumes_dir)
+
+
+def _writer(who: Principal) -> None:
+    if not who.may_write:
+        raise Forbidden("this token may only read; create a token with the manage scope")
+
+
+@router.get("")
+async def list_families(gw: GatewayDep, who: CurrentUser) -> list[UsagePublic]:
+    """Your data folders, one per engine family, with the bytes used and the quota."""
+    return [UsagePublic.of(u) for u in await file_service(gw).usage(who)]
+
+
+@router.get("/{family}")
+async def list_folder(
+    family: str, gw: GatewayDep, who: CurrentUser, path: PathQuery = ""
+) -> ListingPublic:
+    """Folders and files in one folder of the family's data."""
+    found = await file_service(gw).listing(who, family, path)
+    return ListingPublic(
+        family=family,
+        path=found.path,
+        used_bytes=found.usage.used_bytes,
+        quota_bytes=found.usage.quota_bytes,
+        entries=[EntryPublic.of(e) for e in found.entries],
+    )
+
+
+@router.get("/{family}/content", response_class=FileResponse)
+async def download(family: str, path: PathQuery, gw: GatewayDep, who: CurrentUser) -> Response:
+    """The file's bytes: images inline (previews), everything else as a download."""
+    files = file_service(gw)
+    entry = await files.file(who, family, path)
+    image = entry.media_type
+    disposition = "inline" if image else "attachment"
+    return FileResponse(
+        files.real_path(who, family, entry),
+        media_type=image or "application/octet-stream",
+        headers={
+            "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(entry.name)}",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, no-cache",
+        },
+    )
+
+
+@router.put("/{family}/content", status_code=201)
+async def upload(
+    family: str,
+    path: PathQuery,
+    request: Request,
+    gw: GatewayDep,
+    who: CurrentUser,
+    client: ClientDep,
+) -> EntryPublic:
+    """Upload the request body as the file at ``path`` (replacing it; folders are created).
+    Refused with 413 when it would go over the family's quota."""
+    _writer(who)
+    length = request.headers.get("content-length")
+    if length is not None and not length.isdigit():
+        raise UserError("invalid Content-Length", code="invalid_request")
+    entry = await file_service(gw).upload(
+        who, family, path, request.stream(), int(length) if length is not None else None
+    )
+    await gw.accounts.record(
+        who,
+        "file.upload",
+        client,
+        target_type="file",
+        target_id=family,
+        detail={"path": entry.path, "size": entry.size},
+    )
+    return EntryPublic.of(entry)
+
+
+@router.delete("/{family}/content", status_code=204)
+async def delete(
+    family: str, path: PathQuery, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> Response:
+    """Delete a file, or a folder with everything in it."""
+    _writer(who)
+    await file_service(gw).delete(who, family, path)
+    await gw.accounts.record(
+        who, "file.delete", client, target_type="file", target_id=family, detail={"path": path}
+    )
+    return Response(status_code=204)
