@@ -207,8 +207,22 @@ async def relay_http(
     )
     started = False
 
-    async def exchange() -> None:
-        nonlocal started
+    # The request runs in this task; one watcher task cancels it if the client goes away
+    # (cheaper than running the exchange in a task of its own and waiting on both).
+    this = asyncio.current_task()
+    assert this is not None
+    gone = False
+
+    async def client_left() -> None:
+        nonlocal gone
+        await body_read.wait()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        this.cancel()
+
+    watch = asyncio.create_task(client_left())
+    try:
         async with session.request(
             method,
             target_url(scope, upstream),
@@ -231,28 +245,22 @@ async def relay_http(
                 async for chunk in response.content.iter_any():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def client_left() -> None:
-        await body_read.wait()
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    work, watch = asyncio.create_task(exchange()), asyncio.create_task(client_left())
-    try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work, watch):
-            task.cancel()
-        results = await asyncio.gather(work, watch, return_exceptions=True)
-    failure = results[0]
-    if isinstance(failure, BaseException) and not isinstance(failure, asyncio.CancelledError):
-        if isinstance(failure, ClientGone):
-            return
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        this.uncancel()  # the client left: nothing more to say to anyone
+    except ClientGone:
+        return
+    except Exception as failure:
         if started:
-            raise failure  # mid-stream: the server closes the connection
+            raise  # mid-stream: the server closes the connection
         status, text = _explain(BodyTooLarge() if too_large else failure)
         content_type, payload = error(status, text)
         await _send_error(send, status, content_type, payload)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
 
 
 async def _send_error(send: Send, status: int, content_type: str, payload: bytes) -> None:
