@@ -90,7 +90,7 @@ def serve(log_level: str, **options: Any) -> None:
     )
 
 
-def _print_first_admin(first: Any) -> None:
+def _print_first_admin(first: Any, url: str | None = None) -> None:
     click.echo("First start: created the administrator account (shown only this once):")
     click.echo(f"  user:     {first.name}")
     click.echo(f"  password: {first.password}")
