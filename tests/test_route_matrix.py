@@ -108,6 +108,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PUT", "/api/teams/{team_id}/members/{user_id}"): admin_only(),
     ("DELETE", "/api/teams/{team_id}/members/{user_id}"): admin_only(),
     ("GET", "/api/audit"): admin_only(),
+    ("GET", "/api/gpus"): admin_only(),
     ("GET", "/auth/login"): public({200}),
     ("POST", "/auth/login"): public({400}, form={"username": "alice", "password": "wrong"}),
     ("POST", "/auth/logout"): Rule({401}, {303}, {303}, {303}),  # a token has no session to end

@@ -17,6 +17,7 @@ from aigc_gateway.api import (
     admin,
     dashboard,
     files,
+    gpus,
     health,
     instance_host,
     instances,
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(templates.router)
     app.include_router(instances.router)
     app.include_router(admin.router)
+    app.include_router(gpus.router)
     app.include_router(signin.router)
     app.include_router(instance_host.router)
     app.include_router(files.router)

@@ -13,10 +13,12 @@ from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
+from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.scheduler import Inventory
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -44,6 +46,9 @@ class Gateway:
     upstream: aiohttp.ClientSession
     """The proxy's pooled connections to engines."""
     access_cache: AccessCache
+    gpus: Inventory
+    gpu_note: str
+    """What the GPU inventory is made of (declared, found by NVML, or why it is empty)."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -78,6 +83,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         stop_grace_s=settings.stop_grace_s,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
+    gpus, gpu_note = build_inventory(settings)
     service = InstanceService(
         db=db,
         registry=registry,
@@ -86,6 +92,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         volumes_dir=settings.volumes_dir,
         default_limit=settings.max_instances_per_user,
         on_access_change=access_cache.clear,
+        gpus=gpus,
     )
     http = httpx.AsyncClient(timeout=15, trust_env=False)
     oidc = None
@@ -125,4 +132,6 @@ async def open_gateway(settings: Settings) -> Gateway:
             auto_decompress=False,
         ),
         access_cache=access_cache,
+        gpus=gpus,
+        gpu_note=gpu_note,
     )

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aigc_gateway.errors import UserError
@@ -28,6 +28,24 @@ def default_templates_dir() -> Path:
     """The shipped ``templates/`` folder: beside the source tree, or packaged with the code."""
     repo = PACKAGE_ROOT.parent.parent / "templates"
     return repo if repo.is_dir() else PACKAGE_ROOT / "builtin_templates"
+
+
+class DeclaredGpu(BaseModel):
+    """One GPU in a declared inventory (``gpus:`` in the config file)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    """Stable id, e.g. the card's UUID (``GPU-…``), which engines get in CUDA_VISIBLE_DEVICES."""
+    host: str = "local"
+    index: int = Field(default=0, ge=0)
+    type: str = Field(min_length=1, description="e.g. rtx4090, a100-80g, h100")
+    memory_gib: float = Field(gt=0)
+    pool: str = "local"
+    pool_rank: int = Field(
+        default=1, ge=0, description="lower ranks are used first (on-prem before cloud)"
+    )
+    price_per_hour: float = Field(default=0.0, ge=0)
+    cordoned: bool = False
 
 
 class Settings(BaseSettings):
@@ -48,6 +66,9 @@ class Settings(BaseSettings):
     watch_templates: bool = True
     """Re-read the templates folder when a file changes (needs inotify; SIGHUP always works)."""
     runtime: Literal["local"] = "local"
+    gpus: list[DeclaredGpu] = Field(default_factory=list)
+    """A declared GPU inventory; empty: discover this host's cards with NVML."""
+    gpu_discovery: bool = True
     secret_key: str = DEV_SECRET
     """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
     public_url: str | None = None

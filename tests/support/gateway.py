@@ -46,6 +46,12 @@ def write_templates(folder: Path) -> Path:
     (folder / "tiny-idle.yaml").write_text(
         tiny_template("tiny-idle") + "idle: {pause_after_minutes: 0.02}\n"
     )
+    (folder / "tiny-gpu.yaml").write_text(
+        tiny_template("tiny-gpu") + "resources: {gpu: {count: 1, types: [rtx4090]}}\n"
+    )
+    (folder / "tiny-share.yaml").write_text(
+        tiny_template("tiny-share") + "resources: {gpu: {memory_gib: 30}}\n"
+    )
     (folder / "crash.yaml").write_text(tiny_template("crash", "--exit-before-ready", "3"))
     (folder / "never-ready.yaml").write_text(
         tiny_template("never-ready", "--no-listen", timeout_s=1)

@@ -26,11 +26,13 @@ from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventRecord
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.scheduler import Inventory, Request
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import Instance, InstanceShare, User
 from aigc_gateway.templates.registry import TemplateRegistry
+from aigc_gateway.templates.schema import Template
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -62,6 +64,7 @@ class InstanceService:
         volumes_dir: Path,
         default_limit: int,
         on_access_change: Callable[[], None] = lambda: None,
+        gpus: Inventory | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -70,6 +73,7 @@ class InstanceService:
         self._volumes_dir = volumes_dir
         self._default_limit = default_limit
         self._on_access_change = on_access_change
+        self._gpus = gpus if gpus is not None else Inventory([])
 
     async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
         """Create an instance (desired: running). Returns it and whether it is new."""
@@ -82,6 +86,7 @@ class InstanceService:
             )
         if not loaded.installed:
             raise Conflict(loaded.install_problem, code="engine_not_installed")
+        self._check_gpu_request(loaded.template)
         if req.name is not None and not NAME_RE.match(req.name):
             raise UserError(
                 f"invalid instance name {req.name!r}: use 1-40 lowercase letters, digits and '-', "
@@ -141,6 +146,21 @@ class InstanceService:
         self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst, True
+
+    def _check_gpu_request(self, template: Template) -> None:
+        """Refuse at once what could never be placed here (placing and queueing come later)."""
+        gpu = template.resources.gpu
+        if not gpu.wanted:
+            return
+        why = self._gpus.never_reason(Request.from_gpu_request("check", gpu))
+        if not self._gpus.gpus:
+            why = "this gateway has no GPU (CPU templates only)"
+        if why:
+            need = f"{gpu.count} GPU(s)" if gpu.count else f"a {gpu.memory_gib:g} GiB GPU share"
+            raise Conflict(
+                f"{template.display.name.en} needs {need}, which cannot be placed here: {why}",
+                code="gpu_unavailable",
+            )
 
     async def get(self, who: Principal, instance_id: str) -> Instance:
         async with self._db.read() as session:

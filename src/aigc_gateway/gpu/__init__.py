@@ -1,0 +1,1 @@
+"""GPUs of this host: discovery through NVML, merged with the admin's declared inventory."""
