@@ -15,7 +15,7 @@ import pytest
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
 from tests.support.hosts import browser_for
-from tests.test_restart import free_port, gateway_process
+from tests.support.process import free_port, gateway_process
 
 MiB = 2**20
 GiB = 2**30

@@ -3,14 +3,7 @@ re-adopted (same process, still reachable, state correct), and nothing is orphan
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -18,58 +11,7 @@ import psutil
 
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def gateway_process(
-    data: Path, templates: Path, port: int, **env_extra: str
-) -> Iterator[subprocess.Popen[str]]:
-    """``aigc-gateway serve`` as a real process; returns once it accepts requests."""
-    env = {**os.environ, "AIGC_RECONCILE_INTERVAL_S": "0.3", "AIGC_STOP_GRACE_S": "3", **env_extra}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aigc_gateway",
-            "serve",
-            "--dev",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--templates-dir",
-            str(templates),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:  # uvicorn says so once the app's startup has completed
-        seen.append(line)
-        if "Application startup complete" in line:
-            break
-    else:
-        raise AssertionError("gateway did not start:\n" + "".join(seen))
-    # Keep reading its log so a full pipe never blocks the gateway.
-    drain = threading.Thread(target=proc.stderr.read, daemon=True)
-    drain.start()
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-        drain.join(10)
-        proc.stderr.close()
+from tests.support.process import free_port, gateway_process
 
 
 async def test_sigkill_gateway_then_restart_readopts_engines(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import httpx
 
 from tests.conftest import RunningGateway
 from tests.support.gateway import Api, add_user, tiny_template, write_templates
-from tests.test_restart import free_port, gateway_process
+from tests.support.process import free_port, gateway_process
 
 
 async def _template_ids(api: Api) -> set[str]:

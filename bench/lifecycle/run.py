@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates  # noqa: E402
+from tests.support.process import free_port, gateway_process  # noqa: E402
 
 from aigc_gateway.settings import Settings  # noqa: E402
 
@@ -42,45 +40,6 @@ from aigc_gateway.settings import Settings  # noqa: E402
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_gateway(data: Path, templates: Path, port: int) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aigc_gateway",
-            "serve",
-            "--dev",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--templates-dir",
-            str(templates),
-            "--log-level",
-            "info",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "Application startup complete" in line:
-            break
-    else:
-        raise SystemExit("gateway did not start")
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    return proc
 
 
 def at(event: dict[str, object]) -> float:
@@ -168,14 +127,15 @@ async def main() -> None:
         settings = Settings(dev=True, data_dir=data, templates_dir=templates)
         token = await add_user(settings, "bench")
         port = free_port()
-        gateway = start_gateway(data, templates, port)
-        api = Api(f"http://127.0.0.1:{port}", token)
         try:
-            spawn, detect = await measure_gateway(api, settings.volumes_dir, args.starts)
+            # The default resync period, as in production (the tests' helper uses a short one).
+            with gateway_process(data, templates, port, AIGC_RECONCILE_INTERVAL_S="5"):
+                api = Api(f"http://127.0.0.1:{port}", token)
+                try:
+                    spawn, detect = await measure_gateway(api, settings.volumes_dir, args.starts)
+                finally:
+                    await api.aclose()
         finally:
-            await api.aclose()
-            gateway.terminate()
-            gateway.wait(30)
             await stop_engines_async(settings)
         base_spawn, base_detect = measure_baseline(root / "baseline", args.starts)
 
