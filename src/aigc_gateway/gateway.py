@@ -14,11 +14,12 @@ from aigc_gateway.accounts.instance_access import InstanceAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
 from aigc_gateway.gpu.inventory import build_inventory
+from aigc_gateway.gpu.usage import GpuUsage
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
+from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.runtime.base import Runtime
-from aigc_gateway.scheduler import Inventory
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -46,9 +47,10 @@ class Gateway:
     upstream: aiohttp.ClientSession
     """The proxy's pooled connections to engines."""
     access_cache: AccessCache
-    gpus: Inventory
-    gpu_note: str
-    """What the GPU inventory is made of (declared, found by NVML, or why it is empty)."""
+    gpus: GpuBroker
+    """The GPU inventory, its allocations and queue (owned by the controller)."""
+    gpu_usage: GpuUsage
+    """GPU memory each engine holds, from NVML."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -60,9 +62,11 @@ class Gateway:
 
 def make_runtime(settings: Settings) -> Runtime:
     from aigc_gateway.runtime.local import LocalRuntime
+    from aigc_gateway.runtime.mps import MpsControl, mps_root_for
 
     settings.runtime_dir.mkdir(parents=True, exist_ok=True)
-    return LocalRuntime(state_dir=settings.runtime_dir)
+    mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
+    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps)
 
 
 async def open_gateway(settings: Settings) -> Gateway:
@@ -73,6 +77,8 @@ async def open_gateway(settings: Settings) -> Gateway:
     await registry.reload()
     runtime = make_runtime(settings)
     hub = EventHub()
+    inventory, gpu_note = build_inventory(settings)
+    gpus = GpuBroker(inventory.gpus, gpu_note)
     controller = Controller(
         db=db,
         runtime=runtime,
@@ -81,9 +87,9 @@ async def open_gateway(settings: Settings) -> Gateway:
         resync_interval_s=settings.reconcile_interval_s,
         log_max_bytes=settings.log_max_bytes,
         stop_grace_s=settings.stop_grace_s,
+        gpus=gpus,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
-    gpus, gpu_note = build_inventory(settings)
     service = InstanceService(
         db=db,
         registry=registry,
@@ -133,5 +139,5 @@ async def open_gateway(settings: Settings) -> Gateway:
         ),
         access_cache=access_cache,
         gpus=gpus,
-        gpu_note=gpu_note,
+        gpu_usage=GpuUsage(),
     )

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     gpus: list[DeclaredGpu] = Field(default_factory=list)
     """A declared GPU inventory; empty: discover this host's cards with NVML."""
     gpu_discovery: bool = True
+    mps_control: str = "nvidia-cuda-mps-control"
+    """The NVIDIA MPS control program that enforces GPU memory shares (a name on PATH or a
+    path). Where it is missing, shares run unenforced and ``doctor`` says so."""
     secret_key: str = DEV_SECRET
     """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
     public_url: str | None = None

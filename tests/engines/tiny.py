@@ -3,7 +3,8 @@
 Listens on $PORT (or --port); records the moment it started listening in ``<data>/listen.json``;
 ``GET /`` answers ok; ``GET /write?name=N&content=C`` writes a file in the data folder;
 ``GET /read?name=N`` reads it back; ``GET /setcookie`` tries to set the gateway's cookie; ``GET /stream`` streams until the reader goes away and then writes ``stream-closed``;
-``GET /crash?code=K`` prints a line and exits with code K.
+``GET /crash?code=K`` prints a line and exits with code K; ``GET /env`` answers the GPU-related
+environment it was started with (``CUDA_*``, ``NVIDIA_*``, ``AIGC_GPU_*``) as JSON.
 ``--exit-before-ready K`` exits at once with code K; ``--no-listen`` never opens its port.
 """
 
@@ -68,6 +69,11 @@ def main() -> None:
                 return
             elif url.path.endswith("/prefix"):  # path mode keeps the /i/<slug> prefix
                 body = (self.headers.get("X-Forwarded-Prefix") or "none").encode()
+            elif url.path == "/env":
+                prefixes = ("CUDA_", "NVIDIA_", "AIGC_GPU_")
+                body = json.dumps(
+                    {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+                ).encode()
             elif url.path == "/crash":
                 print("tiny engine: out of memory (simulated crash)", flush=True)
                 os._exit(int(q.get("code", "1")))

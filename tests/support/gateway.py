@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,18 @@ def write_templates(folder: Path) -> Path:
     )
     (folder / "tiny-share.yaml").write_text(
         tiny_template("tiny-share") + "resources: {gpu: {memory_gib: 30}}\n"
+    )
+    (folder / "tiny-gpu-any.yaml").write_text(
+        tiny_template("tiny-gpu-any") + "resources: {gpu: {count: 1}}\n"
+    )
+    (folder / "tiny-gpu-hi.yaml").write_text(
+        tiny_template("tiny-gpu-hi") + "resources: {gpu: {count: 1, priority: 10}}\n"
+    )
+    (folder / "tiny-gpu-pair.yaml").write_text(
+        tiny_template("tiny-gpu-pair") + "resources: {gpu: {count: 2}}\n"
+    )
+    (folder / "tiny-share-8.yaml").write_text(
+        tiny_template("tiny-share-8") + "resources: {gpu: {memory_gib: 8}}\n"
     )
     (folder / "crash.yaml").write_text(tiny_template("crash", "--exit-before-ready", "3"))
     (folder / "never-ready.yaml").write_text(
@@ -186,10 +199,37 @@ class Api:
                         return await self.get(instance_id)
         raise AssertionError("event stream ended")
 
+    async def wait_for(
+        self,
+        instance_id: str,
+        check: Callable[[dict[str, Any]], bool],
+        timeout: float = 60,
+    ) -> dict[str, Any]:
+        """Follow the event stream until ``check(instance)`` holds after some transition (or
+        already holds); return the instance."""
+        async with asyncio.timeout(timeout):
+            after = await self.last_event_id(instance_id)
+            async with self.client.stream(
+                "GET",
+                f"/api/instances/{instance_id}/events/stream",
+                params={"after": after},
+                timeout=None,
+            ) as stream:
+                assert stream.status_code == 200
+                current = await self.get(instance_id)
+                if check(current):
+                    return current
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and json.loads(line[5:])["kind"] == "transition":
+                        current = await self.get(instance_id)
+                        if check(current):
+                            return current
+        raise AssertionError("event stream ended")
+
     async def settled(self, instance_id: str, timeout: float = 60) -> dict[str, Any]:
         """Wait until the instance is in a stable state matching what is desired."""
         want = {
-            "running": ("running", "failed"),
+            "running": ("running", "queued", "failed"),
             "paused": ("paused", "failed"),
             "deleted": ("deleted",),
         }

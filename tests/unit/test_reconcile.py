@@ -30,8 +30,8 @@ ALL_SITUATIONS = [
 
 
 def test_input_space_is_the_full_product() -> None:
-    assert len(ALL_SITUATIONS) == len(D) * len(S) * len(P) * 2 == 192
-    assert len(set(ALL_SITUATIONS)) == 192
+    assert len(ALL_SITUATIONS) == len(D) * len(S) * len(P) * 2 == 216
+    assert len(set(ALL_SITUATIONS)) == 216
 
 
 def test_phase_alive() -> None:
@@ -62,8 +62,8 @@ def _illegal_reason(s: Situation, step: Step) -> str | None:
         return "LAUNCH from a state that cannot go to starting"
     if step is Step.MARK_RUNNING and st_ is not S.STARTING:
         return "MARK_RUNNING outside starting"
-    if step is Step.MARK_PAUSED and st_ not in (S.STOPPING, S.PENDING):
-        return "MARK_PAUSED outside stopping/pending"
+    if step is Step.MARK_PAUSED and st_ not in (S.STOPPING, S.PENDING, S.QUEUED):
+        return "MARK_PAUSED outside stopping/pending/queued"
     if step is Step.MARK_FAILED and st_ not in (S.STARTING, S.RUNNING):
         return "MARK_FAILED outside starting/running"
     if step is Step.AWAIT_READY and not (st_ is S.STARTING and ph.alive):
@@ -160,6 +160,10 @@ def test_desired_paused_never_launches() -> None:
         (D.RUNNING, S.PENDING, P.ABSENT, False, Step.LAUNCH),
         (D.RUNNING, S.PAUSED, P.ABSENT, False, Step.LAUNCH),
         (D.RUNNING, S.PAUSED, P.EXITED, False, Step.LAUNCH),
+        # Queued: each pass asks for GPUs again; leaving the queue is a pause.
+        (D.RUNNING, S.QUEUED, P.ABSENT, False, Step.LAUNCH),
+        (D.PAUSED, S.QUEUED, P.ABSENT, False, Step.MARK_PAUSED),
+        (D.DELETED, S.QUEUED, P.ABSENT, False, Step.DELETE),
         # A failed engine stays failed until the user asks for a restart.
         (D.RUNNING, S.FAILED, P.ABSENT, False, Step.NOTHING),
         (D.RUNNING, S.FAILED, P.EXITED, False, Step.NOTHING),

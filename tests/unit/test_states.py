@@ -116,7 +116,7 @@ def test_transition_is_frozen() -> None:
 
 
 def test_stable_and_process_sets() -> None:
-    assert {S.RUNNING, S.PAUSED, S.FAILED, S.DELETED} == STABLE
+    assert {S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED, S.DELETED} == STABLE
     assert {S.STARTING, S.RUNNING, S.STOPPING} == HOLDS_PROCESS
     # A state that may hold a process can always be stopped or fail.
     for state in HOLDS_PROCESS:
@@ -126,6 +126,7 @@ def test_stable_and_process_sets() -> None:
 def test_state_values_are_the_stored_strings() -> None:
     assert [s.value for s in S] == [
         "pending",
+        "queued",
         "starting",
         "running",
         "stopping",

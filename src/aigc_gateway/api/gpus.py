@@ -1,14 +1,32 @@
-"""The GPU inventory, for administrators: each card with its pool, price and what holds it."""
+"""GPUs, for administrators: each card with its pool, price, memory and what holds it; the wait
+queue; cordon, drain and uncordon."""
 
 from __future__ import annotations
 
+import shutil
+from datetime import UTC, datetime
+from typing import Literal
+
 from fastapi import APIRouter
 from pydantic import BaseModel
+from sqlalchemy import select
 
-from aigc_gateway.api.deps import CurrentUser, GatewayDep
+from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import require_admin
+from aigc_gateway.store.tables import Instance, User
 
 router = APIRouter(prefix="/api/gpus", tags=["gpus"])
+
+
+class Holder(BaseModel):
+    instance_id: str
+    name: str
+    owner: str
+    share_gib: float | None
+    """The share's size; None for a whole GPU."""
+    memory_used_mib: int | None
+    """What the engine holds on the GPU now (NVML; None where unknown)."""
+    since: datetime | None
 
 
 class GpuPublic(BaseModel):
@@ -17,43 +35,168 @@ class GpuPublic(BaseModel):
     index: int
     type: str
     memory_gib: float
+    allocated_gib: float
+    """Whole card, or the sum of its shares."""
     free_gib: float
     pool: str
     pool_rank: int
     price_per_hour: float
-    cordoned: bool
-    instances: list[str]
+    cordon: Literal["cordon", "drain"] | None
+    """``cordon``: takes no new engines; ``drain``: its engines were also moved off."""
+    mode: Literal["free", "whole", "shared"]
+    instances: list[Holder]
+
+
+class QueueEntry(BaseModel):
+    instance_id: str
+    name: str
+    owner: str
+    position: int
+    priority: int
+    since: datetime
+    estimate_s: float | None
+    wants: str
+    """The request in words: "2 GPUs (a100, h100)", "a 8 GiB share"."""
 
 
 class GpuInventory(BaseModel):
     source: str
+    mps: bool
+    """Whether GPU memory shares are enforced with NVIDIA MPS on this host."""
     gpus: list[GpuPublic]
+    queue: list[QueueEntry]
+
+
+class CordonResult(BaseModel):
+    gpu_id: str
+    cordon: Literal["cordon", "drain"] | None
+    moved: list[str]
+    """Instances restarted elsewhere (drain)."""
 
 
 @router.get("")
 async def list_gpus(gw: GatewayDep, who: CurrentUser) -> GpuInventory:
     require_admin(who)
-    inv = gw.gpus
-    holders: dict[str, list[str]] = {}
-    for allocation in inv.allocations:
-        for gpu_id in allocation.gpu_ids:
-            holders.setdefault(gpu_id, []).append(allocation.instance_id)
-    return GpuInventory(
-        source=gw.gpu_note,
-        gpus=[
+    broker = gw.gpus
+    inv = broker.inventory
+    entries = broker.queue.ordered()
+    ids = {a.instance_id for a in inv.allocations} | {e.instance_id for e in entries}
+    names: dict[str, tuple[str, str, int | None]] = {}
+    if ids:
+        async with gw.db.read() as session:
+            rows = await session.execute(
+                select(Instance.id, Instance.name, User.name, Instance.pid)
+                .join(User, User.id == Instance.owner_id)
+                .where(Instance.id.in_(ids))
+            )
+            names = {r[0]: (r[1], r[2], r[3]) for r in rows}
+    usage = await gw.gpu_usage.by_session() if inv.allocations else {}
+
+    def holder(instance_id: str, share: float | None) -> Holder:
+        name, owner, pid = names.get(instance_id, ("?", "?", None))
+        used = usage.get(pid) if pid else None
+        since = broker.held_since(instance_id)
+        return Holder(
+            instance_id=instance_id,
+            name=name,
+            owner=owner,
+            share_gib=share,
+            memory_used_mib=None if used is None else used // 2**20,
+            since=None if since is None else datetime.fromtimestamp(since, UTC),
+        )
+
+    gpus = []
+    for g in inv.gpus:
+        state = inv.state(g.id)
+        holders = []
+        if state.whole_owner:
+            holders.append(holder(state.whole_owner, None))
+        for sharer in sorted(state.sharers):
+            alloc = inv.allocation(sharer)
+            holders.append(holder(sharer, alloc.memory_gib if alloc else None))
+        mode: Literal["free", "whole", "shared"] = (
+            "whole" if state.whole_owner else "shared" if state.sharers else "free"
+        )
+        cordon = broker.cordon_mode(g.id)
+        gpus.append(
             GpuPublic(
                 id=g.id,
                 host=g.host,
                 index=g.index,
                 type=g.type,
                 memory_gib=g.memory_gib,
+                allocated_gib=g.memory_gib if state.whole_owner else state.used_gib,
                 free_gib=inv.free_gib(g.id),
                 pool=g.pool,
                 pool_rank=g.pool_rank,
                 price_per_hour=g.price_per_hour,
-                cordoned=g.cordoned,
-                instances=holders.get(g.id, []),
+                cordon="drain" if cordon == "drain" else "cordon" if cordon or g.cordoned else None,
+                mode=mode,
+                instances=holders,
             )
-            for g in inv.gpus
-        ],
+        )
+    queue = []
+    for entry in entries:
+        info = broker.queue_info(entry.instance_id)
+        name, owner, _ = names.get(entry.instance_id, ("?", "?", None))
+        r = entry.request
+        wants = f"a {r.memory_gib:g} GiB share" if r.is_share else f"{r.count} GPU(s)"
+        if r.types:
+            wants += f" ({', '.join(r.types)})"
+        queue.append(
+            QueueEntry(
+                instance_id=entry.instance_id,
+                name=name,
+                owner=owner,
+                position=info.position if info else 0,
+                priority=entry.priority,
+                since=datetime.fromtimestamp(entry.enqueued_at, UTC),
+                estimate_s=info.estimate_s if info else None,
+                wants=wants,
+            )
+        )
+    return GpuInventory(
+        source=broker.note,
+        mps=shutil.which(gw.settings.mps_control) is not None,
+        gpus=gpus,
+        queue=queue,
     )
+
+
+async def _set(
+    gw: GatewayDep,
+    who: CurrentUser,
+    client: ClientDep,
+    gpu_id: str,
+    mode: Literal["cordon", "drain"] | None,
+) -> CordonResult:
+    moved = await gw.instances.set_gpu_cordon(who, gpu_id, mode)
+    await gw.accounts.record(
+        who,
+        f"gpu.{mode or 'uncordon'}",
+        client,
+        target_type="gpu",
+        target_id=gpu_id,
+        detail={"moved": moved},
+    )
+    return CordonResult(gpu_id=gpu_id, cordon=mode, moved=moved)
+
+
+@router.post("/{gpu_id}/cordon")
+async def cordon(gpu_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep) -> CordonResult:
+    """Take no new engines on this GPU; what runs there stays."""
+    return await _set(gw, who, client, gpu_id, "cordon")
+
+
+@router.post("/{gpu_id}/drain")
+async def drain(gpu_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep) -> CordonResult:
+    """Cordon, and restart the engines on it so they move to other GPUs (or queue)."""
+    return await _set(gw, who, client, gpu_id, "drain")
+
+
+@router.post("/{gpu_id}/uncordon")
+async def uncordon(
+    gpu_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> CordonResult:
+    """Put the GPU back into placement; queued instances that fit now start."""
+    return await _set(gw, who, client, gpu_id, None)

@@ -24,10 +24,9 @@ async def list_instances(
     gw: GatewayDep, who: CurrentUser, all: Annotated[bool, Query()] = False
 ) -> list[InstancePublic]:
     """Your instances; with ``all=true`` an admin sees everyone's."""
-    return [
-        InstancePublic.of(i, gw.settings)
-        for i in await gw.instances.list_visible(who, all_users=all)
-    ]
+    found = await gw.instances.list_visible(who, all_users=all)
+    usage = await gw.gpu_usage.by_session() if any(i.gpu_ids for i in found) else {}
+    return [InstancePublic.of(i, gw.settings, gw.gpus, usage) for i in found]
 
 
 @router.post("", status_code=201)
@@ -50,12 +49,14 @@ async def create_instance(
             target_id=inst.id,
             detail={"template": inst.template_id},
         )
-    return InstancePublic.of(inst, gw.settings)
+    return InstancePublic.of(inst, gw.settings, gw.gpus)
 
 
 @router.get("/{instance_id}")
 async def get_instance(instance_id: str, gw: GatewayDep, who: CurrentUser) -> InstancePublic:
-    return InstancePublic.of(await gw.instances.get(who, instance_id), gw.settings)
+    inst = await gw.instances.get(who, instance_id)
+    usage = await gw.gpu_usage.by_session() if inst.gpu_ids else {}
+    return InstancePublic.of(inst, gw.settings, gw.gpus, usage)
 
 
 @router.delete("/{instance_id}", status_code=202)
@@ -76,7 +77,7 @@ async def delete_instance(
         target_id=inst.id,
         detail={"delete_data": delete_data},
     )
-    return InstancePublic.of(inst, gw.settings)
+    return InstancePublic.of(inst, gw.settings, gw.gpus)
 
 
 @router.get("/{instance_id}/events")
@@ -207,4 +208,4 @@ async def act(
     await gw.accounts.record(
         who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
     )
-    return InstancePublic.of(inst, gw.settings)
+    return InstancePublic.of(inst, gw.settings, gw.gpus)

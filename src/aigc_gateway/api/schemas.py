@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
@@ -19,6 +20,27 @@ class InstanceCreate(BaseModel):
     request_id: str | None = Field(
         default=None, max_length=128, description="client-chosen id that makes retries safe"
     )
+
+
+class GpuHeld(BaseModel):
+    gpu_ids: list[str]
+    types: list[str]
+    pools: list[str]
+    share_gib: float | None
+    """For a memory share: its size; None for whole GPUs."""
+    placement: str
+    """Why these GPUs were chosen."""
+    memory_used_mib: int | None
+    """GPU memory the engine holds now, read from NVML (None where unknown)."""
+
+
+class QueuePlace(BaseModel):
+    position: int
+    length: int
+    priority: int
+    since: datetime
+    estimate_s: float | None
+    """Expected wait from the release history (None: no history yet)."""
 
 
 class InstancePublic(BaseModel):
@@ -41,10 +63,39 @@ class InstancePublic(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     ready_at: datetime | None
+    gpu: GpuHeld | None = None
+    queue: QueuePlace | None = None
 
     @classmethod
-    def of(cls, inst: Instance, settings: Settings) -> InstancePublic:
+    def of(
+        cls,
+        inst: Instance,
+        settings: Settings,
+        gpus: GpuBroker | None = None,
+        memory_by_session: dict[int, int] | None = None,
+    ) -> InstancePublic:
         running = inst.state == "running" and inst.host and inst.port
+        gpu = queue = None
+        if inst.gpu_ids:
+            known = [g for g in (gpus.gpu(i) for i in inst.gpu_ids) if g] if gpus else []
+            used = (memory_by_session or {}).get(inst.pid) if inst.pid else None
+            gpu = GpuHeld(
+                gpu_ids=list(inst.gpu_ids),
+                types=sorted({g.type for g in known}),
+                pools=sorted({g.pool for g in known}),
+                share_gib=inst.gpu_memory_gib,
+                placement=inst.placement or "",
+                memory_used_mib=None if used is None else used // 2**20,
+            )
+        info = gpus.queue_info(inst.id) if gpus and inst.state == "queued" else None
+        if info is not None:
+            queue = QueuePlace(
+                position=info.position,
+                length=info.length,
+                priority=info.priority,
+                since=datetime.fromtimestamp(info.since, UTC),
+                estimate_s=info.estimate_s,
+            )
         return cls(
             id=inst.id,
             name=inst.name,
@@ -63,6 +114,8 @@ class InstancePublic(BaseModel):
             updated_at=inst.updated_at,
             started_at=inst.started_at,
             ready_at=inst.ready_at,
+            gpu=gpu,
+            queue=queue,
         )
 
 

@@ -35,7 +35,8 @@ class Step(enum.StrEnum):
     NOTHING = "nothing"
     """Stable: wait for a user action or an observed change."""
     LAUNCH = "launch"
-    """Move to starting and ask the runtime to start the engine."""
+    """Take the GPUs the template asks for (or join the queue), move to starting and ask the
+    runtime to start the engine."""
     AWAIT_READY = "await_ready"
     """Wait for the readiness check (or an exit, or a change of desired state)."""
     MARK_RUNNING = "mark_running"
@@ -76,8 +77,8 @@ def _toward_paused(st: InstanceState, phase: Phase) -> Step:
         return Step.STOP
     if st in (InstanceState.STARTING, InstanceState.RUNNING):
         return Step.STOP
-    if st in (InstanceState.STOPPING, InstanceState.PENDING):
-        return Step.MARK_PAUSED
+    if st in (InstanceState.STOPPING, InstanceState.PENDING, InstanceState.QUEUED):
+        return Step.MARK_PAUSED  # for a queued instance: it leaves the queue
     return Step.NOTHING  # paused, or failed (pausing a failed engine changes nothing)
 
 
@@ -90,7 +91,7 @@ def _toward_running(st: InstanceState, phase: Phase, restart_pending: bool) -> S
         return Step.MARK_FAILED
     if st is InstanceState.FAILED:
         return Step.LAUNCH if restart_pending else Step.NOTHING
-    return Step.LAUNCH  # pending or paused
+    return Step.LAUNCH  # pending, paused, or queued (the launch asks for GPUs again)
 
 
 def _alive_toward_running(st: InstanceState, phase: Phase, restart_pending: bool) -> Step:

@@ -16,6 +16,9 @@ from aigc_gateway.errors import Conflict
 class InstanceState(enum.StrEnum):
     PENDING = "pending"
     """Created; the controller has not acted on it yet."""
+    QUEUED = "queued"
+    """Wants to run, but the GPUs it asks for are all busy: it waits in the queue and starts by
+    itself when capacity frees up. Holds no process and no GPU."""
     STARTING = "starting"
     """The engine process was launched and is not ready yet."""
     RUNNING = "running"
@@ -41,20 +44,22 @@ class DesiredState(enum.StrEnum):
 S = InstanceState
 
 ALLOWED: dict[InstanceState, frozenset[InstanceState]] = {
-    S.PENDING: frozenset({S.STARTING, S.PAUSED, S.FAILED, S.DELETING}),
+    S.PENDING: frozenset({S.STARTING, S.QUEUED, S.PAUSED, S.FAILED, S.DELETING}),
+    S.QUEUED: frozenset({S.STARTING, S.PAUSED, S.FAILED, S.DELETING}),
     S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.FAILED}),
     S.RUNNING: frozenset({S.STOPPING, S.FAILED}),
     S.STOPPING: frozenset({S.PAUSED, S.FAILED}),
-    S.PAUSED: frozenset({S.STARTING, S.DELETING}),
-    S.FAILED: frozenset({S.STARTING, S.STOPPING, S.DELETING}),
+    S.PAUSED: frozenset({S.STARTING, S.QUEUED, S.DELETING}),
+    S.FAILED: frozenset({S.STARTING, S.QUEUED, S.STOPPING, S.DELETING}),
     S.DELETING: frozenset({S.DELETED, S.FAILED}),
     S.DELETED: frozenset(),
 }
 """Legal moves. A failed instance may still have a process (a readiness time-out), hence
 failed → stopping; deleting goes through a stopped state so no engine outlives its record."""
 
-STABLE: frozenset[InstanceState] = frozenset({S.RUNNING, S.PAUSED, S.FAILED, S.DELETED})
-"""States in which the controller waits for a user action or an observed change."""
+STABLE: frozenset[InstanceState] = frozenset({S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED, S.DELETED})
+"""States in which the controller waits for a user action, an observed change, or (queued)
+capacity."""
 
 HOLDS_PROCESS: frozenset[InstanceState] = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 """States in which an engine process may exist."""

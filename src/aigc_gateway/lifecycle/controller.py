@@ -20,17 +20,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
-from aigc_gateway.domain.states import DesiredState, InstanceState, can_transition, transition
+from aigc_gateway.domain.states import (
+    HOLDS_PROCESS,
+    DesiredState,
+    InstanceState,
+    can_transition,
+    transition,
+)
 from aigc_gateway.errors import Conflict
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
+from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
-from aigc_gateway.runtime.base import LaunchError, ReadinessTimeout, Runtime, Workload
+from aigc_gateway.runtime.base import GpuGrant, LaunchError, ReadinessTimeout, Runtime, Workload
+from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import Instance, Volume
+from aigc_gateway.store.tables import GpuCordon, Instance, Volume
 from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
 
@@ -56,6 +66,7 @@ class Controller:
         stop_grace_s: float,
         routes: RouteTable | None = None,
         activity: ActivityTracker | None = None,
+        gpus: GpuBroker | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -66,6 +77,7 @@ class Controller:
         self._stop_grace_s = stop_grace_s
         self.routes = routes or RouteTable()
         self.activity = activity or ActivityTracker()
+        self.gpus = gpus or GpuBroker([], "no GPU inventory")
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
         self._resync_task: asyncio.Task[None] | None = None
@@ -75,11 +87,33 @@ class Controller:
     # -- public ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        held: list[Held] = []
+        queued: list[Queued] = []
         async with self._db.read() as session:
             for inst in await repo.list_for(session, owner_id=None):
                 self.routes.put(Route.of(inst))
                 if inst.last_activity_at is not None:
                     self.activity.seed(inst.id, inst.last_activity_at.timestamp())
+                if inst.gpu_ids and S(inst.state) in HOLDS_PROCESS:
+                    held.append(
+                        Held(
+                            inst.id,
+                            tuple(inst.gpu_ids),
+                            inst.gpu_memory_gib,
+                            (inst.gpu_since or inst.updated_at).timestamp(),
+                            inst.placement or "",
+                        )
+                    )
+                elif inst.state == S.QUEUED and inst.desired_state == DesiredState.RUNNING:
+                    request = await self._gpu_request(inst)
+                    if request is not None:
+                        since = (inst.queued_at or inst.updated_at).timestamp()
+                        queued.append(Queued(request, inst.queue_priority, since))
+            cordons = {c.gpu_id: c.mode for c in await session.scalars(select(GpuCordon))}
+        for dropped in self.gpus.restore(held, queued, cordons):
+            log.warning(
+                "GPU allocation no longer fits the inventory", extra={"instance_id": dropped}
+            )
         await self.resync()
         self._resync_task = asyncio.create_task(self._resync_loop(), name="lifecycle-resync")
 
@@ -143,7 +177,16 @@ class Controller:
             if work.instance_id not in live and work.phase.alive:
                 log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
                 await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+        self.admit()
         self.resyncs += 1
+
+    def admit(self) -> None:
+        """Start queued instances that fit now (after a release, an uncordon, a resync)."""
+        admission = self.gpus.admit()
+        for placement in admission.placed:
+            self.kick(placement.instance_id)
+        for refused in admission.never:
+            self.kick(refused.instance_id)  # its launch finds it can never fit, and fails it
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -203,6 +246,8 @@ class Controller:
                 return False
             log.debug("step %s", step, extra={"instance_id": instance_id, "state": inst.state})
             await self._perform(step, inst, work, wake)
+            if step is Step.LAUNCH and inst.state == S.QUEUED:
+                return False  # waits for GPUs: admission kicks it
 
     async def _perform(
         self, step: Step, inst: Instance, work: Workload, wake: asyncio.Event
@@ -212,7 +257,11 @@ class Controller:
             Step.AWAIT_READY: lambda: self._await_ready(inst, wake),
             Step.MARK_RUNNING: lambda: self._mark_running(inst, work),
             Step.STOP: lambda: self._stop(inst),
-            Step.MARK_PAUSED: lambda: self._move(inst, S.PAUSED, "paused; data kept"),
+            Step.MARK_PAUSED: lambda: self._move(
+                inst,
+                S.PAUSED,
+                "left the GPU queue; data kept" if inst.state == S.QUEUED else "paused; data kept",
+            ),
             Step.MARK_FAILED: lambda: self._mark_failed(inst, work),
             Step.DELETE: lambda: self._delete(inst),
         }
@@ -227,8 +276,16 @@ class Controller:
         progress: tuple[tuple[int, dict[str, Any]], ...] = (),
         **changes: Any,
     ) -> None:
-        """Record ``inst → target`` and any start-progress steps in one transaction."""
+        """Record ``inst → target`` and any start-progress steps in one transaction. A move to a
+        state without a process frees the instance's GPUs in the same transaction."""
         move = transition(S(inst.state), target, reason)
+        frees_gpus = target not in HOLDS_PROCESS and (
+            inst.gpu_ids is not None or self.gpus.inventory.allocation(inst.id) is not None
+        )
+        if frees_gpus:
+            changes.update(gpu_ids=None, gpu_memory_gib=None, gpu_since=None)
+        if target is not S.QUEUED and inst.queued_at is not None:
+            changes.update(queued_at=None)
         async with self._db.write() as session:
             events = [await repo.apply_transition(session, inst, move, **changes)]
             for step, data in progress:
@@ -238,6 +295,10 @@ class Controller:
         inst.state, inst.reason = target.value, reason
         for key, value in changes.items():
             setattr(inst, key, value)
+        if target is not S.QUEUED:
+            self.gpus.leave_queue(inst.id)
+        if frees_gpus and self.gpus.release(inst.id):
+            self.admit()
         self.routes.put(Route.of(inst))
         for ev in events:
             self._hub.publish(EventRecord.of(ev))
@@ -270,19 +331,84 @@ class Controller:
             return loaded.template, rev_id, loaded.install_problem
         return Template.model_validate(rev.spec), rev.id, ""
 
-    async def _launch(self, inst: Instance) -> None:
-        template, rev_id, problem = await self._template_for(inst)
+    async def _gpu_request(self, inst: Instance) -> Request | None:
+        template, _, _ = await self._template_for(inst)
+        gpu = template.resources.gpu
+        return Request.from_gpu_request(inst.id, gpu) if gpu.wanted else None
+
+    async def _take_gpus(self, inst: Instance, template: Template) -> Placement | None:
+        """GPUs for the launch; None when the instance had to queue or can never fit (both
+        recorded). Templates without GPUs get an empty placement."""
+        gpu = template.resources.gpu
+        if not gpu.wanted:
+            return Placement(inst.id, (), None, "")
+        decision = self.gpus.acquire(Request.from_gpu_request(inst.id, gpu), priority=gpu.priority)
+        if isinstance(decision, Placement):
+            return decision
+        await self._refuse_or_queue(inst, template, decision, gpu.priority)
+        return None
+
+    async def _refuse_or_queue(
+        self, inst: Instance, template: Template, why: Unplaceable, priority: int
+    ) -> None:
+        if why.never:
+            reason = (
+                f"{template.display.name.en} cannot be placed on this gateway's GPUs: {why.reason}"
+            )
+            if not can_transition(S(inst.state), S.FAILED):
+                await self._move(inst, S.STARTING, "asking for GPUs")
+            await self._move(inst, S.FAILED, reason)
+            return
+        info = self.gpus.queue_info(inst.id)
+        if inst.state == S.QUEUED:
+            return  # already waiting; the API shows the live position
+        data: dict[str, Any] = {}
+        if info is not None:
+            data = {"position": info.position, "estimate_s": info.estimate_s}
         await self._move(
             inst,
-            S.STARTING,
-            f"starting {template.display.name.en} {template.version}",
-            progress=() if problem else ((1, {}), (2, {})),
-            launched_generation=inst.generation,
-            template_revision_id=rev_id,
-            started_at=datetime.now(UTC),
-            ready_at=None,
-            exit_code=None,
+            S.QUEUED,
+            why.reason,
+            progress=((0, data),),
+            queued_at=datetime.fromtimestamp(info.since if info else time.time(), UTC),
+            queue_priority=priority,
         )
+
+    async def _launch(self, inst: Instance) -> None:
+        template, rev_id, problem = await self._template_for(inst)
+        placement: Placement | None = Placement(inst.id, (), None, "")
+        if not problem:
+            placement = await self._take_gpus(inst, template)
+            if placement is None:
+                return
+        assert placement is not None
+        gpu_fields: dict[str, Any] = {}
+        grant: GpuGrant | None = None
+        if placement.gpu_ids:
+            grant = self.gpus.grant(placement)
+            gpu_fields = {
+                "gpu_ids": list(placement.gpu_ids),
+                "gpu_memory_gib": placement.memory_gib,
+                "gpu_since": datetime.now(UTC),
+                "placement": placement.explanation,
+            }
+        try:
+            await self._move(
+                inst,
+                S.STARTING,
+                f"starting {template.display.name.en} {template.version}",
+                progress=() if problem else ((1, {}), (2, {})),
+                launched_generation=inst.generation,
+                template_revision_id=rev_id,
+                started_at=datetime.now(UTC),
+                ready_at=None,
+                exit_code=None,
+                **gpu_fields,
+            )
+        except BaseException:
+            if self.gpus.release(inst.id):  # not recorded: give the GPUs back
+                self.admit()
+            raise
         if problem:
             await self._move(inst, S.FAILED, problem)
             return
@@ -296,13 +422,20 @@ class Controller:
             data_dir=volume.path,
             log_max_bytes=self._log_max_bytes,
             labels={"owner": inst.owner_id, "template": template.id, "slug": inst.slug},
+            gpu=grant,
         )
         try:
             work = await self._runtime.start(spec)
         except LaunchError as exc:
             await self._move(inst, S.FAILED, exc.message)
             return
-        spawned = {"pid": work.pid, "port": work.port, "spawned_at": work.started_at}
+        spawned: dict[str, Any] = {
+            "pid": work.pid,
+            "port": work.port,
+            "spawned_at": work.started_at,
+        }
+        if placement.explanation:
+            spawned["placement"] = placement.explanation
         async with self._db.write() as session:
             await repo.set_fields(session, inst.id, pid=work.pid, host=work.host, port=work.port)
             ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
@@ -348,6 +481,9 @@ class Controller:
         else:
             reason = "engine process is gone (no exit code recorded)"
         tail = work.log_tail or await self._runtime.logs(inst.id, tail_bytes=4096)
+        # What the engine left behind (children holding GPU memory, a card's MPS daemon) goes
+        # before its GPUs are given to someone else.
+        await self._runtime.stop(inst.id, grace=0.0)
         await self._move(inst, S.FAILED, reason, exit_code=work.exit_code)
         await self._event(inst, "exit", reason, exit_code=work.exit_code, log_tail=tail[-4096:])
 

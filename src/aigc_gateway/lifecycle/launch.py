@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigc_gateway.runtime.base import LaunchSpec, ReadinessCheck, ReadinessKind
+from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessCheck, ReadinessKind
 from aigc_gateway.templates.loader import expand
 from aigc_gateway.templates.schema import Template
 
@@ -14,6 +14,7 @@ def launch_spec(
     data_dir: str,
     log_max_bytes: int,
     labels: dict[str, str],
+    gpu: GpuGrant | None = None,
 ) -> LaunchSpec:
     launch = template.launch
     env = {k: expand(v, template) for k, v in launch.env.items()}
@@ -39,4 +40,5 @@ def launch_spec(
         stop_grace_s=launch.stop_grace_s,
         log_max_bytes=log_max_bytes,
         labels=labels,
+        gpu=gpu,
     )

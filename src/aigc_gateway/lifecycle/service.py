@@ -13,24 +13,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.auth.principal import Access, Principal, authorize_instance
+from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
 from aigc_gateway.auth.secrets import new_id, new_slug
 from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventRecord
+from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.runtime.base import Runtime
-from aigc_gateway.scheduler import Inventory, Request
+from aigc_gateway.scheduler import Request
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import Instance, InstanceShare, User
+from aigc_gateway.store.tables import GpuCordon, Instance, InstanceShare, User
 from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
 
@@ -64,7 +66,7 @@ class InstanceService:
         volumes_dir: Path,
         default_limit: int,
         on_access_change: Callable[[], None] = lambda: None,
-        gpus: Inventory | None = None,
+        gpus: GpuBroker | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -73,7 +75,7 @@ class InstanceService:
         self._volumes_dir = volumes_dir
         self._default_limit = default_limit
         self._on_access_change = on_access_change
-        self._gpus = gpus if gpus is not None else Inventory([])
+        self._gpus = gpus if gpus is not None else GpuBroker([], "no GPU inventory")
 
     async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
         """Create an instance (desired: running). Returns it and whether it is new."""
@@ -148,19 +150,59 @@ class InstanceService:
         return inst, True
 
     def _check_gpu_request(self, template: Template) -> None:
-        """Refuse at once what could never be placed here (placing and queueing come later)."""
+        """Refuse at once what could never be placed here; what is only busy now queues."""
         gpu = template.resources.gpu
         if not gpu.wanted:
             return
         why = self._gpus.never_reason(Request.from_gpu_request("check", gpu))
-        if not self._gpus.gpus:
-            why = "this gateway has no GPU (CPU templates only)"
         if why:
             need = f"{gpu.count} GPU(s)" if gpu.count else f"a {gpu.memory_gib:g} GiB GPU share"
             raise Conflict(
                 f"{template.display.name.en} needs {need}, which cannot be placed here: {why}",
                 code="gpu_unavailable",
             )
+
+    async def set_gpu_cordon(
+        self, who: Principal, gpu_id: str, mode: Literal["cordon", "drain"] | None
+    ) -> list[str]:
+        """Cordon a GPU (no new placements), drain it (also restart what runs on it, so those
+        engines move to other cards or the queue), or uncordon it. Returns the instances being
+        moved. Idempotent."""
+        require_admin(who)
+        if self._gpus.gpu(gpu_id) is None:
+            raise NotFound(f"no GPU {gpu_id!r} in the inventory", code="gpu_not_found")
+        state = self._gpus.inventory.state(gpu_id)
+        holders = [*([state.whole_owner] if state.whole_owner else []), *sorted(state.sharers)]
+        moved: list[str] = []
+        async with self._db.write() as session:
+            row = await session.get(GpuCordon, gpu_id, with_for_update=True)
+            if mode is None:
+                if row is not None:
+                    await session.delete(row)
+            elif row is None:
+                session.add(GpuCordon(gpu_id=gpu_id, mode=mode, by=who.user_id, at=_now()))
+            else:
+                row.mode, row.by, row.at = mode, who.user_id, _now()
+            for instance_id in holders if mode == "drain" else []:
+                inst = await session.get(Instance, instance_id, with_for_update=True)
+                if inst is None or inst.desired_state != DesiredState.RUNNING:
+                    continue
+                if _apply(inst, Action.RESTART):
+                    inst.updated_at = _now()
+                    await repo.add_event(
+                        session,
+                        instance_id=inst.id,
+                        kind="action",
+                        message=f"GPU {gpu_id} is drained: restarting on another GPU",
+                        actor=who.user_id,
+                    )
+                    moved.append(inst.id)
+        self._gpus.set_cordon(gpu_id, mode)
+        for instance_id in moved:
+            self._controller.kick(instance_id)
+        if mode is None:
+            self._controller.admit()
+        return moved
 
     async def get(self, who: Principal, instance_id: str) -> Instance:
         async with self._db.read() as session:
@@ -300,6 +342,10 @@ class InstanceService:
         authorize_instance(who, inst.owner_id, access, shared=shared)
         found: Instance = inst
         return found
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _free_name(family: str, taken: set[str]) -> str:

@@ -24,6 +24,10 @@ Contract, for every method:
   gateway process: this is how a restarted gateway re-adopts running engines.
 - ``logs(instance_id, tail_bytes=...)`` returns the end of the engine's captured output ("" if none).
 - ``forget(instance_id)`` drops the runtime's own records of a stopped workload (after delete).
+- GPUs: ``spec.gpu`` names the devices granted to the workload by the scheduler. The runtime makes
+  exactly those visible to the engine (and no others), and for a memory share (``memory_mib``
+  set) enforces the limit where the host can, e.g. with NVIDIA MPS; a stop releases them at once.
+  A runtime that cannot enforce a share still runs the engine and says so in its log.
 - ``suspend`` / ``resume`` are optional: runtimes that cannot do it raise :class:`NotSupported`.
 - ``close()`` releases the runtime's resources **without** stopping workloads, which outlive the
   gateway process by design.
@@ -41,6 +45,7 @@ from aigc_gateway.domain.reconcile import Phase
 from aigc_gateway.errors import GatewayError, PermanentError
 
 __all__ = [
+    "GpuGrant",
     "LaunchError",
     "LaunchSpec",
     "NotSupported",
@@ -84,6 +89,20 @@ class ReadinessCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuGrant:
+    """GPUs placed for one workload: whole cards, or (``memory_mib`` set) a share of one card."""
+
+    devices: tuple[str, ...]
+    """How the driver names each card: its UUID (``GPU-…``) where known, else its index."""
+    memory_mib: int | None = None
+    """For a share: the memory the engine may pin on its card."""
+
+    @property
+    def is_share(self) -> bool:
+        return self.memory_mib is not None
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchSpec:
     """Everything a runtime needs to run one engine, already resolved from the template.
 
@@ -105,6 +124,8 @@ class LaunchSpec:
     log_max_bytes: int = 4 * 1024 * 1024
     labels: Mapping[str, str] = field(default_factory=dict)
     """Free-form facts the runtime records and returns in :class:`Workload` (owner, template)."""
+    gpu: GpuGrant | None = None
+    """The GPUs this engine may use (None: no GPU; the runtime hides every card)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from aigc_gateway.runtime.base import (
     Workload,
     render,
 )
+from aigc_gateway.runtime.mps import MpsControl, MpsError, mps_root_for
 
 __all__ = ["LocalRuntime"]
 
@@ -93,6 +94,9 @@ class _Record:
     labels: dict[str, str] = field(default_factory=dict)
     ready: bool = False
     stopped: bool = False
+    gpu_devices: list[str] = field(default_factory=list)
+    gpu_memory_mib: int | None = None
+    """Set for a memory share: the card's MPS daemon serves it."""
 
     def to_json(self) -> str:
         return json.dumps({"version": _RECORD_VERSION, **asdict(self)}, indent=1)
@@ -132,10 +136,16 @@ class LocalRuntime:
     name = "local"
 
     def __init__(
-        self, *, state_dir: Path, host: str = "127.0.0.1", probe_interval_s: float = 0.01
+        self,
+        *,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        probe_interval_s: float = 0.01,
+        mps: MpsControl | None = None,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._mps = mps if mps is not None else MpsControl(mps_root_for(self._state_dir))
         self._host = host
         self._probe_interval_s = probe_interval_s
         self._client: httpx.AsyncClient | None = None
@@ -157,6 +167,7 @@ class LocalRuntime:
 
         port = spec.port if spec.port is not None else self._pick_port()
         argv, working_dir, env = _prepare(spec, port)
+        env.update(await self._gpu_env(spec))
         try:
             proc = procs.spawn(
                 argv, exit_file=paths.exit_code, log_file=paths.log, cwd=working_dir, env=env
@@ -178,6 +189,8 @@ class LocalRuntime:
             readiness_path=spec.readiness.path,
             log_max_bytes=spec.log_max_bytes,
             labels=dict(spec.labels),
+            gpu_devices=list(spec.gpu.devices) if spec.gpu else [],
+            gpu_memory_mib=spec.gpu.memory_mib if spec.gpu else None,
         )
         _save(paths, record)
         logger.info(
@@ -237,6 +250,8 @@ class LocalRuntime:
             _save(paths, record)
             paths.exit_code.unlink(missing_ok=True)
             logger.info("engine stopped", extra={"instance_id": instance_id})
+        if record.gpu_memory_mib is not None:
+            await self._release_share(record)
         return self._snapshot(record, paths)
 
     async def observe(self, instance_id: str) -> Workload:
@@ -286,6 +301,51 @@ class LocalRuntime:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    # -- GPUs -----------------------------------------------------------------------------------
+
+    async def _gpu_env(self, spec: LaunchSpec) -> dict[str, str]:
+        """Make only the granted cards visible; start the card's MPS daemon for a share."""
+        if spec.gpu is None:
+            return {}
+        devices = ",".join(spec.gpu.devices)
+        env = {"CUDA_VISIBLE_DEVICES": devices, "NVIDIA_VISIBLE_DEVICES": devices}
+        if spec.gpu.memory_mib is not None:
+            device = spec.gpu.devices[0]
+            try:
+                enforced = await self._mps.ensure(device)
+            except MpsError as exc:
+                raise LaunchError(exc.message) from exc
+            if not enforced:
+                logger.warning(
+                    "GPU share not enforced: MPS is not installed on this host",
+                    extra={"instance_id": spec.instance_id, "gpu": device},
+                )
+            env.update(self._mps.client_env(device, spec.gpu.memory_mib))
+            env["AIGC_GPU_MEMORY_MIB"] = str(spec.gpu.memory_mib)
+        return env
+
+    async def _release_share(self, record: _Record) -> None:
+        """Stop the card's MPS daemon once no live workload holds a share of it."""
+        device = record.gpu_devices[0] if record.gpu_devices else None
+        if device is None or not self._mps.running(device):
+            return
+        with os.scandir(self._state_dir) as entries:
+            names = [e.name for e in entries if e.is_dir() and _ID.fullmatch(e.name)]
+        for name in names:
+            if name == record.instance_id:
+                continue
+            paths = _Paths(self._state_dir / name)
+            other = _load(paths)
+            if (
+                other is not None
+                and other.gpu_memory_mib is not None
+                and device in other.gpu_devices
+                and not other.stopped
+                and self._snapshot(other, paths).phase.alive
+            ):
+                return
+        await self._mps.stop(device)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -492,6 +552,9 @@ def _prepare(spec: LaunchSpec, port: int) -> tuple[list[str], str, dict[str, str
     working_dir = os.path.abspath(render(spec.working_dir, values))
     _make_dir(working_dir, "working directory")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+    if spec.gpu is None:
+        # An engine granted no GPU sees none (the template's own env may still say otherwise).
+        env["CUDA_VISIBLE_DEVICES"] = ""
     env.update({k: render(v, values) for k, v in spec.env.items()})
     if spec.port_env:
         env[spec.port_env] = str(port)

@@ -2,6 +2,7 @@
 
 :mod:`.placement` is the pure placement policy: it decides *where* an instance's GPUs go from an
 in-memory inventory, and does no I/O, so it can be tested exhaustively and benchmarked alone.
+:mod:`.queue` orders the requests that wait for capacity and estimates their wait.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ from aigc_gateway.scheduler.placement import (
     Unplaceable,
     place,
 )
+from aigc_gateway.scheduler.queue import Admission, ReleaseHistory, Waiting, WaitQueue, competes
 
 __all__ = [
+    "Admission",
     "Allocation",
     "Gpu",
     "Inventory",
     "Placement",
     "PlacementError",
+    "ReleaseHistory",
     "Request",
     "Unplaceable",
+    "WaitQueue",
+    "Waiting",
+    "competes",
     "place",
 ]

@@ -172,6 +172,11 @@ class Inventory:
             self._gpus[gpu.id] = gpu
             self._sharers[gpu.id] = set()
             self._used[gpu.id] = 0.0
+            # Cordoned cards count for what could *ever* fit (they come back), not for placing.
+            self._type_max_mem[gpu.type] = max(
+                self._type_max_mem.get(gpu.type, 0.0), gpu.memory_gib
+            )
+            self._host_types.setdefault(gpu.host, Counter())[gpu.type] += 1
             if gpu.cordoned:
                 continue
             key = (gpu.pool, gpu.pool_rank, gpu.price_per_hour, gpu.type, gpu.memory_gib)
@@ -182,10 +187,6 @@ class Inventory:
             group.free.add(gpu.id)
             self._group_of[gpu.id] = group
             self._host_free.setdefault(gpu.host, set()).add(gpu.id)
-            self._type_max_mem[gpu.type] = max(
-                self._type_max_mem.get(gpu.type, 0.0), gpu.memory_gib
-            )
-            self._host_types.setdefault(gpu.host, Counter())[gpu.type] += 1
         for allocation in allocations:
             self.allocate(allocation)
 
@@ -194,6 +195,11 @@ class Inventory:
     @property
     def gpus(self) -> tuple[Gpu, ...]:
         return tuple(self._gpus.values())
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """Every GPU type in the inventory (cordoned cards included), sorted."""
+        return tuple(sorted(self._type_max_mem))
 
     @property
     def allocations(self) -> tuple[Allocation, ...]:
@@ -313,7 +319,7 @@ class Inventory:
         types = [t for t in self._type_max_mem if request.accepts(t)]
         if not types:
             wanted = ", ".join(request.types) or "any"
-            return f"no usable GPU of an accepted type ({wanted}) in the inventory"
+            return f"no GPU of an accepted type ({wanted}) in the inventory"
         if request.memory_gib is not None:
             biggest = max(self._type_max_mem[t] for t in types)
             if request.memory_gib > biggest + _EPS:

@@ -174,6 +174,27 @@ class Instance(Base):
     started_at: Mapped[datetime | None]
     ready_at: Mapped[datetime | None]
     last_activity_at: Mapped[datetime | None]
+    gpu_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    """GPUs held while the engine may run (starting, running, stopping); None otherwise."""
+    gpu_memory_gib: Mapped[float | None] = mapped_column(Float)
+    """For a GPU share: its size (``gpu_ids`` then names one card)."""
+    gpu_since: Mapped[datetime | None]
+    placement: Mapped[str | None] = mapped_column(Text)
+    """Why the scheduler chose these GPUs (or why the instance waits), for people."""
+    queued_at: Mapped[datetime | None]
+    """When the instance joined the GPU queue (its place in it, with the priority)."""
+    queue_priority: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GpuCordon(Base):
+    """A GPU taken out of placement by an administrator (``drain`` also moved its engines)."""
+
+    __tablename__ = "gpu_cordons"
+    gpu_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    by: Mapped[str | None] = mapped_column(String(32))
+    at: Mapped[datetime]
 
 
 class Event(Base):

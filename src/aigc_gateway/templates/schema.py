@@ -84,6 +84,8 @@ class GpuRequest(Strict):
     types: list[str] = Field(default_factory=list)
     """Accepted GPU types (empty: any)."""
     preferred_types: list[str] = Field(default_factory=list)
+    priority: int = Field(default=0, ge=-100, le=100)
+    """Place in the GPU queue: higher goes first; equal priorities are first in, first out."""
 
     @model_validator(mode="after")
     def _count_or_share(self) -> GpuRequest:

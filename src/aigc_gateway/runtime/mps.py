@@ -1,0 +1,144 @@
+"""NVIDIA MPS control daemons, one per shared card, for GPU memory shares on the local runtime.
+
+MPS (Multi-Process Service) lets several processes share one GPU with a per-client limit on the
+device memory they may pin (``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT``): the driver refuses an
+allocation past it, which time-slicing alone cannot do. One control daemon serves one card here:
+it is started with only that card visible and its own pipe directory, so shares on different cards
+never meet, and whole-GPU engines (which never get the pipe directory) are not affected.
+
+The daemon is started when the first share lands on a card and asked to quit when the last share
+leaves. It outlives the gateway process, like the engines do; a restarted gateway finds it by its
+pipe directory. Where the control program is missing (no driver, a CPU test host) shares still run
+with the same environment, unenforced, and :attr:`MpsControl.available` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from aigc_gateway.errors import PermanentError
+
+log = logging.getLogger(__name__)
+
+QUIT_TIMEOUT_S = 10.0
+
+
+def mps_root_for(state_dir: Path) -> Path:
+    """A short folder for one gateway's MPS pipes: MPS talks over UNIX sockets in it, whose paths
+    must stay under about 100 bytes, which a deep data folder would exceed."""
+    tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"aigc-mps-{tag}"
+
+
+class MpsError(PermanentError):
+    code = "mps_failed"
+
+
+class MpsControl:
+    def __init__(self, root: Path, *, command: str = "nvidia-cuda-mps-control") -> None:
+        self._root = Path(root)
+        self._command = command
+        self._lock = asyncio.Lock()
+
+    @property
+    def program(self) -> str | None:
+        """The control program's path, or None where it is not installed."""
+        return shutil.which(self._command)
+
+    @property
+    def available(self) -> bool:
+        return self.program is not None
+
+    def _dir(self, device: str) -> Path:
+        return self._root / hashlib.sha256(device.encode()).hexdigest()[:12]
+
+    def client_env(self, device: str, memory_mib: int) -> dict[str, str]:
+        """What an engine holding a ``memory_mib`` share of ``device`` is started with. The
+        engine sees only its card, so the limit names CUDA device 0."""
+        d = self._dir(device)
+        return {
+            "CUDA_MPS_PIPE_DIRECTORY": str(d / "pipe"),
+            "CUDA_MPS_LOG_DIRECTORY": str(d / "log"),
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={memory_mib}M",
+        }
+
+    def running(self, device: str) -> bool:
+        return (self._dir(device) / "pipe" / "control").exists()
+
+    def _daemon_env(self, device: str) -> dict[str, str]:
+        d = self._dir(device)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+        env.update(
+            CUDA_VISIBLE_DEVICES=device,
+            CUDA_MPS_PIPE_DIRECTORY=str(d / "pipe"),
+            CUDA_MPS_LOG_DIRECTORY=str(d / "log"),
+        )
+        return env
+
+    async def ensure(self, device: str) -> bool:
+        """Start the card's daemon unless it runs; False where MPS is not installed."""
+        program = self.program
+        if program is None:
+            return False
+        async with self._lock:
+            if self.running(device):
+                return True
+            d = self._dir(device)
+            (d / "pipe").mkdir(parents=True, exist_ok=True)
+            (d / "log").mkdir(parents=True, exist_ok=True)
+            proc = await asyncio.create_subprocess_exec(
+                program,
+                "-d",
+                env=self._daemon_env(device),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise MpsError(
+                    f"could not start the MPS control daemon for GPU {device} "
+                    f"({program} -d exited with {proc.returncode}): {out.decode(errors='replace')}"
+                )
+            log.info("MPS control daemon started", extra={"gpu": device})
+            return True
+
+    async def stop(self, device: str) -> None:
+        """Ask the card's daemon to quit (nothing when none runs)."""
+        program = self.program
+        if program is None or not self.running(device):
+            return
+        async with self._lock:
+            proc = await asyncio.create_subprocess_exec(
+                program,
+                env=self._daemon_env(device),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(b"quit\n"), QUIT_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                log.warning("MPS control did not answer 'quit' in time", extra={"gpu": device})
+                return
+            if proc.returncode != 0:
+                log.warning("MPS control 'quit' failed: %s", out.decode(errors="replace").strip())
+                return
+            # The daemon removes its pipes as it exits; wait for that so a new share on this
+            # card does not talk to a daemon on its way out.
+            control = self._dir(device) / "pipe" / "control"
+            for _ in range(int(QUIT_TIMEOUT_S / 0.05)):
+                if not control.exists():
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                control.unlink(missing_ok=True)
+            log.info("MPS control daemon stopped", extra={"gpu": device})
