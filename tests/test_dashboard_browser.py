@@ -159,3 +159,58 @@ async def test_accessibility_basics_and_phone_width(
                 break
         else:
             raise AssertionError("sign-out is not reachable with the keyboard")
+
+
+ONE_GPU = [{"id": "GPU-aaaa", "type": "rtx4090", "memory_gib": 24}]
+
+
+@pytest.mark.parametrize("gateway_settings", [{"gpus": ONE_GPU}], indirect=True)
+async def test_gpu_queue_live_and_the_admin_gpu_page(
+    browser: Browser, gateway: RunningGateway
+) -> None:
+    from tests.support.gateway import Api
+
+    alice, bob = Api(gateway.url, gateway.alice), Api(gateway.url, gateway.bob)
+    try:
+        holder = await alice.wait_state((await alice.create("tiny-gpu"))["id"], "running")
+        waiter = await bob.wait_state((await bob.create("tiny-gpu-any"))["id"], "queued")
+        wid = waiter["id"]
+        async with context(browser, locale="zh-CN") as bob_ctx, context(browser) as admin_ctx:
+            page = await bob_ctx.new_page()
+            await sign_in(page, gateway, "bob", "pw-bob")
+            card = page.get_by_test_id(f"instance-{wid}")
+            await expect(card.locator("[data-role=state]")).to_have_text("排队中")
+            await expect(page.get_by_test_id(f"queue-{wid}")).to_contain_text("排第 1 位")
+            await expect(page.get_by_test_id(f"leave-queue-{wid}")).to_be_visible()
+            await shot(page, "gpu-zh-CN-1-queued")
+            # The GPU frees: the card starts live, and the next refresh shows its GPU.
+            await alice.act(holder["id"], "pause")
+            await expect(card).to_have_attribute("data-state", "running", timeout=60_000)
+            await expect(card.locator("[data-role=state]")).to_have_text("运行中")
+            await expect(page.get_by_test_id(f"queue-{wid}")).to_be_hidden()
+            await expect(page.get_by_test_id(f"leave-queue-{wid}")).to_be_hidden()
+            await expect(page.get_by_test_id(f"gpu-{wid}")).to_contain_text("1 块整卡")
+
+            admin = await admin_ctx.new_page()
+            await _set_password(gateway, "admin", "admin-pass-123")
+            await sign_in(admin, gateway, "admin", "admin-pass-123")
+            await admin.goto(f"{gateway.url}/admin/gpus")
+            row = admin.get_by_test_id("gpu-GPU-aaaa")
+            await expect(row).to_contain_text("bob")
+            await admin.get_by_test_id("cordon-GPU-aaaa").click()
+            await expect(admin.get_by_test_id("gpu-notice")).to_contain_text("cordoned")
+            # Drain asks first; then bob's engine goes back to the queue, live on his page.
+            admin.once("dialog", lambda dialog: dialog.accept())
+            await admin.get_by_test_id("drain-GPU-aaaa").click()
+            await expect(admin.get_by_test_id("gpu-notice")).to_contain_text("drained")
+            await expect(card).to_have_attribute("data-state", "queued", timeout=60_000)
+            await expect(page.get_by_test_id(f"queue-{wid}")).to_contain_text("排第 1 位")
+            await admin.reload()
+            await expect(admin.get_by_test_id(f"queued-{wid}")).to_contain_text("bob")
+            await shot(admin, "gpu-en-2-admin")
+            await admin.get_by_test_id("uncordon-GPU-aaaa").click()
+            await expect(admin.get_by_test_id("gpu-notice")).to_contain_text("back in placement")
+            await expect(card).to_have_attribute("data-state", "running", timeout=60_000)
+    finally:
+        await alice.aclose()
+        await bob.aclose()

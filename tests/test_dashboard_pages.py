@@ -4,9 +4,11 @@ through the API, and one query per list (no N+1)."""
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +17,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from aigc_gateway.doctor import gpu_summary
+from aigc_gateway.settings import Settings
 from tests.conftest import RunningGateway
-from tests.support.gateway import Api, add_user
+from tests.support.fake_mps import install_fake_mps
+from tests.support.gateway import Api, add_user, make_settings
 
 USER_PAGES = ["/", "/catalog", "/files", "/usage", "/account"]
 ADMIN_PAGES = [
@@ -25,6 +29,7 @@ ADMIN_PAGES = [
     "/admin/audit",
     "/admin/templates",
     "/admin/health",
+    "/admin/gpus",
 ]
 ZH = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}
 
@@ -394,3 +399,196 @@ async def test_pages_make_one_query_per_list(
         await add_user(gateway.settings, f"user{n}")
     assert {p: await queries(browser, p) for p in few} == few
     assert {p: await queries(root, p) for p in admin_few} == admin_few
+
+
+# -- GPUs ---------------------------------------------------------------------------------------
+
+GPU_CARDS = [
+    {"id": "GPU-aaaa", "type": "rtx4090", "memory_gib": 24, "pool": "onprem", "pool_rank": 1},
+    {"id": "GPU-bbbb", "index": 1, "type": "a100-80g", "memory_gib": 80, "pool": "cloud"},
+]
+
+
+def text_of(html: str, testid: str) -> str:
+    """The text inside the element with this test id (tags dropped, spaces collapsed)."""
+    found = re.search(rf'data-testid="{re.escape(testid)}"[^>]*>(.*?)</(?:p|tr|li)>', html, re.S)
+    assert found, testid
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
+
+
+def opening_tag(html: str, testid: str) -> str:
+    found = re.search(rf'<[a-z]+ [^>]*data-testid="{re.escape(testid)}"[^>]*>', html)
+    assert found, testid
+    return found.group(0)
+
+
+def form_token(html: str, action: str) -> str:
+    """The CSRF token in the form that posts to ``action``."""
+    found = re.search(
+        rf'<form method="post" action="{re.escape(action)}"[^>]*>\s*'
+        r'<input type="hidden" name="csrf_token" value="([^"]+)">',
+        html,
+    )
+    assert found, action
+    return found.group(1)
+
+
+class TestGpuPages:
+    """Two declared cards (an on-prem RTX 4090, a cloud A100) and the fake MPS control program."""
+
+    @pytest.fixture
+    def gateway_settings(self, tmp_path: Path) -> Settings:
+        program, _ = install_fake_mps(tmp_path / "mps-bin")
+        return make_settings(tmp_path, gpus=GPU_CARDS, mps_control=str(program))
+
+    async def test_admin_page_lists_cards_holders_and_queue_and_cards_show_the_wait(
+        self,
+        gateway: RunningGateway,
+        browser: httpx.AsyncClient,
+        root: httpx.AsyncClient,
+        alice: Api,
+        bob: Api,
+    ) -> None:
+        whole = await alice.wait_state((await alice.create("tiny-gpu"))["id"], "running")
+        share = await bob.wait_state((await bob.create("tiny-share-8"))["id"], "running")
+        waiter = await alice.wait_state(
+            (await alice.create("tiny-gpu", name="waiter"))["id"], "queued"
+        )
+        page = (await root.get("/admin/gpus")).text
+        assert 'href="/admin/gpus" aria-current="page"' in page
+        assert "2 GPU(s) declared in the settings" in text_of(page, "gpu-source")
+        assert "yes" in text_of(page, "gpu-mps")  # the control program is there
+        a = opening_tag(page, "gpu-GPU-aaaa")
+        assert 'data-mode="whole"' in a and 'data-cordon=""' in a
+        assert 'data-mode="shared"' in opening_tag(page, "gpu-GPU-bbbb")
+        row_b = text_of(page, "gpu-GPU-bbbb")
+        assert "a100-80g" in row_b and "cloud (1)" in row_b and "8 / 80 GiB" in row_b
+        held = text_of(page, f"holder-{whole['id']}")
+        assert whole["name"] in held and "alice" in held and "whole card" in held
+        shared = text_of(page, f"holder-{share['id']}")
+        assert "bob" in shared and "8 GiB share" in shared
+        for testid in ("cordon-GPU-aaaa", "drain-GPU-aaaa", "cordon-GPU-bbbb"):
+            assert has_testid(page, testid), testid
+        assert not has_testid(page, "uncordon-GPU-aaaa")
+        queued = text_of(page, f"queued-{waiter['id']}")
+        assert queued.startswith("1 waiter") and "alice" in queued
+        assert "1 whole GPU(s) (rtx4090)" in queued and queued.endswith("unknown")
+        zh = (await root.get("/admin/gpus", headers=ZH)).text
+        assert "GPU 排队" in zh and "1 块整卡" in text_of(zh, f"queued-{waiter['id']}")
+        assert "整卡" in text_of(zh, f"holder-{whole['id']}")
+
+        # Alice's cards: the queued one says where it waits and can leave; the other its GPU.
+        home = (await browser.get("/")).text
+        wait = "Waiting for a GPU: position 1 of 1, wait unknown"
+        assert text_of(home, f"queue-{waiter['id']}") == wait
+        assert "hidden" not in opening_tag(home, f"queue-{waiter['id']}")
+        message = re.search(
+            rf'data-testid="instance-{waiter["id"]}".*?data-role="message">([^<]*)<', home, re.S
+        )
+        assert message and message.group(1) == ""  # the scheduler's English is not repeated
+        assert "hidden" not in opening_tag(home, f"leave-queue-{waiter['id']}")
+        assert 'data-action="pause"' in opening_tag(home, f"leave-queue-{waiter['id']}")
+        assert re.search(r'data-state="queued"[^>]*>.*?>Queued<', home, re.S)
+        gpu = text_of(home, f"gpu-{whole['id']}")
+        assert gpu.startswith("GPU: 1 whole card(s), rtx4090")
+        assert "Placement: placed on GPU-aaaa (onprem, rtx4090)" in gpu
+        assert "hidden" in opening_tag(home, f"leave-queue-{whole['id']}")
+        assert "hidden" in opening_tag(home, f"queue-{whole['id']}")
+        assert "hidden" in opening_tag(home, f"gpu-{waiter['id']}")
+        zh_home = (await browser.get("/", headers=ZH)).text
+        zh_wait = text_of(zh_home, f"queue-{waiter['id']}")
+        assert "正在等待 GPU" in zh_wait and "排第 1 位" in zh_wait and "共 1 位" in zh_wait
+        assert "等待时间未知" in zh_wait
+        assert "排队中" in zh_home and "退出排队" in zh_home
+        bob_browser = await signed_in(gateway.url, "bob", "pw-bob")
+        try:
+            bob_gpu = text_of((await bob_browser.get("/")).text, f"gpu-{share['id']}")
+        finally:
+            await bob_browser.aclose()
+        assert bob_gpu.startswith("GPU: a 8 GiB share of one card, a100-80g")
+
+        # Once a release has been seen the wait has an estimate (the share was held seconds).
+        await bob.act(share["id"], "pause")
+        await bob.wait_state(share["id"], "paused")
+        home = (await browser.get("/")).text
+        assert text_of(home, f"queue-{waiter['id']}") == (
+            "Waiting for a GPU: position 1 of 1, about 1 min"
+        )
+        assert text_of((await root.get("/admin/gpus")).text, f"queued-{waiter['id']}").endswith(
+            "about 1 min"
+        )
+        # "Leave queue" is the pause action.
+        token = {"X-CSRF-Token": await csrf(browser)}
+        assert (
+            await browser.post(f"/api/instances/{waiter['id']}/pause", headers=token)
+        ).is_success
+        await alice.wait_state(waiter["id"], "paused")
+        home = (await browser.get("/")).text
+        assert "hidden" in opening_tag(home, f"queue-{waiter['id']}")
+        assert has_testid((await root.get("/admin/gpus")).text, "queue-empty")
+
+    async def test_cordon_drain_and_uncordon_buttons(
+        self, browser: httpx.AsyncClient, root: httpx.AsyncClient, admin: Api, alice: Api
+    ) -> None:
+        inst = await alice.wait_state((await alice.create("tiny-gpu"))["id"], "running")
+        page = (await root.get("/admin/gpus")).text
+        action = "/admin/gpus/GPU-bbbb/cordon"
+        token = form_token(page, action)
+        assert token == await csrf(root)
+
+        async def cordons() -> list[str | None]:
+            return [g["cordon"] for g in (await admin.client.get("/api/gpus")).json()["gpus"]]
+
+        # Without the session's CSRF token, or as a user, nothing changes.
+        assert (await root.post(action, data={})).status_code == 403
+        assert (await root.post(action, data={"csrf_token": "forged"})).status_code == 403
+        refused = await browser.post(action, data={"csrf_token": await csrf(browser)})
+        assert refused.status_code == 403 and "for administrators" in refused.text
+        assert await cordons() == [None, None]
+
+        done = await root.post(action, data={"csrf_token": token})
+        assert done.status_code == 303
+        assert done.headers["location"] == "/admin/gpus?done=cordon&gpu=GPU-bbbb"
+        page = (await root.get(done.headers["location"])).text
+        assert text_of(page, "gpu-notice") == "GPU-bbbb is cordoned: it takes no new engines."
+        assert 'data-cordon="cordon"' in opening_tag(page, "gpu-GPU-bbbb")
+        assert has_testid(page, "uncordon-GPU-bbbb") and not has_testid(page, "cordon-GPU-bbbb")
+        assert await cordons() == [None, "cordon"]
+
+        # Drain the card alice's engine holds: it restarts, and (no other RTX card) waits.
+        drained = await root.post("/admin/gpus/GPU-aaaa/drain", data={"csrf_token": token})
+        assert drained.headers["location"] == "/admin/gpus?done=drain&gpu=GPU-aaaa&moved=1"
+        zh = (await root.get(drained.headers["location"], headers=ZH)).text
+        notice = text_of(zh, "gpu-notice")
+        assert "GPU-aaaa 已排空" in notice and "1 个引擎正在别处重启" in notice
+        await alice.wait_state(inst["id"], "queued")
+        assert await cordons() == ["drain", "cordon"]
+
+        back = await root.post("/admin/gpus/GPU-aaaa/uncordon", data={"csrf_token": token})
+        assert back.headers["location"] == "/admin/gpus?done=uncordon&gpu=GPU-aaaa"
+        started = await alice.wait_state(inst["id"], "running")
+        assert started["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+        assert await cordons() == [None, "cordon"]
+        audit = (await admin.client.get("/api/audit", params={"action": "gpu."})).json()
+        assert [(e["action"], e["actor"], e["target_id"]) for e in audit] == [
+            ("gpu.uncordon", "root", "GPU-aaaa"),
+            ("gpu.drain", "root", "GPU-aaaa"),
+            ("gpu.cordon", "root", "GPU-bbbb"),
+        ]
+        # A card that does not exist: a 404 page; a notice naming one is not shown.
+        missing = await root.post("/admin/gpus/GPU-nope/cordon", data={"csrf_token": token})
+        assert missing.status_code == 404 and "GPU-nope" in missing.text
+        fake = (await root.get("/admin/gpus", params={"done": "cordon", "gpu": "GPU-x"})).text
+        assert not has_testid(fake, "gpu-notice")
+
+
+@pytest.mark.parametrize("gateway_settings", [{"gpu_discovery": False}], indirect=True)
+async def test_gpu_page_without_gpus_says_so(
+    gateway: RunningGateway, root: httpx.AsyncClient
+) -> None:
+    page = (await root.get("/admin/gpus")).text
+    assert "This gateway has no GPU" in text_of(page, "no-gpus")
+    assert '<table id="gpus"' not in page and has_testid(page, "queue-empty")
+    assert "GPU discovery is off" in text_of(page, "gpu-source")
+    zh = (await root.get("/admin/gpus", headers=ZH)).text
+    assert "此网关没有 GPU" in text_of(zh, "no-gpus")

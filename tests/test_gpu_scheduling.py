@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from aigc_gateway.settings import Settings
@@ -71,7 +72,8 @@ async def test_whole_gpu_share_and_cpu_engines_see_exactly_what_they_were_given(
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=30720M"
     assert env["AIGC_GPU_MEMORY_MIB"] == "30720"
     pipe = Path(env["CUDA_MPS_PIPE_DIRECTORY"])
-    assert (pipe / "control").exists()
+    daemon = int((pipe / "nvidia-cuda-mps-control.pid").read_text())
+    assert psutil.pid_exists(daemon)
     assert mps_calls(tmp_path) == ["start GPU-bbbb"]
     second = await bob.wait_state((await bob.create("tiny-share-8"))["id"], "running")
     env2 = await engine_env(second)
@@ -98,6 +100,7 @@ async def test_whole_gpu_share_and_cpu_engines_see_exactly_what_they_were_given(
     await bob.act(second["id"], "pause")
     paused = await bob.wait_state(second["id"], "paused")
     assert mps_calls(tmp_path) == ["start GPU-bbbb", "quit GPU-bbbb"]
+    assert not psutil.pid_exists(daemon) or psutil.Process(daemon).status() == "zombie"
     assert not (pipe / "control").exists()
     assert paused["gpu"] is None
     # Releasing freed the card at once.

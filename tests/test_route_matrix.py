@@ -109,6 +109,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/teams/{team_id}/members/{user_id}"): admin_only(),
     ("GET", "/api/audit"): admin_only(),
     ("GET", "/api/gpus"): admin_only(),
+    # The literal `{gpu_id}` names no card: an admin learns that (404), nobody else gets that far.
+    ("POST", "/api/gpus/{gpu_id}/cordon"): Rule({401}, {403}, {403}, {404}),
+    ("POST", "/api/gpus/{gpu_id}/drain"): Rule({401}, {403}, {403}, {404}),
+    ("POST", "/api/gpus/{gpu_id}/uncordon"): Rule({401}, {403}, {403}, {404}),
     ("GET", "/auth/login"): public({200}),
     ("POST", "/auth/login"): public({400}, form={"username": "alice", "password": "wrong"}),
     ("POST", "/auth/logout"): Rule({401}, {303}, {303}, {303}),  # a token has no session to end
@@ -136,6 +140,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/audit"): admin_page(),
     ("GET", "/admin/templates"): admin_page(),
     ("GET", "/admin/health"): admin_page(),
+    ("GET", "/admin/gpus"): admin_page(),
+    # The GPU page's form buttons: anonymous visitors are sent to sign in, users get a 403 page,
+    # and an admin a 404 page for the literal `{gpu_id}`, which names no card.
+    ("POST", "/admin/gpus/{gpu_id}/cordon"): Rule({303}, {403}, {403}, {404}),
+    ("POST", "/admin/gpus/{gpu_id}/drain"): Rule({303}, {403}, {403}, {404}),
+    ("POST", "/admin/gpus/{gpu_id}/uncordon"): Rule({303}, {403}, {403}, {404}),
     ("GET", "/lang/{code}"): public({303}, query={"next": "/"}),
     ("GET", "/static/{path:path}"): public({404}),  # the literal path names no file
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 
@@ -67,7 +68,15 @@ async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:
         say(f"note  single sign-on with {settings.oidc_issuer}; register at the provider:")
         say(f"        redirect URI:             {settings.oidc_redirect_uri}")
         say(f"        post-logout redirect URI: {settings.oidc_post_logout_redirect_uri}")
-    _, gpus = gpu_summary()
+    has_gpus, gpus = gpu_summary()
     say(f"note  GPUs: {gpus}")
+    mps = shutil.which(settings.mps_control)
+    if mps:
+        say(f"note  GPU memory shares are enforced with NVIDIA MPS ({mps})")
+    elif has_gpus or settings.gpus:
+        say(
+            f"note  GPU memory shares are NOT enforced: {settings.mps_control} not found "
+            "(install the NVIDIA driver's MPS tools or set AIGC_MPS_CONTROL)"
+        )
     say(f"note  {os.cpu_count()} CPUs")
     return ok

@@ -1,8 +1,9 @@
 """A stand-in for ``nvidia-cuda-mps-control`` on hosts without an NVIDIA driver.
 
-The real daemon cannot run here, so this one fake records how the gateway drives it: ``-d``
-(start a card's daemon) creates the control pipe file the gateway looks for, and ``quit`` on
-stdin removes it. Each call is appended to ``calls.log`` beside the script as
+The real daemon cannot run here, so this one fake behaves as the real one was seen to on an
+H200 (bench/gpu/results): ``-d`` leaves a daemon process running and writes its pid to
+``nvidia-cuda-mps-control.pid`` beside the ``control`` pipe; ``quit`` on stdin ends that process
+and leaves the pipe files behind. Each call is appended to ``calls.log`` beside the script as
 ``<command> <CUDA_VISIBLE_DEVICES>``. The real daemon is exercised by ``bench/gpu/check.sh``.
 """
 
@@ -13,14 +14,17 @@ from pathlib import Path
 
 SCRIPT = """#!/bin/sh
 log="{log}"
+pipe="$CUDA_MPS_PIPE_DIRECTORY"
 if [ "$1" = "-d" ]; then
   echo "start $CUDA_VISIBLE_DEVICES" >> "$log"
-  : > "$CUDA_MPS_PIPE_DIRECTORY/control"
+  setsid sleep 3600 </dev/null >/dev/null 2>&1 &
+  echo $! > "$pipe/nvidia-cuda-mps-control.pid"
+  : > "$pipe/control"
   exit 0
 fi
 read cmd
 echo "$cmd $CUDA_VISIBLE_DEVICES" >> "$log"
-if [ "$cmd" = quit ]; then rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"; fi
+if [ "$cmd" = quit ]; then kill "$(cat "$pipe/nvidia-cuda-mps-control.pid")"; fi
 """
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import string
+import typing
 from pathlib import Path
 
 import pytest
 
+from aigc_gateway.api.gpus import GpuPublic
 from aigc_gateway.domain.states import InstanceState
 from aigc_gateway.web.i18n import KNOWN_TEXTS, LANGUAGES, Translator, negotiate, normalize
 
@@ -27,6 +29,17 @@ def load(lang: str) -> dict[str, str]:
     return data
 
 
+def literal_values(model: type[GpuPublic], field: str) -> set[str | None]:
+    """The values a ``Literal[...]`` (or ``Literal[...] | None``) field of an API model takes."""
+    annotation = model.model_fields[field].annotation
+    parts = [annotation] if typing.get_origin(annotation) is typing.Literal else []
+    parts = parts or list(typing.get_args(annotation))  # a union: Literal[...] | None
+    found: set[str | None] = set()
+    for part in parts:
+        found |= set(typing.get_args(part)) if typing.get_origin(part) is typing.Literal else {None}
+    return found
+
+
 def template_keys() -> set[str]:
     keys: set[str] = set()
     for path in (WEB / "templates").glob("*.html"):
@@ -40,6 +53,9 @@ def dynamic_keys() -> set[str]:
     keys |= {"share.with_user", "share.with_team"}
     keys |= {"admin.users.sign_in_local", "admin.users.sign_in_sso"}
     keys |= {"error.not_found_text", "error.bad_request_text"}
+    keys |= {f"admin.gpus.{action}" for action in ("cordon", "drain", "uncordon")}
+    keys |= {f"admin.gpus.mode_{m}" for m in literal_values(GpuPublic, "mode")}
+    keys |= {f"admin.gpus.status_{c}" for c in literal_values(GpuPublic, "cordon") if c}
     keys |= set(KNOWN_TEXTS.values())
     keys |= {k for k in KEY_LITERAL.findall(DASHBOARD.read_text()) if not k.endswith(".html")}
     return keys

@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages for users and admins, the language switch, static files.
 
 Pages read the store and services here and hand plain data (``web.views``) to the templates;
-every change is made by the pages' script through the JSON API. Each list is one query.
+most changes are made by the pages' script through the JSON API. The GPU page's buttons are plain
+forms (with the CSRF token) that redirect back with a notice. Each list is one query.
 Not signed in: 303 to the sign-in page; admin pages answer non-admins with a 403 page.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -18,17 +19,21 @@ from sqlalchemy import func, or_, select
 from starlette.responses import RedirectResponse, Response
 
 from aigc_gateway import __version__
-from aigc_gateway.api.deps import GatewayDep, MaybeUser
+from aigc_gateway.accounts.service import Client
+from aigc_gateway.api.deps import ClientDep, GatewayDep, MaybeUser
 from aigc_gateway.api.files import file_service
+from aigc_gateway.api.gpus import gpu_inventory, set_cordon
+from aigc_gateway.api.schemas import InstancePublic
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.doctor import gpu_summary
 from aigc_gateway.domain.hosts import safe_next
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
+from aigc_gateway.scheduler import Request as GpuRequest
 from aigc_gateway.store.tables import Event, Instance, InstanceShare, Team, TeamMember, User
 from aigc_gateway.templates.loader import LoadedTemplate
 from aigc_gateway.web import views as v
-from aigc_gateway.web.i18n import LANG_COOKIE, negotiate, normalize
+from aigc_gateway.web.i18n import LANG_COOKIE, Translator, negotiate, normalize
 from aigc_gateway.web.pages import page, static_response, translator
 
 router = APIRouter(include_in_schema=False, tags=["dashboard"])
@@ -152,7 +157,28 @@ async def _cards(
         for share_id, instance_id, user_name, team_name in rows.all():
             kind, target = ("user", user_name) if user_name else ("team", team_name)
             shares.setdefault(instance_id, []).append(v.ShareView(share_id, str(target), kind))
-    return [_card(gw, who, i, lang, after, owner_names, shares) for i in instances]
+    usage = await gw.gpu_usage.by_session() if any(i.gpu_ids for i in instances) else {}
+    return [
+        replace(_card(gw, who, i, lang, after, owner_names, shares), **_gpu_parts(gw, i, usage))
+        for i in instances
+    ]
+
+
+def _gpu_parts(gw: Gateway, inst: Instance, usage: dict[int, int]) -> dict[str, Any]:
+    """The card's GPUs and queue place, as the API reports them."""
+    public = InstancePublic.of(inst, gw.settings, gw.gpus, usage)
+    gpu, queue = public.gpu, public.queue
+    held = None
+    if gpu is not None:
+        held = v.CardGpu(
+            count=len(gpu.gpu_ids),
+            types=gpu.types or gpu.gpu_ids,
+            share_gib=gpu.share_gib,
+            placement=gpu.placement,
+            memory_used_mib=gpu.memory_used_mib,
+        )
+    place = None if queue is None else v.CardQueue(queue.position, queue.length, queue.estimate_s)
+    return {"gpu": held, "queue": place}
 
 
 def _card(
@@ -524,6 +550,102 @@ async def admin_health(request: Request, gw: GatewayDep, who: MaybeUser) -> Resp
         gpu_ok=gpu_ok,
         gpu_detail=gpu_detail,
     )
+
+
+CordonMode = Literal["cordon", "drain"] | None
+CORDON_DONE = {
+    "cordon": "admin.gpus.done_cordon",
+    "drain": "admin.gpus.done_drain",
+    "uncordon": "admin.gpus.done_uncordon",
+}
+"""The notice shown after each button, by the ``done`` query parameter."""
+
+
+@router.get("/admin/gpus")
+async def admin_gpus(
+    request: Request,
+    gw: GatewayDep,
+    who: MaybeUser,
+    done: str = "",
+    gpu: Annotated[str, Query(max_length=256)] = "",
+    moved: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> Response:
+    """Each card with its holders, cordon buttons, and the wait queue."""
+    viewer = _gate(request, who, admin=True)
+    if isinstance(viewer, Response):
+        return viewer
+    t = translator(viewer.lang)
+    inventory = await gpu_inventory(gw, describe=lambda r: _wants(t, r))
+    notice = ""
+    if done in CORDON_DONE and gw.gpus.gpu(gpu) is not None:
+        notice = t(CORDON_DONE[done], gpu=gpu, n=moved)
+    return _render(
+        viewer,
+        "admin_gpus.html",
+        "admin-gpus",
+        "admin.gpus.title",
+        inventory=inventory,
+        notice=notice,
+    )
+
+
+def _wants(t: Translator, r: GpuRequest) -> str:
+    """A queued request in the page's language."""
+    if r.is_share:
+        assert r.memory_gib is not None
+        wants = t("admin.gpus.wants_share", gib=v.num(r.memory_gib))
+    else:
+        wants = t("admin.gpus.wants_whole", n=r.count)
+    return t("admin.gpus.wants_types", wants=wants, types=", ".join(r.types)) if r.types else wants
+
+
+async def _cordon_form(
+    request: Request,
+    gw: Gateway,
+    who: Principal | None,
+    client: Client,
+    gpu_id: str,
+    mode: CordonMode,
+) -> Response:
+    """A GPU page button: change the card, then back to the page with a notice (303)."""
+    if who is None:
+        return RedirectResponse("/auth/login?next=%2Fadmin%2Fgpus", status_code=303)
+    viewer = _gate(request, who, admin=True)
+    if isinstance(viewer, Response):
+        return viewer
+    try:
+        result = await set_cordon(gw, who, client, gpu_id, mode)
+    except GatewayError as exc:
+        key = "error.not_found" if exc.status == 404 else "error.bad_request"
+        return _error(viewer, exc.status, key, key + "_text", exc.message)
+    done = _url(
+        "/admin/gpus", {"done": mode or "uncordon", "gpu": gpu_id, "moved": len(result.moved)}
+    )
+    return RedirectResponse(done, status_code=303)
+
+
+@router.post("/admin/gpus/{gpu_id}/cordon")
+async def admin_gpu_cordon(
+    request: Request, gpu_id: str, gw: GatewayDep, who: MaybeUser, client: ClientDep
+) -> Response:
+    """Take no new engines on this card (the form posts the CSRF token)."""
+    return await _cordon_form(request, gw, who, client, gpu_id, "cordon")
+
+
+@router.post("/admin/gpus/{gpu_id}/drain")
+async def admin_gpu_drain(
+    request: Request, gpu_id: str, gw: GatewayDep, who: MaybeUser, client: ClientDep
+) -> Response:
+    """Cordon, and restart the engines on it elsewhere."""
+    return await _cordon_form(request, gw, who, client, gpu_id, "drain")
+
+
+@router.post("/admin/gpus/{gpu_id}/uncordon")
+async def admin_gpu_uncordon(
+    request: Request, gpu_id: str, gw: GatewayDep, who: MaybeUser, client: ClientDep
+) -> Response:
+    """Put the card back into placement."""
+    return await _cordon_form(request, gw, who, client, gpu_id, None)
 
 
 # -- language and static files ------------------------------------------------------------------

@@ -4,6 +4,7 @@ queue; cordon, drain and uncordon."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -13,6 +14,9 @@ from sqlalchemy import select
 
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import require_admin
+from aigc_gateway.gateway import Gateway
+from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.scheduler import Gpu, Request, Waiting
 from aigc_gateway.store.tables import Instance, User
 
 router = APIRouter(prefix="/api/gpus", tags=["gpus"])
@@ -74,22 +78,30 @@ class CordonResult(BaseModel):
     """Instances restarted elsewhere (drain)."""
 
 
+Describe = Callable[[Request], str]
+"""Puts a queued request into words (the dashboard passes one in the page's language)."""
+
+
+def describe_request(r: Request) -> str:
+    """``"a 8 GiB share"``, ``"2 GPU(s) (a100, h100)"``."""
+    wants = f"a {r.memory_gib:g} GiB share" if r.is_share else f"{r.count} GPU(s)"
+    return wants + (f" ({', '.join(r.types)})" if r.types else "")
+
+
 @router.get("")
 async def list_gpus(gw: GatewayDep, who: CurrentUser) -> GpuInventory:
     require_admin(who)
+    return await gpu_inventory(gw)
+
+
+async def gpu_inventory(gw: Gateway, *, describe: Describe = describe_request) -> GpuInventory:
+    """Every card with what holds it, and the queue: for the API and the admin GPU page.
+    Callers check that the viewer is an administrator."""
     broker = gw.gpus
     inv = broker.inventory
     entries = broker.queue.ordered()
     ids = {a.instance_id for a in inv.allocations} | {e.instance_id for e in entries}
-    names: dict[str, tuple[str, str, int | None]] = {}
-    if ids:
-        async with gw.db.read() as session:
-            rows = await session.execute(
-                select(Instance.id, Instance.name, User.name, Instance.pid)
-                .join(User, User.id == Instance.owner_id)
-                .where(Instance.id.in_(ids))
-            )
-            names = {r[0]: (r[1], r[2], r[3]) for r in rows}
+    names = await _names(gw, ids)
     usage = await gw.gpu_usage.by_session() if inv.allocations else {}
 
     def holder(instance_id: str, share: float | None) -> Holder:
@@ -105,71 +117,86 @@ async def list_gpus(gw: GatewayDep, who: CurrentUser) -> GpuInventory:
             since=None if since is None else datetime.fromtimestamp(since, UTC),
         )
 
-    gpus = []
-    for g in inv.gpus:
-        state = inv.state(g.id)
-        holders = []
-        if state.whole_owner:
-            holders.append(holder(state.whole_owner, None))
-        for sharer in sorted(state.sharers):
-            alloc = inv.allocation(sharer)
-            holders.append(holder(sharer, alloc.memory_gib if alloc else None))
-        mode: Literal["free", "whole", "shared"] = (
-            "whole" if state.whole_owner else "shared" if state.sharers else "free"
-        )
-        cordon = broker.cordon_mode(g.id)
-        gpus.append(
-            GpuPublic(
-                id=g.id,
-                host=g.host,
-                index=g.index,
-                type=g.type,
-                memory_gib=g.memory_gib,
-                allocated_gib=g.memory_gib if state.whole_owner else state.used_gib,
-                free_gib=inv.free_gib(g.id),
-                pool=g.pool,
-                pool_rank=g.pool_rank,
-                price_per_hour=g.price_per_hour,
-                cordon="drain" if cordon == "drain" else "cordon" if cordon or g.cordoned else None,
-                mode=mode,
-                instances=holders,
-            )
-        )
-    queue = []
-    for entry in entries:
-        info = broker.queue_info(entry.instance_id)
-        name, owner, _ = names.get(entry.instance_id, ("?", "?", None))
-        r = entry.request
-        wants = f"a {r.memory_gib:g} GiB share" if r.is_share else f"{r.count} GPU(s)"
-        if r.types:
-            wants += f" ({', '.join(r.types)})"
-        queue.append(
-            QueueEntry(
-                instance_id=entry.instance_id,
-                name=name,
-                owner=owner,
-                position=info.position if info else 0,
-                priority=entry.priority,
-                since=datetime.fromtimestamp(entry.enqueued_at, UTC),
-                estimate_s=info.estimate_s if info else None,
-                wants=wants,
-            )
-        )
     return GpuInventory(
         source=broker.note,
         mps=shutil.which(gw.settings.mps_control) is not None,
-        gpus=gpus,
-        queue=queue,
+        gpus=[_gpu_public(broker, g, holder) for g in inv.gpus],
+        queue=[_queue_entry(broker, e, names, describe) for e in entries],
     )
 
 
-async def _set(
+async def _names(gw: Gateway, ids: set[str]) -> dict[str, tuple[str, str, int | None]]:
+    """(instance name, owner name, pid) by instance id, in one query."""
+    if not ids:
+        return {}
+    async with gw.db.read() as session:
+        rows = await session.execute(
+            select(Instance.id, Instance.name, User.name, Instance.pid)
+            .join(User, User.id == Instance.owner_id)
+            .where(Instance.id.in_(ids))
+        )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def _gpu_public(
+    broker: GpuBroker, g: Gpu, holder: Callable[[str, float | None], Holder]
+) -> GpuPublic:
+    inv = broker.inventory
+    state = inv.state(g.id)
+    holders = [holder(state.whole_owner, None)] if state.whole_owner else []
+    for sharer in sorted(state.sharers):
+        alloc = inv.allocation(sharer)
+        holders.append(holder(sharer, alloc.memory_gib if alloc else None))
+    mode: Literal["free", "whole", "shared"] = (
+        "whole" if state.whole_owner else "shared" if state.sharers else "free"
+    )
+    cordon = broker.cordon_mode(g.id)
+    return GpuPublic(
+        id=g.id,
+        host=g.host,
+        index=g.index,
+        type=g.type,
+        memory_gib=g.memory_gib,
+        allocated_gib=g.memory_gib if state.whole_owner else state.used_gib,
+        free_gib=inv.free_gib(g.id),
+        pool=g.pool,
+        pool_rank=g.pool_rank,
+        price_per_hour=g.price_per_hour,
+        cordon="drain" if cordon == "drain" else "cordon" if cordon or g.cordoned else None,
+        mode=mode,
+        instances=holders,
+    )
+
+
+def _queue_entry(
+    broker: GpuBroker,
+    entry: Waiting,
+    names: dict[str, tuple[str, str, int | None]],
+    describe: Describe,
+) -> QueueEntry:
+    info = broker.queue_info(entry.instance_id)
+    name, owner, _ = names.get(entry.instance_id, ("?", "?", None))
+    return QueueEntry(
+        instance_id=entry.instance_id,
+        name=name,
+        owner=owner,
+        position=info.position if info else 0,
+        priority=entry.priority,
+        since=datetime.fromtimestamp(entry.enqueued_at, UTC),
+        estimate_s=info.estimate_s if info else None,
+        wants=describe(entry.request),
+    )
+
+
+async def set_cordon(
     gw: GatewayDep,
     who: CurrentUser,
     client: ClientDep,
     gpu_id: str,
     mode: Literal["cordon", "drain"] | None,
 ) -> CordonResult:
+    """Cordon, drain or uncordon (None) a card, and write it in the audit log (admins only:
+    the service refuses anyone else)."""
     moved = await gw.instances.set_gpu_cordon(who, gpu_id, mode)
     await gw.accounts.record(
         who,
@@ -185,13 +212,13 @@ async def _set(
 @router.post("/{gpu_id}/cordon")
 async def cordon(gpu_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep) -> CordonResult:
     """Take no new engines on this GPU; what runs there stays."""
-    return await _set(gw, who, client, gpu_id, "cordon")
+    return await set_cordon(gw, who, client, gpu_id, "cordon")
 
 
 @router.post("/{gpu_id}/drain")
 async def drain(gpu_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep) -> CordonResult:
     """Cordon, and restart the engines on it so they move to other GPUs (or queue)."""
-    return await _set(gw, who, client, gpu_id, "drain")
+    return await set_cordon(gw, who, client, gpu_id, "drain")
 
 
 @router.post("/{gpu_id}/uncordon")
@@ -199,4 +226,4 @@ async def uncordon(
     gpu_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep
 ) -> CordonResult:
     """Put the GPU back into placement; queued instances that fit now start."""
-    return await _set(gw, who, client, gpu_id, None)
+    return await set_cordon(gw, who, client, gpu_id, None)

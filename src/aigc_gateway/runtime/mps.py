@@ -27,6 +27,7 @@ from aigc_gateway.errors import PermanentError
 log = logging.getLogger(__name__)
 
 QUIT_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0
 
 
 def mps_root_for(state_dir: Path) -> Path:
@@ -68,8 +69,20 @@ class MpsControl:
             "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"0={memory_mib}M",
         }
 
+    def _daemon_pid(self, device: str) -> int | None:
+        """The control daemon's pid from the file it writes in its pipe folder, if it lives."""
+        try:
+            pid = int((self._dir(device) / "pipe" / "nvidia-cuda-mps-control.pid").read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
     def running(self, device: str) -> bool:
-        return (self._dir(device) / "pipe" / "control").exists()
+        pipe = self._dir(device) / "pipe"
+        if (pipe / "nvidia-cuda-mps-control.pid").exists():
+            return self._daemon_pid(device) is not None
+        return (pipe / "control").exists()  # a daemon that writes no pid file
 
     def _daemon_env(self, device: str) -> dict[str, str]:
         d = self._dir(device)
@@ -92,20 +105,32 @@ class MpsControl:
             d = self._dir(device)
             (d / "pipe").mkdir(parents=True, exist_ok=True)
             (d / "log").mkdir(parents=True, exist_ok=True)
-            proc = await asyncio.create_subprocess_exec(
-                program,
-                "-d",
-                env=self._daemon_env(device),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-            out, _ = await proc.communicate()
-            if proc.returncode != 0:
+            out_path = d / "log" / "start.out"
+            # The daemon forks and keeps whatever output it was given: a file, never a pipe we
+            # would wait on for an end that does not come.
+            with open(out_path, "wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    program,
+                    "-d",
+                    env=self._daemon_env(device),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    start_new_session=True,
+                )
+            try:
+                code = await asyncio.wait_for(proc.wait(), START_TIMEOUT_S)
+            except TimeoutError:
+                proc.kill()
+                raise MpsError(
+                    f"the MPS control daemon for GPU {device} did not start in "
+                    f"{START_TIMEOUT_S:g} s ({program} -d)"
+                ) from None
+            said = out_path.read_text(errors="replace").strip()
+            if code != 0 and "already" not in said.lower():
                 raise MpsError(
                     f"could not start the MPS control daemon for GPU {device} "
-                    f"({program} -d exited with {proc.returncode}): {out.decode(errors='replace')}"
+                    f"({program} -d exited with {code}): {said}"
                 )
             log.info("MPS control daemon started", extra={"gpu": device})
             return True
@@ -132,13 +157,16 @@ class MpsControl:
             if proc.returncode != 0:
                 log.warning("MPS control 'quit' failed: %s", out.decode(errors="replace").strip())
                 return
-            # The daemon removes its pipes as it exits; wait for that so a new share on this
-            # card does not talk to a daemon on its way out.
-            control = self._dir(device) / "pipe" / "control"
+            # The daemon leaves its pipe files behind; wait for the process itself to end so a
+            # new share on this card never talks to a daemon on its way out.
+            pid = self._daemon_pid(device)
             for _ in range(int(QUIT_TIMEOUT_S / 0.05)):
-                if not control.exists():
+                if pid is None or self._daemon_pid(device) is None:
                     break
                 await asyncio.sleep(0.05)
             else:
-                control.unlink(missing_ok=True)
+                log.warning("MPS control daemon did not exit after 'quit'", extra={"gpu": device})
+            pipe = self._dir(device) / "pipe"
+            for name in ("control", "nvidia-cuda-mps-control.pid"):
+                (pipe / name).unlink(missing_ok=True)
             log.info("MPS control daemon stopped", extra={"gpu": device})

@@ -121,9 +121,7 @@ def place_around(
     if never is not None:
         return Unplaceable(request.instance_id, "never", never)
     free_types = tuple(
-        t
-        for t in inventory.types
-        if request.accepts(t) and not any(b.accepts(t) for b in blockers)
+        t for t in inventory.types if request.accepts(t) and not any(b.accepts(t) for b in blockers)
     )
     outcome = place(inventory, replace(request, types=free_types)) if free_types else None
     if isinstance(outcome, Placement):

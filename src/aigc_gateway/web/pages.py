@@ -13,7 +13,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from aigc_gateway.web.i18n import Translator, current_lang
-from aigc_gateway.web.views import crumbs, human_bytes, num, percent, when
+from aigc_gateway.web.views import crumbs, human_bytes, minutes, num, percent, when
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 HEADERS = {
@@ -49,7 +49,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.globals.update(t=_t, tr=_tr, current_lang=current_lang.get)
-    env.filters.update(bytes=human_bytes, when=when, num=num)
+    env.filters.update(bytes=human_bytes, when=when, num=num, minutes=minutes)
     env.globals.update(percent=percent, crumbs=crumbs)
     return env
 

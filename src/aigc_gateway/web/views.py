@@ -7,8 +7,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import quote
 
-STABLE_STATES = frozenset({"running", "paused", "failed", "deleted"})
-STATES = ("pending", "starting", "running", "stopping", "paused", "failed", "deleting", "deleted")
+STABLE_STATES = frozenset({"queued", "running", "paused", "failed", "deleted"})
+STATES = (
+    "pending",
+    "queued",
+    "starting",
+    "running",
+    "stopping",
+    "paused",
+    "failed",
+    "deleting",
+    "deleted",
+)
 START_STEPS = 5
 
 
@@ -38,6 +48,35 @@ class ShareView:
 
 
 @dataclass(frozen=True, slots=True)
+class CardGpu:
+    """The GPUs an instance holds."""
+
+    count: int
+    types: list[str]
+    """The cards' types (their ids where a card left the inventory)."""
+    share_gib: float | None
+    """A memory share of one card; None for whole cards."""
+    placement: str
+    """Why these cards were chosen (the scheduler's words)."""
+    memory_used_mib: int | None
+    """GPU memory the engine holds now; None where unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class CardQueue:
+    """A queued instance's place in the GPU queue."""
+
+    position: int
+    length: int
+    estimate_s: float | None
+    """None: no release seen yet, so no estimate."""
+
+    @property
+    def minutes(self) -> int | None:
+        return minutes(self.estimate_s)
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceCard:
     id: str
     name: str
@@ -56,6 +95,8 @@ class InstanceCard:
     """The newest stored event's id: the live stream continues from there."""
     created_at: datetime
     shares: list[ShareView] = field(default_factory=list)
+    gpu: CardGpu | None = None
+    queue: CardQueue | None = None
 
     @property
     def progress(self) -> int:
@@ -133,6 +174,11 @@ def when(at: datetime | None) -> str:
 def num(x: float) -> str:
     """``0.5`` → ``0.5``, ``2.0`` → ``2``."""
     return f"{x:g}"
+
+
+def minutes(seconds: float | None) -> int | None:
+    """A wait in whole minutes, at least 1 (app.js rounds the same way); None stays None."""
+    return None if seconds is None else max(1, round(seconds / 60))
 
 
 def percent(used: int, total: int) -> int:

@@ -97,7 +97,7 @@
   /* ---------------------------------------------------------------- my instances */
 
   var MAX_STREAMS = 4;
-  var STABLE = ["running", "paused", "failed", "deleted"];
+  var STABLE = ["queued", "running", "paused", "failed", "deleted"];
   var streams = {};
 
   function part(card, role) { return card.querySelector("[data-role=" + role + "]"); }
@@ -112,6 +112,8 @@
     if (state === "running") { bar.value = bar.max; }
     if (state === "paused" || state === "deleted") { bar.value = 0; }
     if (state !== "failed") { part(card, "reason").hidden = true; }
+    part(card, "leave-queue").hidden = state !== "queued";
+    if (state !== "queued") { part(card, "queue").hidden = true; }
     if (state === "deleted") {
       card.classList.add("gone");
       all("button", card).forEach(function (b) { b.dataset.off = "1"; b.disabled = true; });
@@ -196,6 +198,37 @@
         if (now.state === "failed") { showReason(card, now.reason, now.exit_code); }
       }
     });
+    cards.forEach(function (card) {
+      var now = byId[card.dataset.id];
+      if (now && card.dataset.state !== "deleted") { showGpu(card, now); }
+    });
+  }
+
+  /* The GPU lines of a card, from the instance as GET /api/instances reports it. */
+  function showGpu(card, inst) {
+    var queue = part(card, "queue");
+    var q = inst.state === "queued" && card.dataset.state === "queued" ? inst.queue : null;
+    if (q) {
+      part(card, "message").textContent = "";  // the queue line says it in the page's language
+      var place = { position: q.position, length: q.length };
+      if (q.estimate_s === null || q.estimate_s === undefined) {
+        queue.textContent = tr("js.queue_wait_unknown", place);
+      } else {
+        place.minutes = Math.max(1, Math.round(q.estimate_s / 60));
+        queue.textContent = tr("js.queue_wait_min", place);
+      }
+    }
+    queue.hidden = !q;
+    var box = part(card, "gpu");
+    var gpu = inst.gpu;
+    box.hidden = !gpu;
+    if (!gpu) { return; }
+    var types = (gpu.types.length ? gpu.types : gpu.gpu_ids).join(", ");
+    part(box, "gpu-held").textContent = gpu.share_gib === null
+      ? tr("js.gpu_whole", { n: gpu.gpu_ids.length, types: types })
+      : tr("js.gpu_share", { gib: gpu.share_gib, types: types });
+    part(box, "gpu-used").textContent = gpu.memory_used_mib === null ? "" : " · " + tr("js.gpu_memory_used", { mib: gpu.memory_used_mib });
+    part(box, "placement").textContent = gpu.placement ? tr("js.gpu_placement", { placement: gpu.placement }) : "";
   }
 
   async function showLog(card) {
@@ -534,6 +567,16 @@
     });
   }
 
+  /* ---------------------------------------------------------------- admin: GPUs */
+
+  function initAdminGpus() {
+    // The buttons are plain forms; draining restarts engines, so it asks first.
+    document.addEventListener("submit", function (e) {
+      var form = e.target;
+      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) { e.preventDefault(); }
+    });
+  }
+
   var pages = {
     "home": initHome,
     "catalog": initCatalog,
@@ -541,7 +584,8 @@
     "account": initAccount,
     "admin-instances": initAdminInstances,
     "admin-users": initAdminUsers,
-    "admin-templates": initAdminTemplates
+    "admin-templates": initAdminTemplates,
+    "admin-gpus": initAdminGpus
   };
   var init = pages[document.body.dataset.page];
   if (init) { init(); }
