@@ -8,6 +8,9 @@ fake_mps.py): no NVIDIA driver runs here; ``bench/gpu/check.sh`` drives the real
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,14 @@ import pytest
 
 from aigc_gateway.settings import Settings
 from tests.support.fake_mps import calls, install_fake_mps
-from tests.support.gateway import Api, make_settings
+from tests.support.gateway import (
+    Api,
+    add_user,
+    make_settings,
+    stop_engines_async,
+    write_templates,
+)
+from tests.support.process import free_port, gateway_process
 
 RTX = {
     "type": "rtx4090",
@@ -182,3 +192,49 @@ async def test_two_gpus_on_one_host_or_a_clear_refusal(alice: Api) -> None:
     pair = await alice.wait_state((await alice.create("tiny-gpu-pair"))["id"], "running")
     assert sorted(pair["gpu"]["gpu_ids"]) == ["GPU-aaaa", "GPU-bbbb"]
     assert (await engine_env(pair))["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
+
+
+async def test_a_killed_gateway_keeps_gpu_allocations_and_the_queue(tmp_path: Path) -> None:
+    """SIGKILL with one engine holding the only GPU and two instances queued: after a restart
+    the holder still holds it (nobody else is placed on it), the queue keeps its order, and a
+    release starts the first waiter."""
+    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
+    env = {"AIGC_GPUS": json.dumps(ONE_CARD)}
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates)
+    token = await add_user(settings, "alice")
+    port = free_port()
+    try:
+        with gateway_process(data, templates, port, **env) as gw:
+            async with api_for(port, token) as api:
+                holder = await api.wait_state((await api.create("tiny-gpu"))["id"], "running")
+                first = await api.wait_state(
+                    (await api.create("tiny-gpu-any", name="first"))["id"], "queued"
+                )
+                second = await api.wait_state(
+                    (await api.create("tiny-gpu-any", name="second"))["id"], "queued"
+                )
+            gw.kill()  # SIGKILL: no shutdown code runs
+            gw.wait(10)
+        with gateway_process(data, templates, port, **env):
+            async with api_for(port, token) as api:
+                again = await api.get(holder["id"])
+                assert again["state"] == "running" and again["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+                assert [(await api.get(i["id"]))["queue"]["position"] for i in (first, second)] == [
+                    1,
+                    2,
+                ]
+                await api.act(holder["id"], "pause")
+                started = await api.wait_state(first["id"], "running")
+                assert started["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+                assert (await api.get(second["id"]))["queue"]["position"] == 1
+    finally:
+        await stop_engines_async(settings)
+
+
+@asynccontextmanager
+async def api_for(port: int, token: str) -> AsyncIterator[Api]:
+    api = Api(f"http://127.0.0.1:{port}", token)
+    try:
+        yield api
+    finally:
+        await api.aclose()

@@ -109,6 +109,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/teams/{team_id}/members/{user_id}"): admin_only(),
     ("GET", "/api/audit"): admin_only(),
     ("GET", "/api/gpus"): admin_only(),
+    ("GET", "/api/usage/report"): signed_in(),  # users get their own usage, admins everyone's
+    ("GET", "/api/instances/{instance_id}/usage"): owner_or_admin(),
+    ("GET", "/api/budgets"): admin_only(),
+    ("PUT", "/api/budgets/{scope}/{name}"): admin_only(body={"soft": "5", "hard": "10"}),
+    ("DELETE", "/api/budgets/{scope}/{name}"): admin_only(),
+    ("GET", "/api/me/budgets"): signed_in(),
     # The literal `{gpu_id}` names no card: an admin learns that (404), nobody else gets that far.
     ("POST", "/api/gpus/{gpu_id}/cordon"): Rule({401}, {403}, {403}, {404}),
     ("POST", "/api/gpus/{gpu_id}/drain"): Rule({401}, {403}, {403}, {404}),
@@ -209,7 +215,12 @@ class Fixtures:
         return str(sessions[0]["id"])
 
     async def path(self, template: str) -> str:
-        values: dict[str, str] = {"{action}": "pause", "{template_id}": "tiny"}
+        values: dict[str, str] = {
+            "{action}": "pause",
+            "{template_id}": "tiny",
+            "{scope}": "user",
+            "{name}": "carol",
+        }
         if "{instance_id}" in template:
             values["{instance_id}"] = await self.instance()
         if "{share_id}" in template:

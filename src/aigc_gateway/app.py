@@ -24,6 +24,7 @@ from aigc_gateway.api import (
     me,
     signin,
     templates,
+    usage,
 )
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(instances.router)
     app.include_router(admin.router)
     app.include_router(gpus.router)
+    app.include_router(usage.router)
     app.include_router(signin.router)
     app.include_router(instance_host.router)
     app.include_router(files.router)

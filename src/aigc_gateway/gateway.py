@@ -8,6 +8,7 @@ import aiohttp
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
+from aigc_gateway.accounting import PriceBook, load_pricebook
 from aigc_gateway.accounts.access_cache import AccessCache
 from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
@@ -15,6 +16,7 @@ from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
+from aigc_gateway.lifecycle.budgets import Budgets
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.gpus import GpuBroker
@@ -49,6 +51,8 @@ class Gateway:
     access_cache: AccessCache
     gpus: GpuBroker
     """The GPU inventory, its allocations and queue (owned by the controller)."""
+    budgets: Budgets
+    pricebook: PriceBook
     gpu_usage: GpuUsage
     """GPU memory each engine holds, from NVML."""
 
@@ -79,6 +83,9 @@ async def open_gateway(settings: Settings) -> Gateway:
     hub = EventHub()
     inventory, gpu_note = build_inventory(settings)
     gpus = GpuBroker(inventory.gpus, gpu_note)
+    pricebook = load_pricebook(settings.pricebook) if settings.pricebook else PriceBook.default()
+    # The budgets read time from the controller's clock (one clock for the ledger and limits).
+    budgets = Budgets(db, pricebook, clock=lambda: controller.clock())
     controller = Controller(
         db=db,
         runtime=runtime,
@@ -88,6 +95,8 @@ async def open_gateway(settings: Settings) -> Gateway:
         log_max_bytes=settings.log_max_bytes,
         stop_grace_s=settings.stop_grace_s,
         gpus=gpus,
+        pricebook=pricebook,
+        over_budget=budgets.over_hard_to_pause,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
     service = InstanceService(
@@ -99,6 +108,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         default_limit=settings.max_instances_per_user,
         on_access_change=access_cache.clear,
         gpus=gpus,
+        budgets=budgets,
     )
     http = httpx.AsyncClient(timeout=15, trust_env=False)
     oidc = None
@@ -139,5 +149,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         ),
         access_cache=access_cache,
         gpus=gpus,
+        budgets=budgets,
+        pricebook=pricebook,
         gpu_usage=GpuUsage(),
     )

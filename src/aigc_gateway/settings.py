@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     mps_control: str = "nvidia-cuda-mps-control"
     """The NVIDIA MPS control program that enforces GPU memory shares (a name on PATH or a
     path). Where it is missing, shares run unenforced and ``doctor`` says so."""
+    pricebook: Path | None = None
+    """The price book (YAML; see deploy/pricebook.example.yaml). None: everything costs 0 USD,
+    and usage is still recorded in hours."""
+    metrics_token: str | None = None
+    """Bearer token that ``/metrics`` requires; without one, only loopback clients may read it."""
     secret_key: str = DEV_SECRET
     """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
     public_url: str | None = None

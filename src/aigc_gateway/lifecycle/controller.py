@@ -15,13 +15,14 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from aigc_gateway.accounting import PriceBook
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import (
     HOLDS_PROCESS,
@@ -39,8 +40,10 @@ from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.runtime.base import GpuGrant, LaunchError, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
+from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import GpuCordon, Instance, Volume
+from aigc_gateway.store.usage import Holding
 from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
 
@@ -67,6 +70,8 @@ class Controller:
         routes: RouteTable | None = None,
         activity: ActivityTracker | None = None,
         gpus: GpuBroker | None = None,
+        pricebook: PriceBook | None = None,
+        over_budget: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -78,6 +83,13 @@ class Controller:
         self.routes = routes or RouteTable()
         self.activity = activity or ActivityTracker()
         self.gpus = gpus or GpuBroker([], "no GPU inventory")
+        self.pricebook = pricebook or PriceBook.default()
+        self._over_budget = over_budget
+        """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """The time the ledger records (tests replace it with a fake clock)."""
+        self._stopped_at: dict[str, datetime] = {}
+        """When this process stopped an engine: where its usage interval ends."""
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
         self._resync_task: asyncio.Task[None] | None = None
@@ -143,6 +155,7 @@ class Controller:
         if changed:
             async with self._db.write() as session:
                 await repo.set_activity(session, changed)
+                await usage.add_activity(session, changed)
 
     async def pause_idle(self) -> None:
         """Release engines nobody used for their template's ``idle.pause_after_minutes``: the
@@ -167,16 +180,36 @@ class Controller:
                     self.routes.put(Route.of(paused))
                     self.kick(route.instance_id)
 
+    async def pause_over_budget(self) -> None:
+        """Pause what runs for budgets past their hard limit with ``pause_when_over``."""
+        if self._over_budget is None:
+            return
+        for instance_id in await self._over_budget():
+            async with self._db.write() as session:
+                paused = await repo.pause_if_running(
+                    session, instance_id, "paused: the monthly budget is used up; data kept"
+                )
+            if paused is not None:
+                self.routes.put(Route.of(paused))
+                self.kick(instance_id)
+
     async def resync(self) -> None:
         """Kick every live instance and stop workloads no live instance owns."""
         async with self._db.read() as session:
             live = set(await repo.live_ids(session))
         for instance_id in live:
             self.kick(instance_id)
+        alive = []
         for work in await self._runtime.list():
             if work.instance_id not in live and work.phase.alive:
                 log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
                 await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+            elif work.phase.alive:
+                alive.append(work.instance_id)
+        async with self._db.write() as session:
+            now = self.clock()
+            await usage.observe(session, alive, now)
+            await usage.cut_at_midnight(session, now, self.pricebook)
         self.admit()
         self.resyncs += 1
 
@@ -196,6 +229,7 @@ class Controller:
             try:
                 await self.flush_activity()
                 await self.pause_idle()
+                await self.pause_over_budget()
                 await self.resync()
             except asyncio.CancelledError:
                 raise
@@ -274,10 +308,15 @@ class Controller:
         reason: str,
         *,
         progress: tuple[tuple[int, dict[str, Any]], ...] = (),
+        opens: Sequence[Holding] = (),
+        opens_version: str = "",
+        ended_at: datetime | None = None,
         **changes: Any,
     ) -> None:
-        """Record ``inst → target`` and any start-progress steps in one transaction. A move to a
-        state without a process frees the instance's GPUs in the same transaction."""
+        """Record ``inst → target`` and any start-progress steps in one transaction. A move to
+        starting opens the usage intervals of ``opens``; a move to a state without a process
+        closes them (at ``ended_at``, when this process stopped the engine, or else at the last
+        time it was seen alive) and frees the instance's GPUs, in the same transaction."""
         move = transition(S(inst.state), target, reason)
         frees_gpus = target not in HOLDS_PROCESS and (
             inst.gpu_ids is not None or self.gpus.inventory.allocation(inst.id) is not None
@@ -286,8 +325,25 @@ class Controller:
             changes.update(gpu_ids=None, gpu_memory_gib=None, gpu_since=None)
         if target is not S.QUEUED and inst.queued_at is not None:
             changes.update(queued_at=None)
+        source = S(inst.state)
         async with self._db.write() as session:
             events = [await repo.apply_transition(session, inst, move, **changes)]
+            # The ledger moves with the state, in the same transaction.
+            if target is S.STARTING and opens:
+                await usage.open_intervals(
+                    session,
+                    instance_id=inst.id,
+                    instance_name=inst.name,
+                    user_id=inst.owner_id,
+                    template_id=inst.template_id,
+                    template_version=opens_version,
+                    holdings=opens,
+                    at=self.clock(),
+                    currency=self.pricebook.currency,
+                )
+            if source in HOLDS_PROCESS and target not in HOLDS_PROCESS:
+                end = self._stopped_at.pop(inst.id, None) or ended_at
+                await usage.close_intervals(session, inst.id, end=end, pricebook=self.pricebook)
             for step, data in progress:
                 events.append(
                     await repo.add_event(session, **self._progress_event(inst, step, data))
@@ -330,6 +386,27 @@ class Controller:
             rev_id = self._registry.revision_ids.get(loaded.id, rev.id)
             return loaded.template, rev_id, loaded.install_problem
         return Template.model_validate(rev.spec), rev.id, ""
+
+    def _holdings(self, placement: Placement) -> list[Holding]:
+        """What the ledger records for a placement: CPU only, a share, or whole GPUs by type."""
+        if not placement.gpu_ids:
+            return [Holding("cpu")]
+        cards = [self.gpus.gpu(g) for g in placement.gpu_ids]
+        if placement.memory_gib is not None:
+            card = cards[0]
+            return [
+                Holding(
+                    "gpu_share",
+                    gpu_type=card.type if card else None,
+                    gpu_pool=card.pool if card else None,
+                    share_gib=placement.memory_gib,
+                )
+            ]
+        groups: dict[tuple[str | None, str | None], int] = {}
+        for card in cards:
+            key = (card.type if card else None, card.pool if card else None)
+            groups[key] = groups.get(key, 0) + 1
+        return [Holding("gpu", gpu_type=t, gpu_pool=p, gpu_count=n) for (t, p), n in groups.items()]
 
     async def _gpu_request(self, inst: Instance) -> Request | None:
         template, _, _ = await self._template_for(inst)
@@ -398,6 +475,8 @@ class Controller:
                 S.STARTING,
                 f"starting {template.display.name.en} {template.version}",
                 progress=() if problem else ((1, {}), (2, {})),
+                opens=() if problem else self._holdings(placement),
+                opens_version=template.version,
                 launched_generation=inst.generation,
                 template_revision_id=rev_id,
                 started_at=datetime.now(UTC),
@@ -427,7 +506,7 @@ class Controller:
         try:
             work = await self._runtime.start(spec)
         except LaunchError as exc:
-            await self._move(inst, S.FAILED, exc.message)
+            await self._move(inst, S.FAILED, exc.message, ended_at=self.clock())
             return
         spawned: dict[str, Any] = {
             "pid": work.pid,
@@ -457,7 +536,7 @@ class Controller:
         if not ready.cancelled() and isinstance(ready.exception(), ReadinessTimeout):
             reason = str(ready.exception())
             await self._runtime.stop(inst.id, grace=self._stop_grace_s)
-            await self._move(inst, S.FAILED, reason)
+            await self._move(inst, S.FAILED, reason, ended_at=self.clock())
         elif woken.done() and not woken.cancelled():
             wake.clear()  # consumed: the next pass re-reads what changed
         elif not ready.cancelled() and ready.exception() is not None:
@@ -484,7 +563,8 @@ class Controller:
         # What the engine left behind (children holding GPU memory, a card's MPS daemon) goes
         # before its GPUs are given to someone else.
         await self._runtime.stop(inst.id, grace=0.0)
-        await self._move(inst, S.FAILED, reason, exit_code=work.exit_code)
+        ended = datetime.fromtimestamp(work.exited_at, UTC) if work.exited_at else None
+        await self._move(inst, S.FAILED, reason, ended_at=ended, exit_code=work.exit_code)
         await self._event(inst, "exit", reason, exit_code=work.exit_code, log_tail=tail[-4096:])
 
     async def _stop(self, inst: Instance) -> None:
@@ -497,6 +577,7 @@ class Controller:
             }[DesiredState(inst.desired_state)]
             await self._move(inst, S.STOPPING, why)
         await self._runtime.stop(inst.id, grace=self._stop_grace_s)
+        self._stopped_at.setdefault(inst.id, self.clock())
 
     async def _delete(self, inst: Instance) -> None:
         state = S(inst.state)

@@ -23,6 +23,7 @@ from aigc_gateway.auth.principal import Access, Principal, authorize_instance, r
 from aigc_gateway.auth.secrets import new_id, new_slug
 from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.errors import Conflict, NotFound, UserError
+from aigc_gateway.lifecycle.budgets import Budgets, BudgetStatus
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker
@@ -67,6 +68,7 @@ class InstanceService:
         default_limit: int,
         on_access_change: Callable[[], None] = lambda: None,
         gpus: GpuBroker | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
@@ -76,6 +78,7 @@ class InstanceService:
         self._default_limit = default_limit
         self._on_access_change = on_access_change
         self._gpus = gpus if gpus is not None else GpuBroker([], "no GPU inventory")
+        self._budgets = budgets
 
     async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
         """Create an instance (desired: running). Returns it and whether it is new."""
@@ -96,6 +99,7 @@ class InstanceService:
                 code="invalid_name",
             )
         template = loaded.template
+        warnings = await self._check_budget(who.user_id, template)
         async with self._db.write() as session:
             user = await repo.lock_user(session, who.user_id)
             if req.request_id:
@@ -145,6 +149,7 @@ class InstanceService:
             await repo.add_event(
                 session, instance_id=inst.id, kind="action", message="created", actor=who.user_id
             )
+        await self._warn(inst.id, warnings)
         self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst, True
@@ -279,6 +284,12 @@ class InstanceService:
         self._on_access_change()
 
     async def act(self, who: Principal, instance_id: str, action: Action) -> Instance:
+        warnings: list[BudgetStatus] = []
+        if action is not Action.PAUSE:
+            current = await self.get(who, instance_id)
+            loaded = self._registry.get(current.template_id)
+            if loaded is not None and current.desired_state != DesiredState.RUNNING:
+                warnings = await self._check_budget(current.owner_id, loaded.template)
         async with self._db.write() as session:
             inst = await self._visible(session, who, instance_id, Access.OPERATE)
             if inst.desired_state == DesiredState.DELETED:
@@ -293,9 +304,32 @@ class InstanceService:
                     message=action.value,
                     actor=who.user_id,
                 )
+        await self._warn(inst.id, warnings)
         self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst
+
+    async def _check_budget(self, owner_id: str, template: Template) -> list[BudgetStatus]:
+        """Refuse a start past a hard limit or a team's GPU limit; return soft-limit warnings."""
+        if self._budgets is None:
+            return []
+        gpu = template.resources.gpu
+        wanted = gpu.count or (1 if gpu.memory_gib is not None else 0)
+        return await self._budgets.check_start(owner_id, gpus=wanted)
+
+    async def _warn(self, instance_id: str, statuses: list[BudgetStatus]) -> None:
+        """Warn once per budget and month that its soft limit is reached."""
+        if self._budgets is None or not statuses:
+            return
+        for status in await self._budgets.warn_once(statuses):
+            async with self._db.write() as session:
+                await repo.add_event(
+                    session,
+                    instance_id=instance_id,
+                    kind="budget",
+                    message=f"budget warning: {status.describe()}",
+                    data={"budget_id": status.budget_id, "spent_micros": status.spent_micros},
+                )
 
     async def delete(self, who: Principal, instance_id: str, *, delete_data: bool) -> Instance:
         async with self._db.write() as session:

@@ -139,6 +139,8 @@ class Workload:
     port: int | None = None
     started_at: float | None = None
     exit_code: int | None = None
+    exited_at: float | None = None
+    """When the engine ended (seconds since the epoch), where the runtime knows."""
     log_tail: str = ""
     message: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -380,6 +380,7 @@ class LocalRuntime:
                 record,
                 Phase.EXITED,
                 exit_code=code,
+                exited_at=_mtime(paths.exit_code),
                 log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
                 message=procs.describe_exit(code),
             )
@@ -597,6 +598,14 @@ def _resolve_command(program: str, cwd: str, env: Mapping[str, str]) -> str:
         f"engine command {program!r} was not found on this host ({where}) or is not executable; "
         "install it or fix the template's launch.command"
     )
+
+
+def _mtime(path: Path) -> float | None:
+    """When the wrapper wrote the exit status: the moment the engine ended."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def _workload(record: _Record, phase: Phase, **changes: Any) -> Workload:

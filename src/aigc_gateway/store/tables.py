@@ -197,6 +197,90 @@ class GpuCordon(Base):
     at: Mapped[datetime]
 
 
+class UsageInterval(Base):
+    """One stretch of time an instance held a resource: the ledger.
+
+    Written from lifecycle transitions in the same transaction (opened on the move to starting,
+    closed on the move that ends the engine), never sampled. Open rows (``end_at`` NULL) carry
+    ``observed_at``, the last time the gateway saw the engine alive, so an interval left open by a
+    crash is closed there on recovery. Rows are cut at UTC midnight (``closed_by = "day"``), so
+    each lies inside one day and reports group without splitting. A closed row is never edited:
+    corrections are new rows (``closed_by = "correction"``, negative amounts allowed).
+    """
+
+    __tablename__ = "usage_intervals"
+    __table_args__ = (
+        Index("ix_usage_intervals_open", "instance_id", "end_at"),
+        Index("ix_usage_intervals_day_user", "day", "user_id"),
+        Index("ix_usage_intervals_day_team", "day", "team_id"),
+    )
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    instance_id: Mapped[str] = mapped_column(String(32))
+    instance_name: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(32))
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    """The owner's team when the interval began (the first by name if several)."""
+    template_id: Mapped[str] = mapped_column(String(64))
+    template_version: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(16))
+    """``gpu`` (whole GPUs), ``gpu_share`` (memory share), ``cpu`` (no GPU)."""
+    gpu_type: Mapped[str | None] = mapped_column(String(64))
+    gpu_pool: Mapped[str | None] = mapped_column(String(64))
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    share_gib: Mapped[float | None] = mapped_column(Float)
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime | None]
+    observed_at: Mapped[datetime]
+    day: Mapped[str] = mapped_column(String(10))
+    """UTC day of ``start_at`` (``2026-11-28``); with ``week`` and ``month``, for grouping."""
+    week: Mapped[str] = mapped_column(String(8))
+    month: Mapped[str] = mapped_column(String(7))
+    seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Set when closed."""
+    active_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Seconds with proxy activity (whole minutes with a request or message), at most ``seconds``."""
+    last_active_minute: Mapped[int | None] = mapped_column(BigInteger)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Set when closed, at the prices in force over the interval (millionths of ``currency``)."""
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    closed_by: Mapped[str | None] = mapped_column(String(16))
+    """``stop``, ``day`` (cut at midnight), ``recovery`` (after a crash), ``correction``."""
+
+
+class Budget(Base):
+    """A monthly spending limit for a team or a user, and a team's GPU limit."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("scope", "subject_id", name="uq_budgets_scope_subject"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    """``team`` or ``user``."""
+    subject_id: Mapped[str] = mapped_column(String(32))
+    soft_micros: Mapped[int | None] = mapped_column(BigInteger)
+    """Past this, a warning (once a month): an event and a banner."""
+    hard_micros: Mapped[int | None] = mapped_column(BigInteger)
+    """Past this, new starts are refused."""
+    pause_when_over: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Past the hard limit, also pause what runs."""
+    max_gpus: Mapped[int | None] = mapped_column(Integer)
+    """Teams: GPUs the team's members may hold at once."""
+    updated_at: Mapped[datetime]
+
+
+class BudgetWarning(Base):
+    """A soft limit reached in a month: recorded once, so the warning is given once."""
+
+    __tablename__ = "budget_warnings"
+    budget_id: Mapped[str] = mapped_column(
+        ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True
+    )
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    at: Mapped[datetime]
+    spent_micros: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """One thing that happened to an instance: a transition, a progress step, an action."""
 

@@ -1,0 +1,348 @@
+"""Usage and cost: reports from the ledger (JSON and CSV), an instance's ledger rows, budgets.
+
+Users see their own usage; administrators see everyone's (``scope=all``, the default for them).
+Every figure is a sum of integers (seconds, micro-units of the currency), so the rows of a report
+add up to its total exactly; hours and money are those integers divided for display.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from aigc_gateway.accounting import MICROS, format_money
+from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
+from aigc_gateway.auth.principal import Principal, require_admin
+from aigc_gateway.errors import UserError
+from aigc_gateway.lifecycle.budgets import BudgetStatus
+from aigc_gateway.store import usage
+from aigc_gateway.store.tables import UsageInterval
+
+router = APIRouter(prefix="/api", tags=["usage"])
+
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class Figures(BaseModel):
+    seconds: int
+    active_seconds: int
+    idle_seconds: int
+    """Held but unused: ``seconds - active_seconds``."""
+    gpu_seconds: int
+    hours: float
+    active_hours: float
+    idle_hours: float
+    gpu_hours: float
+    cost_micros: int
+    cost: str
+    """Formatted in the price book's currency, e.g. ``12.35 USD``."""
+
+    @classmethod
+    def of(cls, seconds: int, active: int, gpu_s: int, micros: int, currency: str) -> Figures:
+        return cls(
+            seconds=seconds,
+            active_seconds=active,
+            idle_seconds=seconds - active,
+            gpu_seconds=gpu_s,
+            hours=round(seconds / 3600, 4),
+            active_hours=round(active / 3600, 4),
+            idle_hours=round((seconds - active) / 3600, 4),
+            gpu_hours=round(gpu_s / 3600, 4),
+            cost_micros=micros,
+            cost=format_money(micros, currency),
+        )
+
+
+class ReportLine(Figures):
+    key: str | None
+    label: str
+    period: str | None
+
+
+class Report(BaseModel):
+    by: str
+    period: str | None
+    since: str | None
+    until: str | None
+    scope: str
+    currency: str
+    rows: list[ReportLine]
+    total: Figures
+
+
+class IntervalPublic(BaseModel):
+    id: int
+    instance_id: str
+    instance_name: str
+    resource: str
+    gpu_type: str | None
+    gpu_pool: str | None
+    gpu_count: int
+    share_gib: float | None
+    template_id: str
+    template_version: str
+    start_at: datetime
+    end_at: datetime | None
+    seconds: int
+    active_seconds: int
+    cost_micros: int
+    currency: str
+    closed_by: str | None
+
+
+def _day(value: str | None, name: str) -> str | None:
+    if value is not None and not DAY.match(value):
+        raise UserError(f"`{name}` must be a UTC day like 2026-11-28", code="invalid_query")
+    return value
+
+
+async def build_report(
+    gw: GatewayDep,
+    who: Principal,
+    by: usage.Dimension,
+    period: Literal["day", "week", "month", "none"],
+    since: str | None,
+    until: str | None,
+    scope: Literal["mine", "all"] | None,
+) -> Report:
+    effective = scope or ("all" if who.acts_as_admin else "mine")
+    if effective == "all":
+        require_admin(who)
+    per: usage.PeriodColumn | None = None if period == "none" else period
+    async with gw.db.read() as session:
+        rows = await usage.report(
+            session,
+            by,
+            per,
+            since=_day(since, "since"),
+            until=_day(until, "until"),
+            user_id=None if effective == "all" else who.user_id,
+        )
+    currency = gw.pricebook.currency
+    lines = [
+        ReportLine(
+            key=r.key,
+            label=r.label or "(none)",
+            period=r.period,
+            **Figures.of(r.seconds, r.active_s, r.gpu_seconds, r.cost_micros, currency).__dict__,
+        )
+        for r in rows
+    ]
+    total = Figures.of(
+        sum(r.seconds for r in rows),
+        sum(r.active_s for r in rows),
+        sum(r.gpu_seconds for r in rows),
+        sum(r.cost_micros for r in rows),
+        currency,
+    )
+    return Report(
+        by=by,
+        period=per,
+        since=since,
+        until=until,
+        scope=effective,
+        currency=currency,
+        rows=lines,
+        total=total,
+    )
+
+
+def report_csv(report: Report) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            report.by,
+            "period",
+            "hours",
+            "active_hours",
+            "idle_hours",
+            "gpu_hours",
+            f"cost_{report.currency}",
+        ]
+    )
+
+    def money(micros: int) -> str:
+        return str(Decimal(micros) / MICROS)
+
+    for r in report.rows:
+        writer.writerow(
+            [
+                r.label,
+                r.period or "",
+                r.hours,
+                r.active_hours,
+                r.idle_hours,
+                r.gpu_hours,
+                money(r.cost_micros),
+            ]
+        )
+    t = report.total
+    writer.writerow(
+        ["TOTAL", "", t.hours, t.active_hours, t.idle_hours, t.gpu_hours, money(t.cost_micros)]
+    )
+    return out.getvalue()
+
+
+@router.get("/usage/report", response_model=None)
+async def get_report(
+    gw: GatewayDep,
+    who: CurrentUser,
+    by: Annotated[usage.Dimension, Query(description="what to group by")] = "user",
+    period: Annotated[Literal["day", "week", "month", "none"], Query()] = "month",
+    since: Annotated[str | None, Query(description="first UTC day, YYYY-MM-DD")] = None,
+    until: Annotated[str | None, Query(description="last UTC day, YYYY-MM-DD")] = None,
+    scope: Annotated[Literal["mine", "all"] | None, Query()] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Report | Response:
+    """Hours (active and idle), GPU-hours and cost, grouped; ``format=csv`` downloads it."""
+    report = await build_report(gw, who, by, period, since, until, scope)
+    if format == "csv":
+        name = f"usage-by-{by}-{report.period or 'all'}.csv"
+        return Response(
+            report_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    return report
+
+
+@router.get("/instances/{instance_id}/usage")
+async def instance_usage(
+    instance_id: str, gw: GatewayDep, who: CurrentUser
+) -> list[IntervalPublic]:
+    """The instance's ledger rows, oldest first (open ones have no end yet)."""
+    await gw.instances.get(who, instance_id)  # authorizes: the owner, a share, an admin
+    async with gw.db.read() as session:
+        rows = await session.scalars(
+            select(UsageInterval)
+            .where(UsageInterval.instance_id == instance_id)
+            .order_by(UsageInterval.id)
+        )
+        return [
+            IntervalPublic(
+                id=r.id,
+                instance_id=r.instance_id,
+                instance_name=r.instance_name,
+                resource=r.resource,
+                gpu_type=r.gpu_type,
+                gpu_pool=r.gpu_pool,
+                gpu_count=r.gpu_count,
+                share_gib=r.share_gib,
+                template_id=r.template_id,
+                template_version=r.template_version,
+                start_at=r.start_at,
+                end_at=r.end_at,
+                seconds=r.seconds,
+                active_seconds=r.active_s,
+                cost_micros=r.cost_micros,
+                currency=r.currency,
+                closed_by=r.closed_by,
+            )
+            for r in rows
+        ]
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+class BudgetIn(BaseModel):
+    soft: Decimal | None = Field(default=None, ge=0, description="monthly warning, in currency")
+    hard: Decimal | None = Field(default=None, ge=0, description="monthly limit for new starts")
+    pause_when_over: bool = False
+    max_gpus: int | None = Field(default=None, ge=0, le=10_000)
+
+
+class BudgetPublic(BaseModel):
+    id: str
+    scope: str
+    subject: str
+    month: str
+    currency: str
+    spent: str
+    spent_micros: int
+    soft_micros: int | None
+    hard_micros: int | None
+    pause_when_over: bool
+    max_gpus: int | None
+    over_soft: bool
+    over_hard: bool
+
+    @classmethod
+    def of(cls, s: BudgetStatus) -> BudgetPublic:
+        return cls(
+            id=s.budget_id,
+            scope=s.scope,
+            subject=s.subject,
+            month=s.month,
+            currency=s.currency,
+            spent=format_money(s.spent_micros, s.currency),
+            spent_micros=s.spent_micros,
+            soft_micros=s.soft_micros,
+            hard_micros=s.hard_micros,
+            pause_when_over=s.pause_when_over,
+            max_gpus=s.max_gpus,
+            over_soft=s.over_soft,
+            over_hard=s.over_hard,
+        )
+
+
+@router.get("/budgets")
+async def list_budgets(gw: GatewayDep, who: CurrentUser) -> list[BudgetPublic]:
+    require_admin(who)
+    return [BudgetPublic.of(s) for s in await gw.budgets.all()]
+
+
+@router.put("/budgets/{scope}/{name}")
+async def set_budget(
+    scope: Literal["team", "user"],
+    name: str,
+    body: BudgetIn,
+    gw: GatewayDep,
+    who: CurrentUser,
+    client: ClientDep,
+) -> BudgetPublic:
+    """Set a team's or user's monthly budget (replaces the previous one)."""
+    require_admin(who)
+    status = await gw.budgets.set(
+        scope,
+        name,
+        soft=body.soft,
+        hard=body.hard,
+        pause_when_over=body.pause_when_over,
+        max_gpus=body.max_gpus,
+    )
+    await gw.accounts.record(
+        who,
+        "budget.set",
+        client,
+        target_type=scope,
+        target_id=name,
+        detail=body.model_dump(mode="json"),
+    )
+    return BudgetPublic.of(status)
+
+
+@router.delete("/budgets/{scope}/{name}", status_code=204)
+async def remove_budget(
+    scope: Literal["team", "user"], name: str, gw: GatewayDep, who: CurrentUser, client: ClientDep
+) -> None:
+    require_admin(who)
+    await gw.budgets.remove(scope, name)
+    await gw.accounts.record(who, "budget.remove", client, target_type=scope, target_id=name)
+
+
+@router.get("/me/budgets")
+async def my_budgets(gw: GatewayDep, who: CurrentUser) -> list[BudgetPublic]:
+    """The budgets that apply to you (yours and your teams'), with this month's spending: the
+    dashboard's banner."""
+    return [BudgetPublic.of(s) for s in await gw.budgets.for_user(who.user_id)]
