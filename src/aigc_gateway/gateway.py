@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
-from aigc_gateway.accounting import PriceBook, load_pricebook
+from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, load_pricebook
 from aigc_gateway.accounts.access_cache import AccessCache
 from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
@@ -25,6 +27,8 @@ from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.registry import TemplateRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -64,6 +68,22 @@ class Gateway:
         await self.db.close()
 
 
+def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
+    """GPU types of the inventory the price book has no price for (they would bill 0)."""
+    problems = []
+    now = datetime.now(UTC)
+    for gpu_type in sorted(types):
+        for use in (
+            ResourceUse(kind="gpu", gpu_type=gpu_type, gpu_count=1),
+            ResourceUse(kind="gpu_share", gpu_type=gpu_type, memory_gib=1),
+        ):
+            try:
+                pricebook.hourly_rate(use, now)
+            except MissingPrice as exc:
+                problems.append(exc.message)
+    return problems
+
+
 def make_runtime(settings: Settings) -> Runtime:
     from aigc_gateway.runtime.local import LocalRuntime
     from aigc_gateway.runtime.mps import MpsControl, mps_root_for
@@ -85,6 +105,8 @@ async def open_gateway(settings: Settings) -> Gateway:
     gpus = GpuBroker(inventory.gpus, gpu_note)
     pricebook = load_pricebook(settings.pricebook) if settings.pricebook else PriceBook.default()
     # The budgets read time from the controller's clock (one clock for the ledger and limits).
+    for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}):
+        log.warning("price book: %s", problem)
     budgets = Budgets(db, pricebook, clock=lambda: controller.clock())
     controller = Controller(
         db=db,

@@ -6,6 +6,7 @@ transition that causes it, or not at all. See :class:`~aigc_gateway.store.tables
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,10 @@ from typing import Any, Literal
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.accounting import PriceBook, ResourceUse, period_label, split
+from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, period_label, split
 from aigc_gateway.store.tables import Team, TeamMember, UsageInterval, User
+
+log = logging.getLogger(__name__)
 
 Resource = Literal["gpu", "gpu_share", "cpu"]
 
@@ -127,7 +130,13 @@ def _finish(
     row.end_at = end
     row.seconds = max(0, round((end - row.start_at).total_seconds()))
     row.active_s = min(active_s, row.seconds)
-    row.cost_micros = pricebook.cost_micros(_holding(row).use(), row.start_at, end)
+    try:
+        row.cost_micros = pricebook.cost_micros(_holding(row).use(), row.start_at, end)
+    except MissingPrice as exc:
+        # Never block an engine's stop on a price: the hours are recorded, the cost is 0,
+        # and the error says which price to add (a correction row can bill it later).
+        log.error("usage interval %s priced at 0: %s", row.id, exc.message)
+        row.cost_micros = 0
     row.currency = pricebook.currency
     row.closed_by = closed_by
 
@@ -377,7 +386,12 @@ async def month_spend(
     )
     total = int(closed or 0)
     for row in await session.scalars(select(u).where(*where, u.end_at.is_(None))):
-        total += pricebook.cost_micros(_holding(row).use(), row.start_at, max(now, row.start_at))
+        try:
+            total += pricebook.cost_micros(
+                _holding(row).use(), row.start_at, max(now, row.start_at)
+            )
+        except MissingPrice:
+            continue
     return total
 
 

@@ -1,0 +1,180 @@
+"""The ledger in the store, on SQLite and a real PostgreSQL: recovery after a crash, midnight
+cuts, activity minutes, immutability of closed rows, and report sums that always equal totals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from aigc_gateway.accounting import parse_pricebook
+from aigc_gateway.store import usage
+from aigc_gateway.store.db import Database
+from aigc_gateway.store.tables import UsageInterval
+from aigc_gateway.store.usage import DIMENSIONS, Holding
+from aigc_gateway.store.users import create_user
+
+BOOK = parse_pricebook(
+    "currency: USD\nprices:\n  - effective_from: 2026-01-01\n"
+    "    gpu_hour: {rtx4090: 1.00, a100: 3.00}\n    share_gib_hour_default: 0.01\n"
+    "    cpu_hour: 0.10\n",
+    "test",
+)
+T0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.migrate()
+    async with database.write() as s:
+        for name in ("u1", "u2", "u3"):
+            user = await create_user(s, name=name, password="pw")
+            user.id = name  # readable ids for the tests
+    yield database
+    await database.close()
+
+
+async def start(db: Database, iid: str, holding: Holding, at: datetime, user: str = "u1") -> None:
+    async with db.write() as s:
+        await usage.open_intervals(
+            s,
+            instance_id=iid,
+            instance_name=iid,
+            user_id=user,
+            template_id="tpl",
+            template_version="1",
+            holdings=[holding],
+            at=at,
+            currency="USD",
+        )
+
+
+async def ledger(db: Database, iid: str) -> list[UsageInterval]:
+    async with db.read() as s:
+        return list(
+            await s.scalars(
+                select(UsageInterval)
+                .where(UsageInterval.instance_id == iid)
+                .order_by(UsageInterval.id)
+            )
+        )
+
+
+async def test_a_crash_closes_at_the_last_observed_time_and_never_twice(db: Database) -> None:
+    await start(db, "i1", Holding("gpu", "rtx4090", "onprem", 2), T0)
+    await start(db, "i1", Holding("gpu", "rtx4090", "onprem", 2), T0 + timedelta(hours=1))
+    assert len(await ledger(db, "i1")) == 1  # opening again is a no-op
+    async with db.write() as s:
+        await usage.observe(s, ["i1"], T0 + timedelta(minutes=42))
+    # The gateway died; on recovery the engine is found gone with no exit time.
+    async with db.write() as s:
+        closed = await usage.close_intervals(s, "i1", end=None, pricebook=BOOK)
+    assert [(r.seconds, r.cost_micros) for r in closed] == [(42 * 60, 1_400_000)]
+    async with db.write() as s:  # retried close: nothing more
+        assert (
+            await usage.close_intervals(s, "i1", end=T0 + timedelta(hours=9), pricebook=BOOK) == []
+        )
+    (row,) = await ledger(db, "i1")
+    assert row.end_at == T0 + timedelta(minutes=42) and row.closed_by == "stop"
+
+
+async def test_midnight_cut_continues_in_a_new_row(db: Database) -> None:
+    night = datetime(2026, 5, 4, 22, 0, tzinfo=UTC)
+    await start(db, "i2", Holding("cpu"), night)
+    async with db.write() as s:
+        await usage.add_activity(s, {"i2": (night + timedelta(minutes=5)).timestamp()})
+    async with db.write() as s:
+        assert await usage.cut_at_midnight(s, night + timedelta(hours=1), BOOK) == 0
+    async with db.write() as s:  # two days later (the gateway was down over a night)
+        assert await usage.cut_at_midnight(s, night + timedelta(days=2), BOOK) == 1
+    rows = await ledger(db, "i2")
+    assert [(r.day, r.seconds, r.closed_by, r.end_at is None) for r in rows] == [
+        ("2026-05-04", 7200, "day", False),
+        ("2026-05-05", 86400, "day", False),
+        ("2026-05-06", 0, None, True),
+    ]
+    assert rows[0].active_s == 60 and rows[1].active_s == 0
+    assert sum(r.cost_micros for r in rows) == 2_600_000  # 26 h x 0.10
+
+
+async def test_activity_counts_each_minute_once(db: Database) -> None:
+    await start(db, "i3", Holding("cpu"), T0)
+    for seconds in (0, 10, 59, 61, 61, 200):
+        async with db.write() as s:
+            await usage.add_activity(s, {"i3": (T0 + timedelta(seconds=seconds)).timestamp()})
+    async with db.write() as s:
+        (row,) = await usage.close_intervals(
+            s, "i3", end=T0 + timedelta(minutes=10), pricebook=BOOK
+        )
+    assert row.active_s == 3 * 60  # minutes 0, 1 and 3
+
+
+async def test_closed_rows_are_never_changed(db: Database) -> None:
+    await start(db, "i4", Holding("gpu_share", "a100", "cloud", share_gib=10), T0)
+    async with db.write() as s:
+        await usage.close_intervals(s, "i4", end=T0 + timedelta(hours=3), pricebook=BOOK)
+    before = [(r.end_at, r.seconds, r.cost_micros) for r in await ledger(db, "i4")]
+    async with db.write() as s:
+        await usage.observe(s, ["i4"], T0 + timedelta(days=1))
+        await usage.add_activity(s, {"i4": (T0 + timedelta(hours=1)).timestamp()})
+        await usage.cut_at_midnight(s, T0 + timedelta(days=3), BOOK)
+    assert [(r.end_at, r.seconds, r.cost_micros) for r in await ledger(db, "i4")] == before
+    assert before == [(T0 + timedelta(hours=3), 10800, 300_000)]
+
+
+holdings = st.sampled_from(
+    [
+        Holding("cpu"),
+        Holding("gpu", "rtx4090", "onprem", 1),
+        Holding("gpu", "a100", "cloud", 2),
+        Holding("gpu_share", "a100", "cloud", share_gib=5),
+    ]
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    sessions=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", "u3"]),
+            holdings,
+            st.integers(0, 60 * 24 * 20),  # start, minutes after T0
+            st.integers(1, 60 * 40),  # length in minutes (some cross midnights)
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+async def test_every_report_adds_up_to_the_same_total(
+    db: Database, sessions: list[tuple[str, Holding, int, int]]
+) -> None:
+    async with db.write() as s:
+        await s.execute(UsageInterval.__table__.delete())
+    expected_seconds = 0
+    for n, (user, holding, offset, length) in enumerate(sessions):
+        iid = f"r{n}"
+        begin = T0 + timedelta(minutes=offset)
+        await start(db, iid, holding, begin, user)
+        async with db.write() as s:
+            await usage.close_intervals(
+                s, iid, end=begin + timedelta(minutes=length), pricebook=BOOK
+            )
+        expected_seconds += length * 60
+    async with db.read() as s:
+        whole = await usage.report(s, "resource")
+        total = (sum(r.seconds for r in whole), sum(r.cost_micros for r in whole))
+        assert total[0] == expected_seconds
+        for dim in DIMENSIONS:
+            for period in (None, "day", "week", "month"):
+                parts = await usage.report(s, dim, period)  # type: ignore[arg-type]
+                assert (sum(r.seconds for r in parts), sum(r.cost_micros for r in parts)) == total
+        one = await usage.report(s, "instance", "day", user_id="u2")
+        assert all(r.key is not None for r in one)
+        assert sum(r.seconds for r in one) == sum(
+            length * 60 for user, _, _, length in sessions if user == "u2"
+        )
