@@ -127,6 +127,38 @@ async def test_closed_rows_are_never_changed(db: Database) -> None:
     assert before == [(T0 + timedelta(hours=3), 10800, 300_000)]
 
 
+async def test_stored_data_is_billed_once_per_day(db: Database) -> None:
+    book = parse_pricebook(
+        "currency: USD\nprices:\n  - effective_from: 2026-01-01\n    storage_gib_month: 0.72\n",
+        "test",
+    )
+    day = datetime(2026, 5, 4, tzinfo=UTC)
+    data = [
+        usage.StoredData("vol1", "u1", "comfyui", 10.0),
+        usage.StoredData("vol2", "u2", "sd", 0.5),
+    ]
+    async with db.write() as s:
+        assert await usage.record_storage(s, day, data, book) == 2
+    async with db.write() as s:  # measured again the same day: nothing new
+        assert await usage.record_storage(s, day, data, book) == 0
+    (row,) = await ledger(db, "vol1")
+    # 10 GiB x 0.72 per 720 h month x 24 h
+    assert (row.resource, row.share_gib, row.seconds, row.cost_micros) == (
+        "storage",
+        10.0,
+        0,
+        240_000,
+    )
+    async with db.read() as s:
+        (line,) = await usage.report(s, "resource", "day", user_id="u1")
+    assert (line.key, line.period, line.seconds, line.cost_micros) == (
+        "storage",
+        "2026-05-04",
+        0,
+        240_000,
+    )
+
+
 holdings = st.sampled_from(
     [
         Holding("cpu"),

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
+from aigc_gateway.metrics import Metrics
 from aigc_gateway.runtime.base import GpuGrant, LaunchError, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
@@ -48,6 +50,17 @@ from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
 
 log = logging.getLogger(__name__)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
 
 S = InstanceState
 START_STEPS = ("queued", "preparing data", "launching engine", "waiting for the engine", "ready")
@@ -72,6 +85,7 @@ class Controller:
         gpus: GpuBroker | None = None,
         pricebook: PriceBook | None = None,
         over_budget: Callable[[], Awaitable[list[str]]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -86,8 +100,10 @@ class Controller:
         self.pricebook = pricebook or PriceBook.default()
         self._over_budget = over_budget
         """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
+        self.metrics = metrics or Metrics()
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         """The time the ledger records (tests replace it with a fake clock)."""
+        self._metered_day: datetime | None = None
         self._stopped_at: dict[str, datetime] = {}
         """When this process stopped an engine: where its usage interval ends."""
         self._wake: dict[str, asyncio.Event] = {}
@@ -180,6 +196,24 @@ class Controller:
                     self.routes.put(Route.of(paused))
                     self.kick(route.instance_id)
 
+    async def meter_storage(self) -> None:
+        """Once a day, bill yesterday's stored user data (each volume's size, measured now)."""
+        today = self.clock().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        yesterday = today - timedelta(days=1)
+        if self._metered_day == yesterday:
+            return
+        async with self._db.read() as session:
+            volumes = list(await session.scalars(select(Volume)))
+        sizes = await asyncio.to_thread(
+            lambda: [
+                usage.StoredData(v.id, v.user_id, v.family, folder_size(Path(v.path)) / 2**30)
+                for v in volumes
+            ]
+        )
+        async with self._db.write() as session:
+            await usage.record_storage(session, yesterday, sizes, self.pricebook)
+        self._metered_day = yesterday
+
     async def pause_over_budget(self) -> None:
         """Pause what runs for budgets past their hard limit with ``pause_when_over``."""
         if self._over_budget is None:
@@ -210,6 +244,7 @@ class Controller:
             now = self.clock()
             await usage.observe(session, alive, now)
             await usage.cut_at_midnight(session, now, self.pricebook)
+        await self.meter_storage()
         self.admit()
         self.resyncs += 1
 
@@ -543,16 +578,21 @@ class Controller:
             raise ready.exception()  # type: ignore[misc]
 
     async def _mark_running(self, inst: Instance, work: Workload) -> None:
+        ready = datetime.now(UTC)
         await self._move(
             inst,
             S.RUNNING,
             "engine is ready",
             progress=((4, {"url": work.url}),),
-            ready_at=datetime.now(UTC),
+            ready_at=ready,
             pid=work.pid,
             host=work.host,
             port=work.port,
         )
+        if inst.started_at is not None:
+            self.metrics.instance_started(
+                inst.template_id, (ready - inst.started_at).total_seconds()
+            )
 
     async def _mark_failed(self, inst: Instance, work: Workload) -> None:
         if work.phase is Phase.EXITED:

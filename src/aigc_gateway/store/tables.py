@@ -225,7 +225,8 @@ class UsageInterval(Base):
     template_id: Mapped[str] = mapped_column(String(64))
     template_version: Mapped[str] = mapped_column(String(64))
     resource: Mapped[str] = mapped_column(String(16))
-    """``gpu`` (whole GPUs), ``gpu_share`` (memory share), ``cpu`` (no GPU)."""
+    """``gpu`` (whole GPUs), ``gpu_share`` (memory share), ``cpu`` (no GPU), ``storage`` (a
+    day of a user's data folder: ``share_gib`` is its size, ``seconds`` 0, cost only)."""
     gpu_type: Mapped[str | None] = mapped_column(String(64))
     gpu_pool: Mapped[str | None] = mapped_column(String(64))
     gpu_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -246,7 +247,7 @@ class UsageInterval(Base):
     """Set when closed, at the prices in force over the interval (millionths of ``currency``)."""
     currency: Mapped[str] = mapped_column(String(3), default="USD")
     closed_by: Mapped[str | None] = mapped_column(String(16))
-    """``stop``, ``day`` (cut at midnight), ``recovery`` (after a crash), ``correction``."""
+    """``stop``, ``day`` (cut at midnight), ``storage``, ``correction``."""
 
 
 class Budget(Base):

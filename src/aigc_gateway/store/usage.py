@@ -20,7 +20,7 @@ from aigc_gateway.store.tables import Team, TeamMember, UsageInterval, User
 
 log = logging.getLogger(__name__)
 
-Resource = Literal["gpu", "gpu_share", "cpu"]
+Resource = Literal["gpu", "gpu_share", "cpu", "storage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +223,62 @@ async def cut_at_midnight(session: AsyncSession, now: datetime, pricebook: Price
         cut += 1
     await session.flush()
     return cut
+
+
+@dataclass(frozen=True, slots=True)
+class StoredData:
+    volume_id: str
+    user_id: str
+    family: str
+    gib: float
+
+
+async def record_storage(
+    session: AsyncSession, day_start: datetime, volumes: Iterable[StoredData], pricebook: PriceBook
+) -> int:
+    """Bill one UTC day of stored user data per volume (idempotent per volume and day).
+
+    Storage rows carry the size in ``share_gib`` and cost only: their ``seconds`` are 0, so
+    hours and idle time in reports stay about engines."""
+    day = period_label(day_start, "day")
+    done = set(
+        await session.scalars(
+            select(UsageInterval.instance_id).where(
+                UsageInterval.resource == "storage", UsageInterval.day == day
+            )
+        )
+    )
+    end = day_start + timedelta(days=1)
+    added = 0
+    for v in volumes:
+        if v.volume_id in done:
+            continue
+        team_id = await team_of(session, v.user_id)
+        session.add(
+            UsageInterval(
+                instance_id=v.volume_id,
+                instance_name=f"{v.family} data",
+                user_id=v.user_id,
+                team_id=team_id,
+                template_id=v.family,
+                template_version="",
+                resource="storage",
+                gpu_count=0,
+                share_gib=round(v.gib, 3),
+                start_at=day_start,
+                end_at=end,
+                observed_at=end,
+                seconds=0,
+                active_s=0,
+                cost_micros=pricebook.storage_cost_micros(round(v.gib, 3), day_start, end),
+                currency=pricebook.currency,
+                closed_by="storage",
+                **_labels(day_start),
+            )
+        )
+        added += 1
+    await session.flush()
+    return added
 
 
 async def observe(session: AsyncSession, instance_ids: Sequence[str], at: datetime) -> None:
