@@ -22,6 +22,7 @@ from aigc_gateway.api import (
     instance_host,
     instances,
     me,
+    metrics,
     signin,
     templates,
     usage,
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(InstanceProxy)  # outermost: engine traffic skips every other layer
     api_errors.install(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(me.router)
     app.include_router(templates.router)
     app.include_router(instances.router)

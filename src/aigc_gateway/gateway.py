@@ -23,6 +23,7 @@ from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.service import InstanceService
+from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
@@ -59,6 +60,8 @@ class Gateway:
     pricebook: PriceBook
     gpu_usage: GpuUsage
     """GPU memory each engine holds, from NVML."""
+    metrics: PrometheusMetrics
+    """What ``/metrics`` exposes; the proxy and the controller report to it."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -108,6 +111,10 @@ async def open_gateway(settings: Settings) -> Gateway:
     for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}):
         log.warning("price book: %s", problem)
     budgets = Budgets(db, pricebook, clock=lambda: controller.clock())
+    # The metrics read the controller's route table at each scrape (the controller reports to them).
+    metrics = PrometheusMetrics(
+        routes=lambda: controller.routes.all(), gpus=gpus, templates=registry, db=db
+    )
     controller = Controller(
         db=db,
         runtime=runtime,
@@ -119,6 +126,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         gpus=gpus,
         pricebook=pricebook,
         over_budget=budgets.over_hard_to_pause,
+        metrics=metrics,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
     service = InstanceService(
@@ -174,4 +182,5 @@ async def open_gateway(settings: Settings) -> Gateway:
         budgets=budgets,
         pricebook=pricebook,
         gpu_usage=GpuUsage(),
+        metrics=metrics,
     )

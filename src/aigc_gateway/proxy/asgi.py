@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
 from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie, decide_principal
@@ -22,6 +23,7 @@ from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.lifecycle.service import Action
+from aigc_gateway.metrics import Metrics
 from aigc_gateway.proxy.relay import Limits, relay_http, relay_websocket, upstream_headers
 from aigc_gateway.web.pages import environment
 
@@ -50,6 +52,33 @@ def _cookie(scope: Scope, name: str) -> str | None:
 
 def _wants_html(scope: Scope) -> bool:
     return scope["type"] == "http" and "text/html" in _header(scope, b"accept")
+
+
+class _Observed:
+    """The ``send`` of one relayed exchange, reporting its outcome to the metrics: an HTTP
+    answer's status when the request ends, a WebSocket when it is accepted or refused."""
+
+    __slots__ = ("_metrics", "_send", "_started", "status")
+
+    def __init__(self, send: Send, metrics: Metrics, started: float) -> None:
+        self._send, self._metrics, self._started = send, metrics, started
+        self.status = 0
+
+    async def http(self, message: Message) -> None:
+        if not self.status and message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+    def http_done(self) -> None:
+        self._metrics.proxy_request("http", self.status, time.perf_counter() - self._started)
+
+    async def websocket(self, message: Message) -> None:
+        if not self.status and message["type"] in ("websocket.accept", "websocket.close"):
+            self.status = 101 if message["type"] == "websocket.accept" else 502
+            self._metrics.proxy_request(
+                "websocket", self.status, time.perf_counter() - self._started
+            )
+        await self._send(message)
 
 
 class InstanceProxy:
@@ -91,6 +120,7 @@ class InstanceProxy:
         host: str,
         prefix: str | None,
     ) -> None:
+        started = time.perf_counter()
         route = gw.controller.routes.get(slug)
         if route is None:
             await self._refuse(scope, receive, send, 404, "no such instance")
@@ -114,7 +144,8 @@ class InstanceProxy:
             return
         gw.controller.activity.touch(route.instance_id)
         if route.state == "running" and route.upstream:
-            await self._relay(gw, scope, receive, send, route, decision, host, prefix)
+            observed = _Observed(send, gw.metrics, started)
+            await self._relay(gw, scope, receive, observed, route, decision, host, prefix)
         elif route.state in WAKING:
             await self._wake(gw, scope, receive, send, route, decision, prefix)
         else:
@@ -148,7 +179,7 @@ class InstanceProxy:
         gw: Gateway,
         scope: Scope,
         receive: Receive,
-        send: Send,
+        observed: _Observed,
         route: Route,
         who: Allowed,
         host: str,
@@ -169,7 +200,7 @@ class InstanceProxy:
             await relay_websocket(
                 scope,
                 receive,
-                send,
+                observed.websocket,
                 session=gw.upstream,
                 upstream=route.upstream,
                 headers=headers,
@@ -178,16 +209,19 @@ class InstanceProxy:
             )
             return
         html = _wants_html(scope)
-        await relay_http(
-            scope,
-            receive,
-            send,
-            session=gw.upstream,
-            upstream=route.upstream,
-            headers=headers,
-            limits=limits,
-            error=lambda status, text: _error_body(status, text, html),
-        )
+        try:
+            await relay_http(
+                scope,
+                receive,
+                observed.http,
+                session=gw.upstream,
+                upstream=route.upstream,
+                headers=headers,
+                limits=limits,
+                error=lambda status, text: _error_body(status, text, html),
+            )
+        finally:
+            observed.http_done()
 
     async def _wake(
         self,
