@@ -94,10 +94,11 @@ class Controller:
         self._resync_interval_s = resync_interval_s
         self._log_max_bytes = log_max_bytes
         self._stop_grace_s = stop_grace_s
-        self.routes = routes or RouteTable()
-        self.activity = activity or ActivityTracker()
-        self.gpus = gpus or GpuBroker([], "no GPU inventory")
-        self.pricebook = pricebook or PriceBook.default()
+        # `is None`, not `or`: an empty route table is falsy and must still be the one given.
+        self.routes = routes if routes is not None else RouteTable()
+        self.activity = activity if activity is not None else ActivityTracker()
+        self.gpus = gpus if gpus is not None else GpuBroker([], "no GPU inventory")
+        self.pricebook = pricebook if pricebook is not None else PriceBook.default()
         self._over_budget = over_budget
         """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
         self.metrics = metrics or Metrics()
