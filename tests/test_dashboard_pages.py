@@ -4,10 +4,15 @@ through the API, and one query per list (no N+1)."""
 
 from __future__ import annotations
 
+import csv
 import html as htmllib
+import io
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,10 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+import aigc_gateway.app
+from aigc_gateway.accounting import format_money
 from aigc_gateway.doctor import gpu_summary
+from aigc_gateway.gateway import Gateway
 from aigc_gateway.settings import Settings
 from tests.conftest import RunningGateway
 from tests.support.fake_mps import install_fake_mps
@@ -30,6 +38,7 @@ ADMIN_PAGES = [
     "/admin/templates",
     "/admin/health",
     "/admin/gpus",
+    "/admin/costs",
 ]
 ZH = {"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}
 
@@ -391,8 +400,9 @@ async def test_pages_make_one_query_per_list(
         return len(seen)
 
     await alice.wait_state((await alice.create("missing-binary", name="first"))["id"], "failed")
-    few = {p: await queries(browser, p) for p in ("/", "/account")}
-    admin_few = {p: await queries(root, p) for p in ("/admin/instances", "/admin/users")}
+    few = {p: await queries(browser, p) for p in ("/", "/account", "/usage")}
+    admin_pages = ("/admin/instances", "/admin/users", "/admin/costs")
+    admin_few = {p: await queries(root, p) for p in admin_pages}
     for n in range(12):
         more = await alice.create("missing-binary", name=f"more-{n}")
         await alice.wait_state(more["id"], "failed")
@@ -592,3 +602,272 @@ async def test_gpu_page_without_gpus_says_so(
     assert "GPU discovery is off" in text_of(page, "gpu-source")
     zh = (await root.get("/admin/gpus", headers=ZH)).text
     assert "此网关没有 GPU" in text_of(zh, "no-gpus")
+
+
+# -- usage and costs ----------------------------------------------------------------------------
+
+PRICES = """
+currency: USD
+prices:
+  - effective_from: 2026-01-01
+    gpu_hour: {rtx4090: 2.00}
+    share_gib_hour_default: 0.10
+    cpu_hour: 1.00
+"""
+RUN = timedelta(hours=2)
+"""How long each test instance runs by the ledger's clock: 4.00 USD on the GPU, 2.00 on CPU."""
+
+
+class LedgerClock:
+    """The ledger's clock (the controller's): from 09:00 UTC on 15 November 2026, real time
+    passing plus an offset the test moves on, so an instance runs for hours of ledger time
+    without the test waiting, and every figure falls on one known day whenever the test runs."""
+
+    START = datetime(2026, 11, 15, 9, tzinfo=UTC)
+    DAY = "2026-11-15"
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+        self._began = time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.START + timedelta(seconds=time.monotonic() - self._began) + self.offset
+
+
+def figure(html: str, testid: str, role: str, attr: str = "data-seconds") -> int:
+    """An integer a usage summary (``figures`` in _usage.html) carries for its figure."""
+    block = html.split(f'data-testid="{testid}"', 1)[1].split("</dl>", 1)[0]
+    found = re.search(rf'data-role="{role}" {attr}="(-?\d+)"', block)
+    assert found, (testid, role)
+    return int(found.group(1))
+
+
+def chart_bars(html: str, testid: str) -> dict[str, tuple[float, float]]:
+    """The bars of a chart: label → (value, drawn length: width or height)."""
+    figure_html = html.split(f'data-testid="{testid}"', 1)[1].split("</figure>", 1)[0]
+    assert "<svg" in figure_html and 'role="img"' in figure_html
+    assert re.search(r"<title id=[^>]+>[^<]+</title>", figure_html)  # named for screen readers
+    found = re.findall(
+        r'<g class="bar" data-label="([^"]*)" data-value="([^"]+)">\s*<title>[^<]+</title>\s*'
+        r'<rect x="[^"]+" y="[^"]+" width="([^"]+)" height="([^"]+)"',
+        figure_html,
+    )
+    vertical = "chart-vertical" in html.split(f'data-testid="{testid}"', 1)[0][-80:]
+    return {
+        htmllib.unescape(label): (float(value), float(height if vertical else width))
+        for label, value, width, height in found
+    }
+
+
+def link(html: str, testid: str) -> str:
+    found = re.search(rf'<a href="([^"]+)" data-testid="{re.escape(testid)}"', html)
+    assert found, testid
+    return htmllib.unescape(found.group(1))
+
+
+async def csv_rows(client: httpx.AsyncClient, url: str) -> list[list[str]]:
+    r = await client.get(url)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/csv")
+    return list(csv.reader(io.StringIO(r.text)))
+
+
+class TestUsagePages:
+    """A price book (a whole RTX 4090 at 2.00 USD an hour, CPU at 1.00) and a ledger clock the
+    tests move on: alice runs an engine on the GPU for two hours, bob one on CPU."""
+
+    @pytest.fixture
+    def clock(self, monkeypatch: pytest.MonkeyPatch) -> LedgerClock:
+        clock = LedgerClock()
+        opened = aigc_gateway.app.open_gateway
+
+        async def with_clock(settings: Settings) -> Gateway:
+            gw = await opened(settings)
+            gw.controller.clock = clock
+            return gw
+
+        monkeypatch.setattr(aigc_gateway.app, "open_gateway", with_clock)
+        return clock
+
+    @pytest.fixture
+    def gateway_settings(self, tmp_path: Path, clock: LedgerClock) -> Settings:
+        prices = tmp_path / "prices.yaml"
+        prices.write_text(PRICES)
+        program, _ = install_fake_mps(tmp_path / "mps-bin")
+        return make_settings(
+            tmp_path, gpus=GPU_CARDS[:1], mps_control=str(program), pricebook=prices
+        )
+
+    @staticmethod
+    async def run_for(api: Api, template: str, clock: LedgerClock) -> dict[str, Any]:
+        """Start an instance, let :data:`RUN` pass on the ledger's clock, pause it: pausing
+        closes its ledger rows."""
+        inst = await api.wait_state((await api.create(template))["id"], "running")
+        clock.offset += RUN
+        await api.act(inst["id"], "pause")
+        await api.wait_state(inst["id"], "paused")
+        return inst
+
+    @pytest.fixture
+    async def used(
+        self, admin: Api, alice: Api, bob: Api, clock: LedgerClock
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Alice (team design) ran ``tiny-gpu``, bob (no team) ``tiny``, each for two hours."""
+        team = await admin.client.post("/api/teams", json={"name": "design"})
+        alice_id = (await alice.client.get("/api/me")).json()["id"]
+        member = await admin.client.put(f"/api/teams/{team.json()['id']}/members/{alice_id}")
+        assert member.status_code == 204, member.text
+        return await self.run_for(alice, "tiny-gpu", clock), await self.run_for(bob, "tiny", clock)
+
+    async def test_my_usage_shows_my_instances_chart_budgets_and_a_csv_that_adds_up(
+        self, browser: httpx.AsyncClient, used: tuple[dict[str, Any], dict[str, Any]]
+    ) -> None:
+        mine, bobs = used
+        page = (await browser.get("/usage")).text
+        assert 'href="/usage" aria-current="page"' in page
+        name, hours, active, idle, gpu, amount, currency = text_of(
+            page, f"usage-instance-{mine['id']}"
+        ).split()
+        assert name == mine["name"] and 2.0 <= float(hours) < 2.1 and active == "0.00"
+        assert idle == gpu == hours and currency == "USD" and 4.0 <= float(amount) < 4.2
+        assert not has_testid(page, f"usage-instance-{bobs['id']}")  # only my own
+        seconds = figure(page, "usage-recent", "hours")
+        assert RUN.total_seconds() <= seconds < RUN.total_seconds() + 300
+        assert figure(page, "usage-recent", "idle") == seconds  # no request went through
+        assert figure(page, "usage-recent", "gpu") == seconds  # one whole GPU
+        micros = figure(page, "usage-recent", "cost", "data-micros")
+        assert 4_000_000 <= micros < 4_200_000  # 2 h at 2.00 USD
+        assert figure(page, "usage-month", "cost", "data-micros") == micros
+
+        # Cost per day: 30 bars ending today; today's holds it all, at full height.
+        bars = chart_bars(page, "chart-daily")
+        days = list(bars)
+        assert (days[0], days[-1]) == ("2026-10-17", LedgerClock.DAY)
+        assert bars[LedgerClock.DAY][0] == micros and bars[LedgerClock.DAY][1] > 100
+        assert sum(length for _, length in bars.values()) == bars[LedgerClock.DAY][1]
+        assert text_of(page, f"usage-period-{LedgerClock.DAY}").endswith(
+            f"{format_money(micros, 'USD')}"
+        )
+
+        # The CSV link downloads the same figures: the TOTAL line matches the page.
+        rows = await csv_rows(browser, link(page, "csv-instance"))
+        assert rows[0] == [
+            "instance", "period", "hours", "active_hours", "idle_hours", "gpu_hours", "cost_USD"
+        ]  # fmt: skip
+        assert [r[0] for r in rows[1:-1]] == [mine["name"]]
+        total = rows[-1]
+        assert total[0] == "TOTAL" and float(total[2]) == round(seconds / 3600, 4)
+        assert Decimal(total[6]) * 1_000_000 == micros
+        by_day = await csv_rows(browser, link(page, "csv-periods"))
+        assert by_day[-1] == total and all(r[1] for r in by_day[1:-1])
+        weeks = (await browser.get("/usage", params={"per": "week"})).text
+        assert re.search(r'data-testid="usage-period-\d{4}-W\d{2}"', weeks)
+        assert "/api/usage/report?by=instance&amp;period=week" in weeks
+
+        zh = (await browser.get("/usage", headers=ZH)).text
+        assert '<html lang="zh-CN">' in zh
+        for words in ("本月", "最近 30 天", "按实例", "下载 CSV", "您没有适用的预算"):
+            assert words in zh, words
+        assert mine["name"] in text_of(zh, f"usage-instance-{mine['id']}")
+
+    async def test_admin_costs_charts_idle_waste_and_downloads(
+        self,
+        browser: httpx.AsyncClient,
+        root: httpx.AsyncClient,
+        used: tuple[dict[str, Any], dict[str, Any]],
+    ) -> None:
+        gpu_inst, cpu_inst = used
+        refused = await browser.get("/admin/costs")
+        assert refused.status_code == 403 and "for administrators" in refused.text
+        page = (await root.get("/admin/costs")).text
+        assert 'href="/admin/costs" aria-current="page"' in page
+        assert 'data-testid="costs-month">2026-11<' in page and not has_testid(page, "next-month")
+        assert link(page, "prev-month") == "/admin/costs?month=2026-10"
+        total = figure(page, "costs-total", "cost", "data-micros")
+        assert 6_000_000 <= total < 6_300_000  # 4.00 USD on the GPU and 2.00 on CPU
+
+        teams = chart_bars(page, "chart-team")
+        assert list(teams) == ["design", "No team"]  # highest first
+        (design, design_len), (none, none_len) = teams["design"], teams["No team"]
+        assert design + none == total and design > none > 0
+        assert design_len > none_len > 0
+        assert abs(none_len / design_len - none / design) < 0.01  # lengths are proportional
+        gpus = chart_bars(page, "chart-gpu-type")
+        assert list(gpus) == ["rtx4090", "No GPU (CPU only)"]
+        assert gpus["rtx4090"][0] == design
+        assert "4.0" in text_of(page, "costs-user-alice") and "costs-user-bob" in page
+        days = chart_bars(page, "chart-daily")
+        assert len(days) == 30 and days[LedgerClock.DAY][0] == total
+
+        # Idle waste: both engines were held with no request, the GPU one first.
+        ranked = re.findall(r'data-testid="idle-instances-([^"]+)"', page)
+        assert ranked == [gpu_inst["id"], cpu_inst["id"]]
+        assert re.findall(r'data-testid="idle-users-[^"]+"', page) != []
+        idle = text_of(page, f"idle-instances-{gpu_inst['id']}")
+        assert idle.startswith(f"{gpu_inst['name']} alice") and " 100% " in idle
+
+        # Each grouping downloads as CSV; the team one adds up to the page's total.
+        downloads = re.findall(r'<li><a href="([^"]+)" download>', page)
+        assert len(downloads) == 8
+        team_csv = await csv_rows(root, htmllib.unescape(downloads[0]))
+        assert sorted(r[0] for r in team_csv[1:-1]) == ["(none)", "design"]
+        assert Decimal(team_csv[-1][6]) * 1_000_000 == total
+        assert (await browser.get(htmllib.unescape(downloads[0]))).status_code == 403
+
+        # Another month: nothing used; a malformed one is a 400 page.
+        empty = (await root.get("/admin/costs", params={"month": "2026-02"})).text
+        assert has_testid(empty, "chart-team-empty") and has_testid(empty, "next-month")
+        assert link(empty, "prev-month") == "/admin/costs?month=2026-01"
+        feb = chart_bars(empty, "chart-daily")
+        assert len(feb) == 28 and {v for v, _ in feb.values()} == {0}
+        bad = await root.get("/admin/costs", params={"month": "2026-13"})
+        assert bad.status_code == 400
+
+        zh = (await root.get("/admin/costs", headers=ZH)).text
+        for words in ("按团队的费用", "按 GPU 型号的费用", "闲置浪费", "无团队", "下载 CSV"):
+            assert words in zh, words
+        assert "无团队" in chart_bars(zh, "chart-team")
+
+
+async def test_budget_banner_warns_past_the_soft_limit_and_refuses_past_the_hard_one(
+    browser: httpx.AsyncClient, root: httpx.AsyncClient, admin: Api, alice: Api
+) -> None:
+    assert not has_testid((await browser.get("/")).text, "budget-banner")
+    assert has_testid((await browser.get("/usage")).text, "no-budgets")
+    assert has_testid((await root.get("/admin/costs")).text, "no-budgets")
+
+    set_soft = await admin.client.put("/api/budgets/user/alice", json={"soft": "0"})
+    assert set_soft.status_code == 200, set_soft.text  # soft 0: any spending is past it
+    home = (await browser.get("/")).text
+    banner = opening_tag(home, "budget-banner")
+    assert 'data-level="warning"' in banner and 'role="status"' in banner
+    words = text_of(home, "budget-banner")
+    assert words.startswith("Your budget is past its warning limit: 0.00 USD spent of 0.00 USD")
+    zh = text_of((await browser.get("/", headers=ZH)).text, "budget-banner")
+    assert "您的预算已超过提醒额度" in zh and "0.00 USD" in zh
+    mine = (await browser.get("/usage")).text
+    assert 'data-level="warning"' in opening_tag(mine, "budget-user-alice")
+    assert "Past the warning limit" in text_of(mine, "budget-user-alice")
+    bobs = await signed_in(str(browser.base_url), "bob", "pw-bob")
+    try:
+        assert not has_testid((await bobs.get("/")).text, "budget-banner")  # not bob's budget
+    finally:
+        await bobs.aclose()
+
+    both = {"soft": "0", "hard": "0", "pause_when_over": True}
+    assert (await admin.client.put("/api/budgets/user/alice", json=both)).status_code == 200
+    home = (await browser.get("/")).text
+    assert home.count('data-testid="budget-banner"') == 1
+    banner = opening_tag(home, "budget-banner")
+    assert 'data-level="error"' in banner and 'role="alert"' in banner
+    words = text_of(home, "budget-banner")
+    assert "is used up" in words and "New starts are refused" in words
+    assert "Running instances are paused" in words
+    zh = text_of((await browser.get("/", headers=ZH)).text, "budget-banner")
+    assert "新的启动将被拒绝" in zh
+    refused = await alice.client.post("/api/instances", json={"template": "tiny"})
+    assert refused.status_code == 409 and "budget" in refused.text
+
+    costs_page = (await root.get("/admin/costs")).text
+    row = text_of(costs_page, "budget-user-alice")
+    assert row.startswith("User alice 0.00 USD") and "Limit reached" in row and "yes" in row

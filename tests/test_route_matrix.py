@@ -74,6 +74,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/docs/oauth2-redirect"): public(),
     ("GET", "/redoc"): public(),
     ("GET", "/healthz"): public(),
+    # No metrics token is set here, so loopback clients (these tests) may read the metrics;
+    # tests/test_metrics.py checks the token and other addresses.
+    ("GET", "/metrics"): public({200}),
     ("GET", "/api/me"): signed_in(),
     ("POST", "/api/me/password"): Rule(
         {401}, {403}, {403}, {403}, body={"current_password": "x", "new_password": "long-enough"}
@@ -147,6 +150,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/templates"): admin_page(),
     ("GET", "/admin/health"): admin_page(),
     ("GET", "/admin/gpus"): admin_page(),
+    ("GET", "/admin/costs"): admin_page(),
     # The GPU page's form buttons: anonymous visitors are sent to sign in, users get a 403 page,
     # and an admin a 404 page for the literal `{gpu_id}`, which names no card.
     ("POST", "/admin/gpus/{gpu_id}/cordon"): Rule({303}, {403}, {403}, {404}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
@@ -24,6 +25,7 @@ from aigc_gateway.api.deps import ClientDep, GatewayDep, MaybeUser
 from aigc_gateway.api.files import file_service
 from aigc_gateway.api.gpus import gpu_inventory, set_cordon
 from aigc_gateway.api.schemas import InstancePublic
+from aigc_gateway.api.usage import Report, build_report
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.doctor import gpu_summary
 from aigc_gateway.domain.hosts import safe_next
@@ -31,7 +33,9 @@ from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
 from aigc_gateway.scheduler import Request as GpuRequest
 from aigc_gateway.store.tables import Event, Instance, InstanceShare, Team, TeamMember, User
+from aigc_gateway.store.usage import Dimension
 from aigc_gateway.templates.loader import LoadedTemplate
+from aigc_gateway.web import costs
 from aigc_gateway.web import views as v
 from aigc_gateway.web.i18n import LANG_COOKIE, Translator, negotiate, normalize
 from aigc_gateway.web.pages import page, static_response, translator
@@ -40,6 +44,8 @@ router = APIRouter(include_in_schema=False, tags=["dashboard"])
 
 PAGE_SIZE = 200
 AUDIT_PAGE = 100
+RECENT_DAYS = 30
+REPORT = "/api/usage/report"
 LANG_MAX_AGE = 365 * 24 * 3600
 
 
@@ -224,7 +230,9 @@ async def home(request: Request, gw: GatewayDep, who: MaybeUser) -> Response:
     assert who is not None
     instances = await gw.instances.list_visible(who)
     cards = await _cards(gw, who, instances, viewer.lang)
-    return _render(viewer, "home.html", "home", "home.title", cards=cards)
+    budgets = [costs.budget_view(s) for s in await gw.budgets.for_user(who.user_id)]
+    over = [b for b in budgets if b.level != "ok"]
+    return _render(viewer, "home.html", "home", "home.title", cards=cards, over_budget=over)
 
 
 @router.get("/catalog")
@@ -292,12 +300,43 @@ async def files_folder(
 
 
 @router.get("/usage")
-async def usage(request: Request, who: MaybeUser) -> Response:
-    """A placeholder until accounting arrives."""
+async def my_usage(
+    request: Request,
+    gw: GatewayDep,
+    who: MaybeUser,
+    per: Annotated[Literal["day", "week"], Query()] = "day",
+) -> Response:
+    """My hours (active and idle), GPU-hours and cost: this month, the last 30 days by instance
+    and by day or week, cost per day as a chart, CSV downloads, and my budgets."""
     viewer = _gate(request, who)
     if isinstance(viewer, Response):
         return viewer
-    return _render(viewer, "usage.html", "usage", "usage.title")
+    assert who is not None
+    today = gw.controller.clock().date()  # the ledger's clock
+    since = today - timedelta(days=RECENT_DAYS - 1)
+    span = (since.isoformat(), today.isoformat())
+    month = await build_report(gw, who, "user", "none", f"{today:%Y-%m}-01", span[1], "mine")
+    by_instance = await build_report(gw, who, "instance", "none", *span, "mine")
+    daily = await build_report(gw, who, "user", "day", *span, "mine")
+    table = daily if per == "day" else await build_report(gw, who, "user", "week", *span, "mine")
+    budgets = [costs.budget_view(s) for s in await gw.budgets.for_user(who.user_id)]
+    title = translator(viewer.lang)("usage.chart_daily")
+    chart = costs.daily_chart(daily.rows, costs.days(since, today), daily.currency, title)
+    csv = {"since": span[0], "until": span[1], "scope": "mine", "format": "csv"}
+    return _render(
+        viewer,
+        "usage.html",
+        "usage",
+        "usage.title",
+        month=month,
+        recent=by_instance,
+        table=table,
+        per=per,
+        chart=chart,
+        budgets=budgets,
+        csv_instance=_url(REPORT, {"by": "instance", "period": "none", **csv}),
+        csv_periods=_url(REPORT, {"by": "instance", "period": per, **csv}),
+    )
 
 
 @router.get("/account")
@@ -646,6 +685,100 @@ async def admin_gpu_uncordon(
 ) -> Response:
     """Put the card back into placement."""
     return await _cordon_form(request, gw, who, client, gpu_id, None)
+
+
+COST_GROUPS: tuple[tuple[str, str, str], ...] = (
+    ("team", "none", "admin.costs.csv_team"),
+    ("user", "none", "admin.costs.csv_user"),
+    ("instance", "none", "admin.costs.csv_instance"),
+    ("template", "none", "admin.costs.csv_template"),
+    ("gpu_type", "none", "admin.costs.csv_gpu_type"),
+    ("pool", "none", "admin.costs.csv_pool"),
+    ("resource", "none", "admin.costs.csv_resource"),
+    ("team", "day", "admin.costs.csv_team_day"),
+)
+"""The CSV downloads of the costs page: (group by, period, catalog key of the link)."""
+
+
+@router.get("/admin/costs")
+async def admin_costs(
+    request: Request,
+    gw: GatewayDep,
+    who: MaybeUser,
+    month: Annotated[str, Query(max_length=16)] = "",
+) -> Response:
+    """A month's costs (``month=YYYY-MM``, default this one): totals, charts by team, GPU type
+    and day, a table by user, the idle-waste ranking, CSV downloads and the budgets."""
+    viewer = _gate(request, who, admin=True)
+    if isinstance(viewer, Response):
+        return viewer
+    assert who is not None
+    current = f"{gw.controller.clock():%Y-%m}"
+    chosen = costs.parse_month(month) if month else current
+    if chosen is None:
+        return _error(viewer, 400, "error.bad_request", "error.bad_request_text", month)
+    first, last = costs.month_bounds(chosen)
+    by_team, by_gpu, by_user, by_instance, daily = await _month_reports(gw, who, first, last)
+    idle_instances = costs.idle_ranking(by_instance.rows)
+    charts = costs.month_charts(
+        translator(viewer.lang),
+        teams=by_team.rows,
+        gpu_types=by_gpu.rows,
+        daily=daily.rows,
+        days=costs.days(first, last),
+        currency=by_user.currency,
+    )
+    return _render(
+        viewer,
+        "admin_costs.html",
+        "admin-costs",
+        "admin.costs.title",
+        month=chosen,
+        prev_month=costs.shift_month(chosen, -1),
+        next_month=costs.shift_month(chosen, 1) if chosen < current else None,
+        total=by_user.total,
+        currency=by_user.currency,
+        users=by_user.rows,
+        charts=charts,
+        idle_instances=idle_instances,
+        idle_users=costs.idle_ranking(by_user.rows),
+        owners=await _owners(gw, [r.key for r in idle_instances if r.key]),
+        budgets=[costs.budget_view(s) for s in await gw.budgets.all()],
+        downloads=_downloads(first, last),
+    )
+
+
+async def _month_reports(gw: Gateway, who: Principal, first: date, last: date) -> list[Report]:
+    """Everyone's usage from ``first`` to ``last``: by team, GPU type, user, instance, and by
+    resource per day."""
+    groups: list[tuple[Dimension, Literal["day", "none"]]] = [
+        ("team", "none"),
+        ("gpu_type", "none"),
+        ("user", "none"),
+        ("instance", "none"),
+        ("resource", "day"),
+    ]
+    span = (first.isoformat(), last.isoformat())
+    return [await build_report(gw, who, by, period, *span, "all") for by, period in groups]
+
+
+def _downloads(first: date, last: date) -> list[tuple[str, str]]:
+    """(catalog key, CSV address) of each grouping of everyone's usage in these days."""
+    csv = {"since": first.isoformat(), "until": last.isoformat(), "scope": "all", "format": "csv"}
+    return [
+        (key, _url(REPORT, {"by": by, "period": period, **csv})) for by, period, key in COST_GROUPS
+    ]
+
+
+async def _owners(gw: Gateway, instance_ids: list[str]) -> dict[str, str]:
+    """The owners' names of these instances, by instance id (one query)."""
+    async with gw.db.read() as session:
+        found = await session.execute(
+            select(Instance.id, User.name)
+            .join(User, User.id == Instance.owner_id)
+            .where(Instance.id.in_(instance_ids))
+        )
+        return {str(i): str(name) for i, name in found.all()}
 
 
 # -- language and static files ------------------------------------------------------------------

@@ -12,6 +12,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from aigc_gateway.accounting import format_money
+from aigc_gateway.web.costs import hours
 from aigc_gateway.web.i18n import Translator, current_lang
 from aigc_gateway.web.views import crumbs, human_bytes, minutes, num, percent, when
 
@@ -50,6 +52,7 @@ def environment() -> Environment:
     )
     env.globals.update(t=_t, tr=_tr, current_lang=current_lang.get)
     env.filters.update(bytes=human_bytes, when=when, num=num, minutes=minutes)
+    env.filters.update(hours=hours, money=format_money)
     env.globals.update(percent=percent, crumbs=crumbs)
     return env
 
