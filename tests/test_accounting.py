@@ -203,7 +203,8 @@ async def test_midnight_and_a_price_change_cut_the_interval(ledger: Ledger) -> N
         "stop",
     )
     days = await report(ledger.admin, by="user", period="day")
-    assert [(r["period"], r["seconds"]) for r in days["rows"]] == [
+    # (Days with only stored data, billed at 0 here, have no engine seconds.)
+    assert [(r["period"], r["seconds"]) for r in days["rows"] if r["seconds"]] == [
         ("2026-03-10", 1800),
         ("2026-03-11", 1800),
     ]
