@@ -48,9 +48,8 @@ async def test_declared_inventory(alice: Api, admin: Api) -> None:
     assert r.status_code == 201  # 30 GiB fits the 80 GiB card
     inventory = (await admin.client.get("/api/gpus")).json()
     assert [g["id"] for g in inventory["gpus"]] == ["GPU-aaaa", "GPU-bbbb"]
-    assert inventory["gpus"][0]["pool"] == "onprem" and inventory["source"].startswith(
-        "2 GPU(s) declared"
-    )
+    assert inventory["gpus"][0]["pool"] == "onprem"
+    assert inventory["source"] == "2 GPU(s): 2 declared in the settings"
     assert (await alice.client.get("/api/gpus")).status_code == 403
 
 

@@ -31,15 +31,20 @@ def default_templates_dir() -> Path:
 
 
 class DeclaredGpu(BaseModel):
-    """One GPU in a declared inventory (``gpus:`` in the config file)."""
+    """One GPU in a declared inventory (``gpus:`` in the config file).
+
+    An entry whose ``id`` is the UUID of a card NVML finds on this host annotates that card (its
+    pool, rank, price, labels, cordon); the card's type and memory then come from NVML and may be
+    left out. Other entries add cards NVML cannot see (other hosts, planning, tests)."""
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1)
     """Stable id, e.g. the card's UUID (``GPU-…``), which engines get in CUDA_VISIBLE_DEVICES."""
     host: str = "local"
     index: int = Field(default=0, ge=0)
-    type: str = Field(min_length=1, description="e.g. rtx4090, a100-80g, h100")
-    memory_gib: float = Field(gt=0)
+    type: str | None = Field(default=None, min_length=1, description="e.g. rtx4090, a100-80g")
+    memory_gib: float | None = Field(default=None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
     pool: str = "local"
     pool_rank: int = Field(
         default=1, ge=0, description="lower ranks are used first (on-prem before cloud)"
@@ -69,6 +74,11 @@ class Settings(BaseSettings):
     gpus: list[DeclaredGpu] = Field(default_factory=list)
     """A declared GPU inventory; empty: discover this host's cards with NVML."""
     gpu_discovery: bool = True
+    gpu_pool: str = "local"
+    """Pool of discovered cards no declared entry annotates."""
+    gpu_pool_rank: int = Field(default=1, ge=0)
+    gpu_prices: dict[str, float] = Field(default_factory=dict)
+    """Price per hour of discovered cards by type (e.g. ``{h100: 2.5}``), for placement."""
     mps_control: str = "nvidia-cuda-mps-control"
     """The NVIDIA MPS control program that enforces GPU memory shares (a name on PATH or a
     path). Where it is missing, shares run unenforced and ``doctor`` says so."""

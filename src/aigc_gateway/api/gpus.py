@@ -45,6 +45,7 @@ class GpuPublic(BaseModel):
     pool: str
     pool_rank: int
     price_per_hour: float
+    labels: dict[str, str]
     cordon: Literal["cordon", "drain"] | None
     """``cordon``: takes no new engines; ``drain``: its engines were also moved off."""
     mode: Literal["free", "whole", "shared"]
@@ -162,6 +163,7 @@ def _gpu_public(
         pool=g.pool,
         pool_rank=g.pool_rank,
         price_per_hour=g.price_per_hour,
+        labels=dict(g.labels),
         cordon="drain" if cordon == "drain" else "cordon" if cordon or g.cordoned else None,
         mode=mode,
         instances=holders,

@@ -1,14 +1,17 @@
 """Build the GPU inventory the scheduler places on.
 
-An inventory declared in the settings (``gpus:`` in the config file: for planning, tests, or hosts
-whose cards NVML cannot see) wins; otherwise the cards NVML finds on this host are used, in pool
-``local``. A host with no NVIDIA driver has an empty inventory and runs CPU templates only.
+The cards NVML finds on this host (by UUID), merged with what the admin declares (``gpus:`` in the
+config file): an entry naming a discovered card's UUID sets its pool, rank, price, labels and
+cordon; other entries add cards NVML cannot see (other hosts, planning, tests). A host with no
+NVIDIA driver and nothing declared has an empty inventory and runs CPU templates only.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
+from aigc_gateway.errors import UserError
 from aigc_gateway.scheduler import Gpu, Inventory
 from aigc_gateway.settings import Settings
 
@@ -58,25 +61,78 @@ def _type_name(model: str) -> str:
     return compact or "gpu"
 
 
-def build_inventory(settings: Settings) -> tuple[Inventory, str]:
-    if settings.gpus:
-        declared = [
-            Gpu(
-                id=g.id,
-                host=g.host,
-                index=g.index,
-                type=g.type,
-                memory_gib=g.memory_gib,
-                pool=g.pool,
-                pool_rank=g.pool_rank,
-                price_per_hour=g.price_per_hour,
-                cordoned=g.cordoned,
+def merge(found: list[Gpu], settings: Settings) -> list[Gpu]:
+    """Discovered cards annotated by the declared entries naming them (by UUID), then the
+    declared cards NVML does not see. Unannotated discovered cards get the default pool, rank
+    and price by type from the settings."""
+    by_id = {g.id: g for g in found}
+    annotated: dict[str, Gpu] = {}
+    extra: list[Gpu] = []
+    for n, d in enumerate(settings.gpus):
+        base = by_id.get(d.id)
+        labels = tuple(sorted(d.labels.items()))
+        if base is not None:
+            annotated[d.id] = replace(
+                base,
+                type=d.type or base.type,
+                memory_gib=d.memory_gib or base.memory_gib,
+                pool=d.pool,
+                pool_rank=d.pool_rank,
+                price_per_hour=d.price_per_hour,
+                cordoned=d.cordoned,
+                labels=labels,
             )
-            for g in settings.gpus
-        ]
-        return Inventory(declared), f"{len(declared)} GPU(s) declared in the settings"
-    if not settings.gpu_discovery:
-        return Inventory([]), "GPU discovery is off and no GPU is declared"
-    found, note = discover()
-    log.info("GPU inventory: %s", note)
-    return Inventory(found), note
+            continue
+        if d.type is None or d.memory_gib is None:
+            raise UserError(
+                f"settings gpus[{n}] ({d.id}): not a GPU found on this host, so it needs "
+                "`type` and `memory_gib`; or use the UUID `nvidia-smi -L` shows",
+                code="invalid_settings",
+            )
+        extra.append(
+            Gpu(
+                id=d.id,
+                host=d.host,
+                index=d.index,
+                type=d.type,
+                memory_gib=d.memory_gib,
+                pool=d.pool,
+                pool_rank=d.pool_rank,
+                price_per_hour=d.price_per_hour,
+                cordoned=d.cordoned,
+                labels=labels,
+            )
+        )
+    merged = [
+        annotated.get(
+            g.id,
+            replace(
+                g,
+                pool=settings.gpu_pool,
+                pool_rank=settings.gpu_pool_rank,
+                price_per_hour=settings.gpu_prices.get(g.type, 0.0),
+            ),
+        )
+        for g in found
+    ]
+    return merged + extra
+
+
+def build_inventory(settings: Settings) -> tuple[Inventory, str]:
+    if settings.gpu_discovery:
+        found, note = discover()
+        log.info("GPU discovery: %s", note)
+    else:
+        found, note = [], "GPU discovery is off"
+    gpus = merge(found, settings)
+    declared = len(gpus) - len(found)
+    if not gpus:
+        return Inventory([]), note if settings.gpu_discovery else (
+            "GPU discovery is off and no GPU is declared"
+        )
+    parts = []
+    if found:
+        parts.append(f"{len(found)} found by NVML")
+    if declared:
+        parts.append(f"{declared} declared in the settings")
+    return Inventory(gpus), f"{len(gpus)} GPU(s): " + ", ".join(parts)

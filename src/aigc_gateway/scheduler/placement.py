@@ -45,6 +45,8 @@ class Gpu:
     pool_rank: int
     price_per_hour: float
     cordoned: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+    """Free-form facts the admin gave the card (rack, owner team...), shown, not placed on."""
 
 
 @dataclass(frozen=True, slots=True)
