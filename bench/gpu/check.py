@@ -35,6 +35,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 ENGINE = REPO / "bench" / "gpu" / "torch_engine.py"
 SHARE_GIB = 16
+USAGE_CACHE_S = 2.5
 
 
 def log(*parts: object) -> None:
@@ -239,6 +240,7 @@ def main() -> None:
         log("whole:", whole["gpu"]["placement"], "|", info)
         figures["whole_sees_its_card"] = info["visible"] == card_uuid and info["devices"] == 1
         figures["whole_alloc_8g"] = gw.engine(whole, "/alloc?gib=8")["ok"]
+        time.sleep(USAGE_CACHE_S)  # the gateway reads NVML at most every 2 s
         figures["whole_memory_used_mib"] = gw.get(whole["id"])["gpu"]["memory_used_mib"]
         before = nvml.used_mib()
         released = time.perf_counter()
@@ -272,6 +274,7 @@ def main() -> None:
         figures["share_b_past_limit_refused"] = past["ok"] is False
         log("share B asking past its limit:", past)
         figures["share_b_alloc_8g"] = gw.engine(b, "/alloc?gib=8")["ok"]
+        time.sleep(USAGE_CACHE_S)
         figures["share_memory_used_mib"] = [
             gw.get(i["id"])["gpu"]["memory_used_mib"] for i in (a, b)
         ]
