@@ -52,3 +52,9 @@ clean:
 bench-proxy: $(STAMP)
 	@test -d bench/proxy/node_modules || npm ci --prefix bench/proxy --no-audit --no-fund
 	$(BIN)/python bench/proxy/run.py
+
+# bench/accounting: usage reports over a year of ledger (1.2 M rows) on SQLite and PostgreSQL
+# (needs the postgresql package: scripts/system-deps.sh).
+.PHONY: bench-accounting
+bench-accounting: $(STAMP)
+	$(BIN)/python bench/accounting/run.py

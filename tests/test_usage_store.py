@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from aigc_gateway.accounting import parse_pricebook
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import UsageInterval
+from aigc_gateway.store.tables import UsageInterval, UsageRollup
 from aigc_gateway.store.usage import DIMENSIONS, Holding
 from aigc_gateway.store.users import create_user
 
@@ -187,6 +188,7 @@ async def test_every_report_adds_up_to_the_same_total(
 ) -> None:
     async with db.write() as s:
         await s.execute(UsageInterval.__table__.delete())
+        await s.execute(UsageRollup.__table__.delete())
     expected_seconds = 0
     for n, (user, holding, offset, length) in enumerate(sessions):
         iid = f"r{n}"
@@ -205,6 +207,14 @@ async def test_every_report_adds_up_to_the_same_total(
             for period in (None, "day", "week", "month"):
                 parts = await usage.report(s, dim, period)  # type: ignore[arg-type]
                 assert (sum(r.seconds for r in parts), sum(r.cost_micros for r in parts)) == total
+            # The rollup answers whole-month reports with exactly the ledger's rows.
+            for period in (None, "week", "month"):
+                for since, until in ((None, None), ("2026-05-01", "2026-05-31")):
+                    kw: dict[str, Any] = {"since": since, "until": until}
+                    assert usage.rollup_covers(period, since, until)  # type: ignore[arg-type]
+                    fast = await usage.report(s, dim, period, rollup=True, **kw)  # type: ignore[arg-type]
+                    slow = await usage.report(s, dim, period, rollup=False, **kw)  # type: ignore[arg-type]
+                    assert fast == slow
         one = await usage.report(s, "instance", "day", user_id="u2")
         assert all(r.key is not None for r in one)
         assert sum(r.seconds for r in one) == sum(

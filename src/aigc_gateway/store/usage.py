@@ -9,14 +9,38 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    Table,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, period_label, split
-from aigc_gateway.store.tables import Team, TeamMember, UsageInterval, User
+from aigc_gateway.store.tables import (
+    ROLLUP_GRAIN,
+    Team,
+    TeamMember,
+    UsageInterval,
+    UsageRollup,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +180,7 @@ async def close_intervals(
         stop = max(row.start_at, row.observed_at if end is None else end)
         closed.extend(_close_cut(session, row, stop, pricebook, closed_by))
     await session.flush()
+    await roll_up(session, closed)
     return closed
 
 
@@ -213,15 +238,17 @@ async def cut_at_midnight(session: AsyncSession, now: datetime, pricebook: Price
         .where(UsageInterval.end_at.is_(None), UsageInterval.start_at < midnight)
         .with_for_update()
     )
+    closed: list[UsageInterval] = []
     for row in list(rows):
         observed, minute = row.observed_at, row.last_active_minute
-        _close_cut(session, row, midnight, pricebook, "day")
+        closed.extend(_close_cut(session, row, midnight, pricebook, "day"))
         nxt = _continuation(row, midnight)
         nxt.observed_at = max(midnight, observed)
         nxt.last_active_minute = minute  # a minute counted before midnight is not counted again
         session.add(nxt)
         cut += 1
     await session.flush()
+    await roll_up(session, closed)
     return cut
 
 
@@ -249,36 +276,36 @@ async def record_storage(
         )
     )
     end = day_start + timedelta(days=1)
-    added = 0
+    added: list[UsageInterval] = []
     for v in volumes:
         if v.volume_id in done:
             continue
         team_id = await team_of(session, v.user_id)
-        session.add(
-            UsageInterval(
-                instance_id=v.volume_id,
-                instance_name=f"{v.family} data",
-                user_id=v.user_id,
-                team_id=team_id,
-                template_id=v.family,
-                template_version="",
-                resource="storage",
-                gpu_count=0,
-                share_gib=round(v.gib, 3),
-                start_at=day_start,
-                end_at=end,
-                observed_at=end,
-                seconds=0,
-                active_s=0,
-                cost_micros=pricebook.storage_cost_micros(round(v.gib, 3), day_start, end),
-                currency=pricebook.currency,
-                closed_by="storage",
-                **_labels(day_start),
-            )
+        row = UsageInterval(
+            instance_id=v.volume_id,
+            instance_name=f"{v.family} data",
+            user_id=v.user_id,
+            team_id=team_id,
+            template_id=v.family,
+            template_version="",
+            resource="storage",
+            gpu_count=0,
+            share_gib=round(v.gib, 3),
+            start_at=day_start,
+            end_at=end,
+            observed_at=end,
+            seconds=0,
+            active_s=0,
+            cost_micros=pricebook.storage_cost_micros(round(v.gib, 3), day_start, end),
+            currency=pricebook.currency,
+            closed_by="storage",
+            **_labels(day_start),
         )
-        added += 1
+        session.add(row)
+        added.append(row)
     await session.flush()
-    return added
+    await roll_up(session, added)
+    return len(added)
 
 
 async def observe(session: AsyncSession, instance_ids: Sequence[str], at: datetime) -> None:
@@ -311,6 +338,75 @@ async def add_activity(session: AsyncSession, last: dict[str, float]) -> None:
         )
 
 
+# -- the rollup --------------------------------------------------------------------------------
+
+
+def _grain(row: UsageInterval) -> tuple[str, ...]:
+    return tuple(str(getattr(row, c) or "") for c in ROLLUP_GRAIN)
+
+
+async def roll_up(session: AsyncSession, closed: Iterable[UsageInterval]) -> None:
+    """Add closed rows to the rollup (same transaction; rows close once, so adding is exact)."""
+    sums: dict[tuple[str, ...], list[int]] = {}
+    for row in closed:
+        acc = sums.setdefault(_grain(row), [0, 0, 0, 0])
+        acc[0] += row.seconds
+        acc[1] += row.active_s
+        acc[2] += row.cost_micros
+        acc[3] += row.seconds * row.gpu_count
+    if not sums:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    table: Table = UsageRollup.__table__  # type: ignore[assignment]
+    for key, (seconds, active, cost, gpu_s) in sums.items():
+        stmt = insert(table).values(
+            **dict(zip(ROLLUP_GRAIN, key, strict=True)),
+            seconds=seconds,
+            active_s=active,
+            cost_micros=cost,
+            gpu_seconds=gpu_s,
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=list(ROLLUP_GRAIN),
+                set_={
+                    "seconds": table.c.seconds + stmt.excluded.seconds,
+                    "active_s": table.c.active_s + stmt.excluded.active_s,
+                    "cost_micros": table.c.cost_micros + stmt.excluded.cost_micros,
+                    "gpu_seconds": table.c.gpu_seconds + stmt.excluded.gpu_seconds,
+                },
+            )
+        )
+
+
+async def rebuild_rollup(session: AsyncSession) -> int:
+    """Recompute the rollup from the closed ledger rows (after a bulk import or a restore);
+    returns the rollup's rows."""
+    u = UsageInterval.__table__.c
+    table: Table = UsageRollup.__table__  # type: ignore[assignment]
+    keys = [
+        func.coalesce(u[c], "") if u[c].nullable else u[c]  # "" for unknown, as in roll_up
+        for c in ROLLUP_GRAIN
+    ]
+    await session.execute(table.delete())
+    await session.execute(
+        table.insert().from_select(
+            [*ROLLUP_GRAIN, "seconds", "active_s", "cost_micros", "gpu_seconds"],
+            select(
+                *keys,
+                func.sum(u.seconds),
+                func.sum(u.active_s),
+                func.sum(u.cost_micros),
+                func.sum(u.seconds * u.gpu_count),
+            )
+            .where(u.end_at.is_not(None))
+            .group_by(*keys),
+        )
+    )
+    return int(await session.scalar(select(func.count()).select_from(table)) or 0)
+
+
 # -- reports -----------------------------------------------------------------------------------
 
 Dimension = Literal["user", "team", "template", "instance", "gpu_type", "pool", "resource"]
@@ -324,6 +420,17 @@ DIMENSIONS: tuple[Dimension, ...] = (
     "resource",
 )
 PeriodColumn = Literal["day", "week", "month"]
+KEYS: dict[Dimension, str] = {
+    "user": "user_id",
+    "team": "team_id",
+    "template": "template_id",
+    "instance": "instance_id",
+    "gpu_type": "gpu_type",
+    "pool": "gpu_pool",
+    "resource": "resource",
+}
+SCAN_DAYS = 62
+"""Past this many days a report scans the ledger rather than walking an index over it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,18 +445,48 @@ class ReportRow:
     """Seconds times whole GPUs held (a share counts as 0)."""
 
 
-def _dimension(dim: Dimension) -> tuple[Any, Any]:
-    u = UsageInterval
-    columns: dict[Dimension, tuple[Any, Any]] = {
-        "user": (u.user_id, User.name),
-        "team": (u.team_id, Team.name),
-        "template": (u.template_id, u.template_id),
-        "instance": (u.instance_id, u.instance_name),
-        "gpu_type": (u.gpu_type, u.gpu_type),
-        "pool": (u.gpu_pool, u.gpu_pool),
-        "resource": (u.resource, u.resource),
-    }
-    return columns[dim]
+class Unindexed(ColumnElement[Any]):
+    """A column SQLite's planner must not use an index for (``+col``); the plain column on
+    other databases. Without range statistics SQLite takes any day range for selective and walks
+    an index over nearly the whole ledger, 3-4 times slower than scanning it."""
+
+    inherit_cache = True
+    _traverse_internals = [("col", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, col: Any) -> None:
+        self.col = col
+        self.type = col.type
+
+
+@compiles(Unindexed)
+def _plain(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.col, **kw))
+
+
+@compiles(Unindexed, "sqlite")
+def _unindexed(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.col, **kw))
+
+
+def _long(since: str | None, until: str | None) -> bool:
+    if since is None:
+        return True
+    end = date.fromisoformat(until) if until else datetime.now(UTC).date()
+    return (end - date.fromisoformat(since)).days > SCAN_DAYS
+
+
+def rollup_covers(period: PeriodColumn | None, since: str | None, until: str | None) -> bool:
+    """The rollup answers reports by week, month or none over whole months."""
+    if period == "day" or (since and not since.endswith("-01")):
+        return False
+    return not until or (date.fromisoformat(until) + timedelta(days=1)).day == 1
+
+
+def _bound(value: str) -> Any:
+    # In the SQL text, not a bind parameter: PostgreSQL plans a prepared statement once for any
+    # range after a few runs (a "generic plan" that takes a range for 0.5 % of the table), and
+    # the days are checked against a strict pattern by the API.
+    return literal(value, String, literal_execute=True)
 
 
 def report_query(
@@ -359,33 +496,59 @@ def report_query(
     since: str | None,
     until: str | None,
     user_id: str | None,
+    from_rollup: bool = False,
 ) -> Select[Any]:
-    """Sums of closed rows by ``dim`` (and ``period``) over UTC days ``since``..``until``
-    (``YYYY-MM-DD``, inclusive); ``user_id`` limits it to one user's usage. Every sum is of
-    integers, so the parts of a report add up to its total exactly."""
-    u = UsageInterval
-    key, label = _dimension(dim)
-    group: list[Any] = [key, label] if label is not key else [key]
+    """Sums by ``dim`` (and ``period``) over UTC days ``since``..``until`` (inclusive);
+    ``user_id`` limits it to one user's usage. Aggregated by the key alone, then joined to the
+    names, with integer sums, so the parts of a report add up to its total exactly."""
+    src: Any = UsageRollup.__table__ if from_rollup else UsageInterval.__table__
+    c = src.c
+    scan = not from_rollup and _long(since, until)
+    column: Any = c[KEYS[dim]]
+    if column.nullable:
+        # "" for unknown, as in the rollup: one order of rows on every database and source.
+        column = func.coalesce(column, "")
+    elif scan:
+        column = Unindexed(column)
+    key = column.label("key")
+    group: list[Any] = [key]
+    if dim == "instance":
+        group.append(c.instance_name.label("name"))
     if period:
-        group.append(getattr(u, period))
-    query: Select[Any] = select(
-        *group,
-        func.sum(u.seconds),
-        func.sum(u.active_s),
-        func.sum(u.cost_micros),
-        func.sum(u.seconds * u.gpu_count),
-    ).where(u.end_at.is_not(None))
-    if dim == "user":
-        query = query.join(User, User.id == u.user_id)
-    if dim == "team":
-        query = query.outerjoin(Team, Team.id == u.team_id)
-    if since:
-        query = query.where(u.day >= since)
-    if until:
-        query = query.where(u.day <= until)
+        group.append(c[period].label("period"))
+    gpu_s = c.gpu_seconds if from_rollup else c.seconds * c.gpu_count
+    sums = [
+        cast(func.sum(x), BigInteger).label(n)
+        for x, n in ((c.seconds, "s"), (c.active_s, "a"), (c.cost_micros, "m"), (gpu_s, "g"))
+    ]
+    inner = select(*group, *sums).group_by(*group)
+    if from_rollup:
+        if since:
+            inner = inner.where(c.month >= _bound(since[:7]))
+        if until:
+            inner = inner.where(c.month <= _bound(until[:7]))
+    else:
+        day: Any = Unindexed(c.day) if scan else c.day
+        inner = inner.where(c.end_at.is_not(None))
+        if since:
+            inner = inner.where(day >= _bound(since))
+        if until:
+            inner = inner.where(day <= _bound(until))
     if user_id:
-        query = query.where(u.user_id == user_id)
-    return query.group_by(*group).order_by(*group)
+        inner = inner.where(c.user_id == user_id)
+    sub = inner.subquery()
+    label: Any = sub.c.name if dim == "instance" else sub.c.key
+    if dim == "user":
+        label = User.name
+    if dim == "team":
+        label = Team.name
+    query = select(sub.c.key, label, sub.c.period if period else null(), *sub.c[-4:])
+    if dim == "user":
+        query = query.join(User, User.id == sub.c.key)
+    if dim == "team":
+        query = query.outerjoin(Team, Team.id == sub.c.key)
+    order = [sub.c.key, label] if dim == "instance" else [sub.c.key]
+    return query.order_by(*order, *([sub.c.period] if period else []))
 
 
 async def report(
@@ -396,19 +559,19 @@ async def report(
     since: str | None = None,
     until: str | None = None,
     user_id: str | None = None,
+    rollup: bool = True,
 ) -> list[ReportRow]:
-    query = report_query(dim, period, since=since, until=until, user_id=user_id)
-    same_label = _dimension(dim)[0] is _dimension(dim)[1]
+    """The report, from the rollup where it covers the range (``rollup=False``: always from
+    the ledger, which gives the same rows)."""
+    from_rollup = rollup and rollup_covers(period, since, until)
+    query = report_query(
+        dim, period, since=since, until=until, user_id=user_id, from_rollup=from_rollup
+    )
     out = []
-    for r in await session.execute(query):
-        values = list(r)
-        key = values.pop(0)
-        label = key if same_label else values.pop(0)
-        per = values.pop(0) if period else None
-        seconds, active, cost, gpu_s = values
+    for key, label, per, seconds, active, cost, gpu_s in await session.execute(query):
         out.append(
             ReportRow(
-                key=key,
+                key=key or None,
                 label="" if label is None else str(label),
                 period=per,
                 seconds=int(seconds or 0),
