@@ -466,7 +466,7 @@ class TestGpuPages:
         )
         page = (await root.get("/admin/gpus")).text
         assert 'href="/admin/gpus" aria-current="page"' in page
-        assert "2 GPU(s) declared in the settings" in text_of(page, "gpu-source")
+        assert "2 GPU(s): 2 declared in the settings" in text_of(page, "gpu-source")
         assert "yes" in text_of(page, "gpu-mps")  # the control program is there
         a = opening_tag(page, "gpu-GPU-aaaa")
         assert 'data-mode="whole"' in a and 'data-cordon=""' in a
