@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from aigc_gateway import __version__
 from aigc_gateway.api import (
@@ -59,8 +62,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gw.close()
 
 
+class GatewayApp(FastAPI):
+    """The gateway's ASGI app: instance traffic goes to the proxy before anything else, so
+    engine requests skip the framework's middleware stack (error pages, telemetry, body limits:
+    the proxy has its own); everything else is the FastAPI app."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._entry = InstanceProxy(functools.partial(FastAPI.__call__, self))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        await self._entry(scope, receive, send)
+
+
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(
+    app = GatewayApp(
         title="AIGC Gateway",
         version=__version__,
         lifespan=lifespan,
@@ -68,7 +85,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(LanguageMiddleware)  # the gateway's pages in the visitor's language
-    app.add_middleware(InstanceProxy)  # outermost: engine traffic skips every other layer
     api_errors.install(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
