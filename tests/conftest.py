@@ -3,8 +3,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import hypothesis  # noqa: F401 - see below
@@ -64,13 +65,22 @@ class RunningGateway:
 
 
 @pytest.fixture
+def ledger_clock() -> Callable[[], datetime] | None:
+    """The clock the gateway's ledger reads; override it (e.g. with a
+    :class:`~tests.support.gateway.FakeClock`) to decide how long instances hold what."""
+    return None
+
+
+@pytest.fixture
 def gateway_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Test settings; parametrize indirectly with a dict of overrides."""
     return make_settings(tmp_path, **getattr(request, "param", {}))
 
 
 @pytest.fixture
-def gateway(gateway_settings: Settings) -> Iterator[RunningGateway]:
+def gateway(
+    gateway_settings: Settings, ledger_clock: Callable[[], datetime] | None
+) -> Iterator[RunningGateway]:
     """The real app on a real socket, with an admin and two users (alice, bob)."""
     sock = bound_socket()
     settings = gateway_settings.model_copy(
@@ -84,6 +94,8 @@ def gateway(gateway_settings: Settings) -> Iterator[RunningGateway]:
     app = create_app(settings)
     try:
         with serve_in_thread(app, sock) as url:
+            if ledger_clock is not None:
+                app.state.gateway.controller.clock = ledger_clock
             yield RunningGateway(url, settings, first.token, alice, bob)
     finally:
         stop_engines(settings)

@@ -7,33 +7,29 @@ checks the ledger and the reports to the second and to the micro-unit.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from aigc_gateway.app import create_app
-from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings
+from tests.conftest import RunningGateway
 from tests.support.fake_mps import install_fake_mps
 from tests.support.gateway import (
     Api,
+    FakeClock,
     add_user,
     make_settings,
-    stop_engines,
     stop_engines_async,
     write_templates,
 )
 from tests.support.process import free_port, gateway_process
-from tests.support.server import bound_socket, serve_in_thread
 
 PRICES = """
 currency: EUR
@@ -52,17 +48,6 @@ GPUS = [
 T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, **delta: float) -> None:
-        self.at += timedelta(**delta)
-
-
 @dataclass
 class Ledger:
     url: str
@@ -73,30 +58,28 @@ class Ledger:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
+def ledger_clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def gateway_settings(tmp_path: Path) -> Settings:
     (tmp_path / "prices.yaml").write_text(PRICES)
     program, _ = install_fake_mps(tmp_path / "mps-bin")
-    sock = bound_socket()
-    settings: Settings = make_settings(
+    return make_settings(
         tmp_path,
         pricebook=tmp_path / "prices.yaml",
         gpus=GPUS,
         mps_control=str(program),
-        public_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
         max_instances_per_user=10,
     )
-    first = asyncio.run(bootstrap(settings))
-    assert first is not None and first.token is not None
-    alice = asyncio.run(add_user(settings, "alice"))
-    bob = asyncio.run(add_user(settings, "bob"))
-    app = create_app(settings)
-    clock = FakeClock(T0)
-    try:
-        with serve_in_thread(app, sock) as url:
-            app.state.gateway.controller.clock = clock
-            yield Ledger(url, clock, Api(url, alice), Api(url, bob), Api(url, first.token))
-    finally:
-        stop_engines(settings)
+
+
+@pytest.fixture
+def ledger(
+    gateway: RunningGateway, ledger_clock: FakeClock, alice: Api, bob: Api, admin: Api
+) -> Ledger:
+    return Ledger(gateway.url, ledger_clock, alice, bob, admin)
 
 
 async def rows(api: Api, instance_id: str) -> list[dict[str, Any]]:

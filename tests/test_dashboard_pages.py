@@ -21,10 +21,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-import aigc_gateway.app
 from aigc_gateway.accounting import format_money
 from aigc_gateway.doctor import gpu_summary
-from aigc_gateway.gateway import Gateway
 from aigc_gateway.settings import Settings
 from tests.conftest import RunningGateway
 from tests.support.fake_mps import install_fake_mps
@@ -677,17 +675,12 @@ class TestUsagePages:
     tests move on: alice runs an engine on the GPU for two hours, bob one on CPU."""
 
     @pytest.fixture
-    def clock(self, monkeypatch: pytest.MonkeyPatch) -> LedgerClock:
-        clock = LedgerClock()
-        opened = aigc_gateway.app.open_gateway
+    def ledger_clock(self) -> LedgerClock:
+        return LedgerClock()
 
-        async def with_clock(settings: Settings) -> Gateway:
-            gw = await opened(settings)
-            gw.controller.clock = clock
-            return gw
-
-        monkeypatch.setattr(aigc_gateway.app, "open_gateway", with_clock)
-        return clock
+    @pytest.fixture
+    def clock(self, ledger_clock: LedgerClock) -> LedgerClock:
+        return ledger_clock
 
     @pytest.fixture
     def gateway_settings(self, tmp_path: Path, clock: LedgerClock) -> Settings:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from aigc_gateway.api.metrics import check_scraper, is_loopback
-from aigc_gateway.app import create_app
-from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.errors import Forbidden, Unauthorized
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.metrics import Metrics, ProxyKind
@@ -32,9 +29,8 @@ from aigc_gateway.settings import Settings
 from aigc_gateway.templates.registry import TemplateRegistry
 from tests.conftest import RunningGateway
 from tests.support.fake_mps import install_fake_mps
-from tests.support.gateway import Api, add_user, make_settings, stop_engines
+from tests.support.gateway import Api, FakeClock, make_settings
 from tests.support.hosts import browser_for
-from tests.support.server import bound_socket, serve_in_thread
 
 HTML = {"Accept": "text/html"}
 
@@ -267,46 +263,10 @@ ONE_CARD = [{"id": "GPU-aaaa", "type": "rtx4090", "memory_gib": 24, "pool": "onp
 T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
 
-class FakeClock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
 @dataclass
 class Metered:
     url: str
     clock: FakeClock
-    tokens: tuple[str, str, str]
-    """alice's, bob's and the administrator's."""
-
-
-@pytest.fixture
-def metered(tmp_path: Path) -> Iterator[Metered]:
-    (tmp_path / "prices.yaml").write_text(PRICES)
-    program, _ = install_fake_mps(tmp_path / "mps-bin")
-    sock = bound_socket()
-    settings: Settings = make_settings(
-        tmp_path,
-        pricebook=tmp_path / "prices.yaml",
-        gpus=ONE_CARD,
-        mps_control=str(program),
-        public_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-    )
-    first = asyncio.run(bootstrap(settings))
-    assert first is not None and first.token is not None
-    alice = asyncio.run(add_user(settings, "alice"))
-    bob = asyncio.run(add_user(settings, "bob"))
-    app = create_app(settings)
-    clock = FakeClock(T0)
-    try:
-        with serve_in_thread(app, sock) as url:
-            app.state.gateway.controller.clock = clock
-            yield Metered(url, clock, (alice, bob, first.token))
-    finally:
-        stop_engines(settings)
 
 
 async def open_instance(url: str, inst: dict[str, Any]) -> None:
@@ -321,12 +281,25 @@ async def open_instance(url: str, inst: dict[str, Any]) -> None:
         assert page.status_code == 200 and page.text == "ok"
 
 
-async def test_metrics_follow_instances_the_proxy_and_the_ledger(metered: Metered) -> None:
-    alice, bob, admin = (Api(metered.url, token) for token in metered.tokens)
-    try:
-        await follow(metered, alice, bob, admin)
-    finally:
-        await asyncio.gather(alice.aclose(), bob.aclose(), admin.aclose())
+class TestEndToEnd:
+    """One declared RTX card, a price book and a fake ledger clock."""
+
+    @pytest.fixture
+    def ledger_clock(self) -> FakeClock:
+        return FakeClock(T0)
+
+    @pytest.fixture
+    def gateway_settings(self, tmp_path: Path) -> Settings:
+        (tmp_path / "prices.yaml").write_text(PRICES)
+        program, _ = install_fake_mps(tmp_path / "mps-bin")
+        return make_settings(
+            tmp_path, pricebook=tmp_path / "prices.yaml", gpus=ONE_CARD, mps_control=str(program)
+        )
+
+    async def test_metrics_follow_instances_the_proxy_and_the_ledger(
+        self, gateway: RunningGateway, ledger_clock: FakeClock, alice: Api, bob: Api, admin: Api
+    ) -> None:
+        await follow(Metered(gateway.url, ledger_clock), alice, bob, admin)
 
 
 async def follow(metered: Metered, alice: Api, bob: Api, admin: Api) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,19 @@ async def add_user(settings: Settings, name: str, *, admin: bool = False, scopes
             return await create_token(session, user=user, name="test", scopes=scopes)
     finally:
         await db.close()
+
+
+class FakeClock:
+    """A clock the test moves by hand (for the ledger: ``ledger_clock`` in conftest)."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        self.at += timedelta(**delta)
 
 
 class Api:
