@@ -73,9 +73,3 @@ class GpuUsage:
                     self._value = {}
                 self._at = time.monotonic()
             return self._value
-
-    async def used_mib(self, pid: int | None) -> int | None:
-        if pid is None:
-            return None
-        used = (await self.by_session()).get(pid)
-        return None if used is None else used // 2**20

@@ -170,10 +170,6 @@ class Budgets:
                     fresh.append(status)
         return fresh
 
-    async def warned(self, status: BudgetStatus) -> bool:
-        async with self._db.read() as session:
-            return await session.get(BudgetWarning, (status.budget_id, status.month)) is not None
-
     async def over_hard_to_pause(self) -> list[str]:
         """Running instances whose owner's budget is past its hard limit with
         ``pause_when_over``."""

@@ -83,10 +83,6 @@ class GpuBroker:
 
     # -- reading --------------------------------------------------------------------------------
 
-    @property
-    def has_gpus(self) -> bool:
-        return bool(self._gpus)
-
     def gpu(self, gpu_id: str) -> Gpu | None:
         return self._gpus.get(gpu_id)
 

@@ -9,7 +9,7 @@ never meet, and whole-GPU engines (which never get the pipe directory) are not a
 The daemon is started when the first share lands on a card and asked to quit when the last share
 leaves. It outlives the gateway process, like the engines do; a restarted gateway finds it by its
 pipe directory. Where the control program is missing (no driver, a CPU test host) shares still run
-with the same environment, unenforced, and :attr:`MpsControl.available` says so.
+with the same environment, unenforced, and :attr:`MpsControl.program` is None.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ class MpsControl:
     def program(self) -> str | None:
         """The control program's path, or None where it is not installed."""
         return shutil.which(self._command)
-
-    @property
-    def available(self) -> bool:
-        return self.program is not None
 
     def _dir(self, device: str) -> Path:
         return self._root / hashlib.sha256(device.encode()).hexdigest()[:12]

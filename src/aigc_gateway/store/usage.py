@@ -616,7 +616,3 @@ async def month_spend(
 
 def month_of(at: datetime) -> str:
     return period_label(at, "month")
-
-
-def since_days(now: datetime, days: int) -> str:
-    return period_label(now - timedelta(days=days), "day")
