@@ -91,11 +91,9 @@ def gateway(
     assert first.token is not None
     alice = asyncio.run(add_user(settings, "alice"))
     bob = asyncio.run(add_user(settings, "bob"))
-    app = create_app(settings)
+    app = create_app(settings, ledger_clock=ledger_clock)
     try:
         with serve_in_thread(app, sock) as url:
-            if ledger_clock is not None:
-                app.state.gateway.controller.clock = ledger_clock
             yield RunningGateway(url, settings, first.token, alice, bob)
     finally:
         stop_engines(settings)

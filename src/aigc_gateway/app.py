@@ -8,8 +8,9 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    gw = await open_gateway(settings)
+    gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
     app.state.gateway = gw
     await gw.controller.start()
     watcher = asyncio.create_task(
@@ -76,7 +77,10 @@ class GatewayApp(FastAPI):
         await self._entry(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, *, ledger_clock: Callable[[], datetime] | None = None
+) -> FastAPI:
+    """The app; ``ledger_clock`` replaces the time the usage ledger records (tests)."""
     app = GatewayApp(
         title="AIGC Gateway",
         version=__version__,
@@ -84,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Per-user AI content engines on shared GPUs.",
     )
     app.state.settings = settings
+    app.state.ledger_clock = ledger_clock
     app.add_middleware(LanguageMiddleware)  # the gateway's pages in the visitor's language
     api_errors.install(app)
     app.include_router(health.router)

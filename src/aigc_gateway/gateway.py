@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -96,7 +97,10 @@ def make_runtime(settings: Settings) -> Runtime:
     return LocalRuntime(state_dir=settings.runtime_dir, mps=mps)
 
 
-async def open_gateway(settings: Settings) -> Gateway:
+async def open_gateway(
+    settings: Settings, *, ledger_clock: Callable[[], datetime] | None = None
+) -> Gateway:
+    """Open every part. ``ledger_clock`` replaces the time the usage ledger records (tests)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
     await db.migrate()
@@ -126,6 +130,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         gpus=gpus,
         pricebook=pricebook,
         over_budget=budgets.over_hard_to_pause,
+        clock=ledger_clock,
         metrics=metrics,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)

@@ -86,6 +86,7 @@ class Controller:
         pricebook: PriceBook | None = None,
         over_budget: Callable[[], Awaitable[list[str]]] | None = None,
         metrics: Metrics | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -102,8 +103,8 @@ class Controller:
         self._over_budget = over_budget
         """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
         self.metrics = metrics or Metrics()
-        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-        """The time the ledger records (tests replace it with a fake clock)."""
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        """The time the ledger records (tests give a fake clock)."""
         self._metered_day: datetime | None = None
         self._stopped_at: dict[str, datetime] = {}
         """When this process stopped an engine: where its usage interval ends."""
