@@ -72,9 +72,19 @@ def ledger_clock() -> Callable[[], datetime] | None:
 
 
 @pytest.fixture
-def gateway_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+def proxy_fast_path() -> bool:
+    """Which proxy serves instance traffic: the connection-level one (``proxy/front.py``) or,
+    parametrized to False, the ASGI one alone. Modules about the proxy run under both."""
+    return True
+
+
+@pytest.fixture
+def gateway_settings(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy_fast_path: bool
+) -> Settings:
     """Test settings; parametrize indirectly with a dict of overrides."""
-    return make_settings(tmp_path, **getattr(request, "param", {}))
+    overrides = {"proxy_fast_path": proxy_fast_path, **getattr(request, "param", {})}
+    return make_settings(tmp_path, **overrides)
 
 
 @pytest.fixture

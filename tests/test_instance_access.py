@@ -15,6 +15,10 @@ from tests.conftest import RunningGateway
 from tests.support.gateway import Api
 from tests.support.nginx import NginxFront, nginx_in_front, require_nginx
 
+# Both proxies serve instance traffic (proxy/front.py, and the ASGI one it hands over to):
+# each behaviour here must hold on either.
+pytestmark = pytest.mark.parametrize("proxy_fast_path", [True, False], ids=["front", "asgi"])
+
 
 def host_of(inst: dict[str, object]) -> str:
     return f"{inst['slug']}.localhost"

@@ -16,6 +16,10 @@ from tests.conftest import RunningGateway
 from tests.support.gateway import Api
 from tests.support.hosts import browser_for
 
+# Both proxies serve instance traffic (proxy/front.py, and the ASGI one it hands over to):
+# each behaviour here must hold on either.
+pytestmark = pytest.mark.parametrize("proxy_fast_path", [True, False], ids=["front", "asgi"])
+
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 
 

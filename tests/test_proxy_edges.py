@@ -14,6 +14,10 @@ from tests.conftest import RunningGateway
 from tests.support.gateway import Api
 from tests.test_proxy import HTML, open_through_gateway, signed_in_browser
 
+# Both proxies serve instance traffic (proxy/front.py, and the ASGI one it hands over to):
+# each behaviour here must hold on either.
+pytestmark = pytest.mark.parametrize("proxy_fast_path", [True, False], ids=["front", "asgi"])
+
 
 def volume(gw: RunningGateway, family: str) -> Path:
     return next(gw.settings.volumes_dir.glob(f"*/{family}"))

@@ -1,6 +1,6 @@
 """bench/proxy: the gateway's streaming reverse proxy against configurable-http-proxy and nginx.
 
-One run, one workload, four targets, all in front of the same backend processes:
+One run, one workload, five targets (the first four in front of the same backend processes):
 
 1. ``direct``: the backend itself;
 2. ``chp``: configurable-http-proxy (JupyterHub's proxy; pinned in ``package.json``), with a
@@ -12,7 +12,11 @@ One run, one workload, four targets, all in front of the same backend processes:
    launches like any engine. The load signs in as a user, opens both instances (one-time
    hand-over → ``aigc_instance`` cookie) and goes to ``127.0.0.1:<port>`` with
    ``Host: <slug>.localhost:<port>`` and that cookie: the gateway's whole instance path
-   (route table, access check, activity, header rewriting, relay).
+   (route table, access check, activity, header rewriting, relay) — the connection-level
+   relay (``proxy/front.py``), as served by default;
+5. ``gateway-asgi`` (skip with ``--no-asgi``): a second gateway, with engines of its own and
+   ``AIGC_PROXY_FAST_PATH=false``, relaying through the ASGI proxy alone: the baseline the
+   connection-level path is measured against in the same run.
 
 The backends (see ``backend.py``) are the gateway's engines, reused by the other targets once the
 gateway reports them running: nginx serving ``/small`` (``ok\\n``) and ``/big`` (10 MiB), and a
@@ -705,6 +709,12 @@ def report(targets: dict[str, Target], args: argparse.Namespace, cpus: Cpus) -> 
         "large_mbps_vs_nginx": round(mean(gw, "large_mbps") / mean(nginx, "large_mbps"), 3),
         "nginx_ws_rtt_added_us_p50": round(mean(nginx, "ws_added_us"), 1),
     }
+    asgi = targets.get("gateway-asgi")
+    if asgi is not None:  # the connection-level path against the ASGI one, same run
+        figures["small_rps_vs_asgi"] = round(mean(gw, "small_rps") / mean(asgi, "small_rps"), 3)
+        figures["small_cpu_vs_asgi"] = round(
+            mean(gw, "small_cpu_us") / mean(asgi, "small_cpu_us"), 3
+        )
     for t in targets.values():
         for _, key, _fmt in HTTP_COLUMNS + WS_COLUMNS:
             if (t.pgid is not None or "cpu" not in key) and key != "ws_added_us":
@@ -753,6 +763,13 @@ async def main() -> None:
     parser.add_argument("--ws-messages", type=int, default=2000)
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="no taskset")
     parser.add_argument(
+        "--no-asgi",
+        dest="asgi",
+        action="store_false",
+        help="skip the second gateway that relays through the ASGI proxy alone (the baseline "
+        "of the connection-level path)",
+    )
+    parser.add_argument(
         "--gateway-env",
         action="append",
         default=[],
@@ -780,6 +797,9 @@ async def main() -> None:
         script.write_text(WRK_REPORT)
         templates = write_templates(root / "templates", www, cpus)
         settings = Settings(dev=True, data_dir=root / "gateway-data", templates_dir=templates)
+        asgi_settings = Settings(
+            dev=True, data_dir=root / "gateway-asgi-data", templates_dir=templates
+        )
         try:
             print("starting the gateway and its two engines (the backends) …", flush=True)
             gateway, http_up, ws_up = await gateway_target(procs, settings, cpus, gateway_env)
@@ -789,6 +809,13 @@ async def main() -> None:
                 "nginx": start_nginx_proxy(procs, root, http_up, ws_up, cpus),
                 "gateway": gateway,
             }
+            if args.asgi:
+                print("starting a second gateway with the ASGI proxy alone …", flush=True)
+                asgi, _, _ = await gateway_target(
+                    procs, asgi_settings, cpus, {**gateway_env, "AIGC_PROXY_FAST_PATH": "false"}
+                )
+                asgi.name = "gateway-asgi"
+                targets["gateway-asgi"] = asgi
             direct = targets["direct"]
             direct.ws_host, direct.ws_port = ws_up, int(ws_up.rsplit(":", 1)[1])
             for target in targets.values():
@@ -802,6 +829,8 @@ async def main() -> None:
             procs.stop_all()  # the gateway first: engines outlive it by design
             try:
                 await stop_engines_async(settings)
+                if args.asgi:
+                    await stop_engines_async(asgi_settings)
             finally:
                 kill_leftovers(root)
     figures = report(targets, args, cpus)

@@ -65,6 +65,7 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.app import create_app
     from aigc_gateway.bootstrap import bootstrap
     from aigc_gateway.logs import configure
+    from aigc_gateway.proxy.front import http_protocol
 
     configure(log_level)
     settings = _settings(**options)
@@ -80,8 +81,10 @@ def serve(log_level: str, **options: Any) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
+        http=http_protocol(app),
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     """Longest silence from an engine in the middle of an answer."""
     proxy_max_body_bytes: int = Field(default=0, ge=0)
     """Largest request body passed to an engine (0: no limit; uploads of models are large)."""
+    proxy_fast_path: bool = True
+    """Relay instance requests at the connection level (``proxy/front.py``); off: every request
+    goes through the ASGI proxy (slower; the same behaviour)."""
     access_cache_ttl_s: float = Field(default=5.0, ge=0)
     """How long the proxy may reuse an "allowed" answer; changes made on this gateway clear it
     at once, the TTL bounds how long another replica's change takes to be seen."""

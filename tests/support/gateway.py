@@ -66,6 +66,9 @@ def write_templates(folder: Path) -> Path:
     (folder / "tiny-share-8.yaml").write_text(
         tiny_template("tiny-share-8") + "resources: {gpu: {memory_gib: 8}}\n"
     )
+    (folder / "wire.yaml").write_text(  # HTTP/1.1 by hand (tests/engines/wire.py)
+        tiny_template("wire").replace(str(TINY), str(TINY.parent / "wire.py"))
+    )
     (folder / "crash.yaml").write_text(tiny_template("crash", "--exit-before-ready", "3"))
     (folder / "never-ready.yaml").write_text(
         tiny_template("never-ready", "--no-listen", timeout_s=1)

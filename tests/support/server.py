@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from aigc_gateway.proxy.front import http_protocol
+
 
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
@@ -39,7 +41,12 @@ def serve_in_thread(app: Any, sock: socket.socket | None = None) -> Iterator[str
     ready = threading.Event()
     # Not behind a proxy: a client's X-Forwarded-For must not be trusted.
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3, proxy_headers=False
+        app,
+        http=http_protocol(app),  # as `aigc-gateway serve` runs it
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+        proxy_headers=False,
     )
     server = _Server(config, ready)
     errors: list[BaseException] = []

@@ -154,25 +154,10 @@ class InstanceProxy:
     async def _decide(
         self, gw: Gateway, scope: Scope, route: Route, prefix: str | None
     ) -> Decision:
-        """Host mode: the instance cookie. Path mode (same host as the gateway): the session."""
-        name = INSTANCE_COOKIE if prefix is None else "aigc_session"
-        cookie = _cookie(scope, name)
+        cookie = _cookie(scope, INSTANCE_COOKIE if prefix is None else "aigc_session")
         if not cookie:
             return Refused(401)
-        key = ("p:" if prefix else "h:") + cookie
-
-        async def load() -> Decision:
-            if prefix is None:
-                return await decide_cookie(
-                    gw.db,
-                    instance_id=route.instance_id,
-                    owner_id=route.owner_id,
-                    cookie=cookie,
-                    idle=gw.instance_access.idle,
-                )
-            return await _decide_session(gw, route, cookie)
-
-        return await gw.access_cache.get_or_load(route.slug, key, load)
+        return await decide_access(gw, route, cookie, prefix)
 
     async def _relay(
         self,
@@ -218,7 +203,7 @@ class InstanceProxy:
                 upstream=route.upstream,
                 headers=headers,
                 limits=limits,
-                error=lambda status, text: _error_body(status, text, html),
+                error=lambda status, text: error_body(status, text, html),
             )
         finally:
             observed.http_done()
@@ -293,8 +278,30 @@ class InstanceProxy:
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
             return
-        content_type, body = _error_body(status, text, _wants_html(scope))
+        content_type, body = error_body(status, text, _wants_html(scope))
         await _respond(send, status, content_type, body)
+
+
+def access_key(cookie: str, prefix: str | None) -> str:
+    return ("p:" if prefix else "h:") + cookie
+
+
+async def decide_access(gw: Gateway, route: Route, cookie: str, prefix: str | None) -> Decision:
+    """May the holder of ``cookie`` use ``route``'s instance? Host mode (``prefix`` None): the
+    instance cookie; path mode (same host as the gateway): the session. Answers are cached."""
+
+    async def load() -> Decision:
+        if prefix is None:
+            return await decide_cookie(
+                gw.db,
+                instance_id=route.instance_id,
+                owner_id=route.owner_id,
+                cookie=cookie,
+                idle=gw.instance_access.idle,
+            )
+        return await _decide_session(gw, route, cookie)
+
+    return await gw.access_cache.get_or_load(route.slug, access_key(cookie, prefix), load)
 
 
 async def _decide_session(gw: Gateway, route: Route, cookie: str) -> Decision:
@@ -312,7 +319,7 @@ def _failed_text(route: Route) -> str:
     return f"this instance is {route.state}: {route.reason}{code}"
 
 
-def _error_body(status: int, text: str, html: bool) -> tuple[str, bytes]:
+def error_body(status: int, text: str, html: bool) -> tuple[str, bytes]:
     if html:
         page = (
             environment()

@@ -13,47 +13,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
+from aigc_gateway.proxy.wire import HOP_BY_HOP, forwardable, forwarded_for, sets_gateway_cookie
+
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-SET_BY_GATEWAY = frozenset(
-    {
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-prefix",
-        "x-real-ip",
-        "forwarded",
-    }
-)
-WS_HANDSHAKE = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
-GATEWAY_COOKIES = frozenset({"aigc_session", "aigc_instance", "aigc_oidc"})
-SET_BY_SERVER = frozenset({"date", "server"})
+SET_BY_SERVER = frozenset({b"date", b"server"})
 """The gateway's server adds its own; relaying the engine's would send them twice."""
 
 
@@ -73,74 +41,39 @@ class Limits:
     """0: no limit (models and datasets are large)."""
 
 
-def strip_cookies(header: str) -> str:
-    """The Cookie header without the gateway's cookies (parsed per pair, names matched exactly)."""
-    kept = []
-    for pair in header.split(";"):
-        name = pair.split("=", 1)[0].strip()
-        if name and name not in GATEWAY_COOKIES:
-            kept.append(pair.strip())
-    return "; ".join(kept)
-
-
 def upstream_headers(
     scope: Scope, *, user_name: str, host: str, prefix: str | None, websocket: bool = False
 ) -> list[tuple[str, str]]:
-    connection_tokens: set[str] = set()
-    raw: list[tuple[str, str]] = []
-    for key, value in scope["headers"]:
-        name, text = key.decode("latin-1").lower(), value.decode("latin-1")
-        if name == "connection":
-            connection_tokens |= {t.strip().lower() for t in text.split(",")}
-        raw.append((name, text))
-    out: list[tuple[str, str]] = []
-    for name, text in raw:
-        if name in HOP_BY_HOP or name in connection_tokens or name in SET_BY_GATEWAY:
-            continue
-        if name.startswith("x-aigc-") or (websocket and name in WS_HANDSHAKE):
-            continue
-        if name == "cookie":
-            text = strip_cookies(text)
-            if not text:
-                continue
-        if name == "authorization" and text[7:].startswith("agw_"):
-            continue  # the gateway's own API token: never an engine's business
-        out.append((name, text))
     client = scope.get("client")
-    ip = client[0] if client else ""
-    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
-    out += [
-        ("x-forwarded-for", ip),
-        ("x-forwarded-proto", scheme),
-        ("x-forwarded-host", host),
-        ("x-real-ip", ip),
-        ("x-aigc-user", user_name),
-    ]
-    if prefix:
-        out.append(("x-forwarded-prefix", prefix))
-    return out
+    headers = forwardable(scope["headers"], websocket=websocket) + forwarded_for(
+        client_ip=client[0] if client else "",
+        scheme=scope.get("scheme", "http"),
+        host=host,
+        user_name=user_name,
+        prefix=prefix,
+    )
+    return [(name.decode("latin-1"), _text(value)) for name, value in headers]
+
+
+def _text(value: bytes) -> str:
+    # aiohttp writes header values as UTF-8: UTF-8 bytes (a user's name) must arrive unchanged.
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def downstream_headers(headers: aiohttp.typedefs.LooseHeaders) -> list[tuple[bytes, bytes]]:
     out = []
     for name, value in headers.items():  # type: ignore[union-attr]
-        lower = name.lower()
+        lower = name.lower().encode("latin-1")
         if lower in HOP_BY_HOP or lower in SET_BY_SERVER:
             continue
-        if lower == "set-cookie" and _sets_gateway_cookie(value):
+        encoded = value.encode("latin-1")
+        if lower == b"set-cookie" and sets_gateway_cookie(encoded):
             continue
-        out.append((lower.encode("latin-1"), value.encode("latin-1")))
+        out.append((lower, encoded))
     return out
-
-
-def _sets_gateway_cookie(value: str) -> bool:
-    cookie: SimpleCookie = SimpleCookie()
-    with contextlib.suppress(Exception):
-        cookie.load(value)
-    return (
-        any(name in GATEWAY_COOKIES for name in cookie)
-        or value.split("=", 1)[0].strip() in GATEWAY_COOKIES
-    )
 
 
 def target_url(scope: Scope, upstream: str, *, websocket: bool = False) -> str:
