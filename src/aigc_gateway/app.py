@@ -34,6 +34,7 @@ from aigc_gateway.api import (
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
 from aigc_gateway.proxy.asgi import InstanceProxy
+from aigc_gateway.proxy.pool import UpstreamPool
 from aigc_gateway.settings import Settings
 from aigc_gateway.web.i18n import LanguageMiddleware
 
@@ -45,6 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
     app.state.gateway = gw
+    app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
     await gw.controller.start()
     watcher = asyncio.create_task(
         gw.registry.watch() if settings.watch_templates else asyncio.Event().wait(),
@@ -60,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             loop.remove_signal_handler(signal.SIGHUP)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        app.state.engine_pool.close()
         await gw.close()
 
 

@@ -25,7 +25,6 @@ from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
-from aigc_gateway.proxy.pool import UpstreamPool
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
@@ -54,8 +53,6 @@ class Gateway:
     http: httpx.AsyncClient
     """Outgoing HTTP (the sign-in provider)."""
     upstream: aiohttp.ClientSession
-    pool: UpstreamPool
-    """Engine connections of the connection-level proxy (``proxy/front.py``)."""
     """The proxy's pooled connections to engines."""
     access_cache: AccessCache
     gpus: GpuBroker
@@ -72,7 +69,6 @@ class Gateway:
         await self.runtime.close()
         await self.http.aclose()
         await self.upstream.close()
-        self.pool.close()
         await self.db.close()
 
 
@@ -186,7 +182,6 @@ async def open_gateway(
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
         ),
-        pool=UpstreamPool(),
         access_cache=access_cache,
         gpus=gpus,
         budgets=budgets,

@@ -41,7 +41,7 @@ from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.proxy.asgi import access_key, decide_access, error_body
-from aigc_gateway.proxy.pool import UpstreamConnection
+from aigc_gateway.proxy.pool import UpstreamConnection, UpstreamPool
 from aigc_gateway.proxy.wire import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -426,7 +426,7 @@ class FrontProtocol(asyncio.Protocol):
         self.exchange = ex
         self.server_state.total_requests += 1
         gw.controller.activity.touch(route.instance_id)
-        conn = None if ex.websocket else gw.pool.take(route.upstream)
+        conn = None if ex.websocket else self._pool().take(route.upstream)
         if conn is not None:
             self._attach(ex, conn, reused=True)
         else:
@@ -449,7 +449,7 @@ class FrontProtocol(asyncio.Protocol):
     def _connect(self, gw: Gateway, ex: _Exchange) -> None:
         assert ex.route.upstream is not None
         task = self.loop.create_task(
-            gw.pool.connect(ex.route.upstream, gw.settings.proxy_connect_timeout_s)
+            self._pool().connect(ex.route.upstream, gw.settings.proxy_connect_timeout_s)
         )
         ex.connecting = task
 
@@ -645,7 +645,7 @@ class FrontProtocol(asyncio.Protocol):
         conn = ex.upstream
         if conn is not None:
             if reuse and ex.route.upstream is not None:
-                self._gateway().pool.give(ex.route.upstream, conn)
+                self._pool().give(ex.route.upstream, conn)
             else:
                 conn.close()
         self._report(ex)
@@ -714,6 +714,10 @@ class FrontProtocol(asyncio.Protocol):
     def _gateway(self) -> Gateway:
         gw: Gateway = self.gateway_app.state.gateway
         return gw
+
+    def _pool(self) -> UpstreamPool:
+        pool: UpstreamPool = self.gateway_app.state.engine_pool
+        return pool
 
     def _touch(self, instance_id: str) -> None:
         gw = getattr(self.gateway_app.state, "gateway", None)
