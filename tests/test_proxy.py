@@ -229,6 +229,9 @@ async def test_a_paused_instance_wakes_on_request(
         page = await browser.get(demo["url"], headers=HTML)
         assert page.status_code == 503
         assert "Starting your engine" in page.text and page.headers["retry-after"] == "2"
+        browser.cookies.set("lang", "zh-CN", domain=httpx.URL(demo["url"]).host)
+        zh = await browser.get(demo["url"], headers=HTML)  # the language the visitor chose
+        assert zh.status_code == 503 and "正在启动您的引擎" in zh.text
         assert (await alice.get(demo["id"]))["desired_state"] == "running"
         api = await browser.get(f"{demo['url']}api/outputs")  # an API client gets JSON
         assert api.status_code in (200, 503)
@@ -251,6 +254,11 @@ async def test_a_failed_instance_says_why(gateway: RunningGateway, alice: Api) -
         page = await open_through_gateway(browser, inst)
         assert page.status_code == 502
         assert "exited with code 3" in page.text and "exit code 3" in page.text
+        # In the visitor's language (the engine's own reason stays as it was recorded).
+        zh = await browser.get(inst["url"], headers={**HTML, "Accept-Language": "zh-CN,zh;q=0.9"})
+        assert zh.status_code == 502 and '<html lang="zh-CN">' in zh.text
+        assert "实例不可用" in zh.text and "此实例的状态为“失败”" in zh.text
+        assert "退出码 3" in zh.text
     finally:
         await browser.aclose()
 

@@ -220,6 +220,10 @@ async def test_an_engine_that_does_not_answer_in_time(wire: Wire) -> None:
     assert late.status == 504 and late.json()["code"] == "engine_timeout"
     page = await client.request("GET", "/sleep?s=5", extra=(("Accept", "text/html"),))
     assert page.status == 504 and b"<html" in page.body
+    zh = await client.request(
+        "GET", "/sleep?s=5", extra=(("Accept", "text/html"), ("Accept-Language", "zh-CN"))
+    )
+    assert zh.status == 504 and "引擎没有及时响应" in zh.body.decode()
 
 
 async def test_the_client_decides_when_its_connection_ends(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -24,8 +25,18 @@ from aigc_gateway.errors import GatewayError
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.lifecycle.service import Action
 from aigc_gateway.metrics import Metrics
+from aigc_gateway.proxy.answers import (
+    FORBIDDEN,
+    NO_INSTANCE,
+    PAUSED,
+    SIGN_IN,
+    error_body,
+    failed_page_text,
+    failed_text,
+)
 from aigc_gateway.proxy.relay import Limits, relay_http, relay_websocket, upstream_headers
-from aigc_gateway.web.pages import environment
+from aigc_gateway.web.i18n import request_lang
+from aigc_gateway.web.pages import render
 
 if TYPE_CHECKING:
     from aigc_gateway.gateway import Gateway
@@ -123,7 +134,7 @@ class InstanceProxy:
         started = time.perf_counter()
         route = gw.controller.routes.get(slug)
         if route is None:
-            await self._refuse(scope, receive, send, 404, "no such instance")
+            await self._refuse(scope, receive, send, 404, NO_INSTANCE)
             return
         decision = await self._decide(gw, scope, route, prefix)
         if isinstance(decision, Refused):
@@ -137,9 +148,7 @@ class InstanceProxy:
                     receive,
                     send,
                     decision.status,
-                    "sign in to open this instance"
-                    if decision.status == 401
-                    else "you may not open this instance",
+                    SIGN_IN if decision.status == 401 else FORBIDDEN,
                 )
             return
         gw.controller.activity.touch(route.instance_id)
@@ -149,7 +158,14 @@ class InstanceProxy:
         elif route.state in WAKING:
             await self._wake(gw, scope, receive, send, route, decision, prefix)
         else:
-            await self._refuse(scope, receive, send, 502, _failed_text(route))
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                502,
+                failed_text(route),
+                page_text=lambda lang: failed_page_text(route, lang),
+            )
 
     async def _decide(
         self, gw: Gateway, scope: Scope, route: Route, prefix: str | None
@@ -203,7 +219,9 @@ class InstanceProxy:
                 upstream=route.upstream,
                 headers=headers,
                 limits=limits,
-                error=lambda status, text: error_body(status, text, html),
+                error=lambda status, text: error_body(
+                    status, text, html, lang=request_lang(scope) if html else "en"
+                ),
             )
         finally:
             observed.http_done()
@@ -224,9 +242,7 @@ class InstanceProxy:
         may_wake = loaded is not None and loaded.template.access.wake_on_request and who.may_operate
         if route.desired_state != "running":
             if not may_wake:
-                await self._refuse(
-                    scope, receive, send, 409, "this instance is paused; its owner can resume it"
-                )
+                await self._refuse(scope, receive, send, 409, PAUSED)
                 return
             principal = Principal(
                 user_id=who.user_id,
@@ -247,10 +263,12 @@ class InstanceProxy:
             events = (
                 f"/api/instances/{route.instance_id}/events/stream" if prefix else "/_aigc/events"
             )
-            page = (
-                environment()
-                .get_template("instance_starting.html")
-                .render(title="Starting", events_url=events, state=route.state)
+            page = render(
+                "instance_starting.html",
+                lang=request_lang(scope),
+                title="Starting",
+                events_url=events,
+                state=route.state,
             )
             await _respond(send, 503, "text/html; charset=utf-8", page.encode(), retry_after=2)
         else:
@@ -272,13 +290,23 @@ class InstanceProxy:
         )
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, status: int, text: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        text: str,
+        page_text: Callable[[str], str] | None = None,
     ) -> None:
         if scope["type"] == "websocket":
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
             return
-        content_type, body = error_body(status, text, _wants_html(scope))
+        html = _wants_html(scope)
+        lang = request_lang(scope) if html else "en"
+        content_type, body = error_body(
+            status, text, html, lang=lang, page_text=page_text(lang) if page_text else None
+        )
         await _respond(send, status, content_type, body)
 
 
@@ -312,37 +340,6 @@ async def _decide_session(gw: Gateway, route: Route, cookie: str) -> Decision:
         return await decide_principal(
             session, who, instance_id=route.instance_id, owner_id=route.owner_id
         )
-
-
-def _failed_text(route: Route) -> str:
-    code = f" (exit code {route.exit_code})" if route.exit_code is not None else ""
-    return f"this instance is {route.state}: {route.reason}{code}"
-
-
-def error_body(status: int, text: str, html: bool) -> tuple[str, bytes]:
-    if html:
-        page = (
-            environment()
-            .get_template("message.html")
-            .render(
-                title="Instance unavailable" if status >= 500 else "Cannot open this instance",
-                text=text,
-            )
-        )
-        return "text/html; charset=utf-8", page.encode()
-    codes = {
-        401: "unauthorized",
-        403: "forbidden",
-        404: "instance_not_found",
-        409: "instance_paused",
-        413: "body_too_large",
-        502: "engine_unavailable",
-        503: "instance_starting",
-        504: "engine_timeout",
-    }
-    return "application/json", json.dumps(
-        {"code": codes.get(status, "proxy_error"), "message": text}
-    ).encode()
 
 
 async def _respond(

@@ -40,7 +40,8 @@ from aigc_gateway.accounts.access_cache import Allowed, Decision
 from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
-from aigc_gateway.proxy.asgi import access_key, decide_access, error_body
+from aigc_gateway.proxy.answers import BAD_ANSWER, CLOSED, TIMEOUT, UNREACHABLE, error_body
+from aigc_gateway.proxy.asgi import access_key, decide_access
 from aigc_gateway.proxy.pool import UpstreamConnection, UpstreamPool
 from aigc_gateway.proxy.wire import (
     HOP_BY_HOP,
@@ -56,6 +57,7 @@ from aigc_gateway.proxy.wire import (
     response_head,
     sets_gateway_cookie,
 )
+from aigc_gateway.web.i18n import negotiate
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -463,9 +465,9 @@ class FrontProtocol(asyncio.Protocol):
                     done.result().close()
                 return
             if isinstance(failure, TimeoutError):
-                self._fail(ex, 504, "the engine did not answer in time")
+                self._fail(ex, 504, TIMEOUT)
             elif failure is not None:
-                self._fail(ex, 502, "the engine is not reachable (it may be restarting)")
+                self._fail(ex, 502, UNREACHABLE)
             else:
                 self._attach(ex, done.result(), reused=False)
 
@@ -500,7 +502,7 @@ class FrontProtocol(asyncio.Protocol):
         if quiet < timeout or not self.writable:  # a slow client is not a slow engine
             ex.timer = self.loop.call_later(timeout - quiet, self._check_timeout, ex, timeout)
         elif not ex.sent_head:
-            self._fail(ex, 504, "the engine did not answer in time")
+            self._fail(ex, 504, TIMEOUT)
         else:
             self._abort(ex)
 
@@ -528,7 +530,7 @@ class FrontProtocol(asyncio.Protocol):
             if ex.sent_head:
                 self._abort(ex)
             else:
-                self._fail(ex, 502, "the engine's answer could not be relayed (bad HTTP)")
+                self._fail(ex, 502, BAD_ANSWER)
             return
         if ex.done and ex is self.exchange:
             reuse = ex.keep_alive and not ex.body_left
@@ -554,7 +556,7 @@ class FrontProtocol(asyncio.Protocol):
             self._stop(ex)
             self._connect(self._gateway(), ex)
         else:
-            self._fail(ex, 502, "the engine closed the connection before answering")
+            self._fail(ex, 502, CLOSED)
 
     def upstream_paused(self, paused: bool) -> None:
         if paused:
@@ -616,7 +618,7 @@ class FrontProtocol(asyncio.Protocol):
         """The engine accepted the WebSocket: from here on, bytes both ways."""
         assert self.transport is not None
         if not ex.websocket or ex.status != 101:
-            self._fail(ex, 502, "the engine switched protocols unasked")
+            self._fail(ex, 502, BAD_ANSWER)  # a 101 nobody asked for
             return
         out = [
             (name, value)
@@ -660,7 +662,11 @@ class FrontProtocol(asyncio.Protocol):
     def _fail(self, ex: _Exchange, status: int, text: str) -> None:
         """The engine failed before answering: the gateway answers instead."""
         assert self.transport is not None
-        content_type, body = error_body(status, text, ex.head.wants_html())
+        html = ex.head.wants_html()
+        lang = "en"
+        if html:
+            lang = negotiate(ex.head.cookie(b"lang"), _text(ex.head.one(b"accept-language")))
+        content_type, body = error_body(status, text, html, lang=lang)
         if ex.body_left or self.closing:
             ex.close_after = True
         headers = [
@@ -749,6 +755,10 @@ def _downstream(headers: Headers) -> Headers:
         for name, value in headers
         if name not in HOP_BY_HOP and not (name == b"set-cookie" and sets_gateway_cookie(value))
     ]
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 def _retryable(ex: _Exchange) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
+from aigc_gateway.proxy.answers import BAD_ANSWER, TIMEOUT, TOO_LARGE, UNREACHABLE
 from aigc_gateway.proxy.wire import HOP_BY_HOP, forwardable, forwarded_for, sets_gateway_cookie
 
 log = logging.getLogger(__name__)
@@ -207,13 +208,13 @@ async def _send_error(send: Send, status: int, content_type: str, payload: bytes
 
 def _explain(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, BodyTooLarge):
-        return 413, "the request body is larger than this gateway allows"
+        return 413, TOO_LARGE
     if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
-        return 502, "the engine is not reachable (it may be restarting)"
+        return 502, UNREACHABLE
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return 504, "the engine did not answer in time"
+        return 504, TIMEOUT
     log.warning("proxy error: %s", type(exc).__name__)
-    return 502, f"the engine's answer could not be relayed ({type(exc).__name__})"
+    return 502, BAD_ANSWER
 
 
 async def relay_websocket(

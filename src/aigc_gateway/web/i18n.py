@@ -42,6 +42,16 @@ KNOWN_TEXTS = {
     "Cannot open this instance": "msg.cannot_open",
     "Instance unavailable": "msg.instance_unavailable",
     "Starting": "starting.title",
+    # the proxy's answers (proxy/answers.py)
+    "no such instance": "proxy.no_instance",
+    "sign in to open this instance": "proxy.sign_in",
+    "you may not open this instance": "proxy.forbidden",
+    "this instance is paused; its owner can resume it": "proxy.paused",
+    "the request body is larger than this gateway allows": "proxy.too_large",
+    "the engine is not reachable (it may be restarting)": "proxy.unreachable",
+    "the engine did not answer in time": "proxy.timeout",
+    "the engine's answer could not be relayed": "proxy.bad_answer",
+    "the engine closed the connection before answering": "proxy.closed",
 }
 """English texts other modules pass to the shared pages, and their catalog keys."""
 
