@@ -191,6 +191,32 @@ async def test_signing_out_revokes_the_instance_cookie_at_once(
         await browser.aclose()
 
 
+async def test_an_open_websocket_ends_when_access_ends(
+    gateway: RunningGateway, demo: dict[str, Any]
+) -> None:
+    browser = await signed_in_browser(gateway, "alice", "pw-alice")
+    try:
+        await open_through_gateway(browser, demo)
+        host, port = httpx.URL(demo["url"]).host, httpx.URL(gateway.url).port
+        async with websockets.connect(
+            f"ws://{host}:{port}/ws",
+            host="127.0.0.1",
+            port=port,
+            additional_headers={"Cookie": f"aigc_instance={cookie_for(browser, host)}"},
+        ) as ws:
+            await ws.send(json.dumps({"type": "ping", "n": 1}))
+            assert json.loads(await ws.recv())["type"] == "pong"
+            csrf = (await browser.get(f"{gateway.url}/api/me")).json()["csrf_token"]
+            await browser.post(f"{gateway.url}/auth/logout", headers={"X-CSRF-Token": csrf})
+            # Signing out revokes the instance cookie; the socket opened with it is closed too.
+            with pytest.raises(websockets.ConnectionClosed):
+                async with asyncio.timeout(15):
+                    while True:
+                        await ws.recv()
+    finally:
+        await browser.aclose()
+
+
 async def test_another_user_cannot_open_it(
     gateway: RunningGateway, demo: dict[str, Any], bob: Api
 ) -> None:

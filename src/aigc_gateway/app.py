@@ -34,11 +34,15 @@ from aigc_gateway.api import (
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
 from aigc_gateway.proxy.asgi import InstanceProxy
+from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamPool
 from aigc_gateway.settings import Settings
 from aigc_gateway.web.i18n import LanguageMiddleware
 
 log = logging.getLogger(__name__)
+
+LIVE_SOCKET_CHECK_S = 60.0
+"""How often open WebSockets are decided again without a change seen here (another replica's)."""
 
 
 @asynccontextmanager
@@ -47,6 +51,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
     app.state.gateway = gw
     app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
+    live = app.state.live_sockets = LiveSockets()  # open WebSockets, closed when access ends
+    gw.access_cache.on_clear(lambda: live.check_soon(gw))
+    rechecks = asyncio.create_task(live.every(gw, LIVE_SOCKET_CHECK_S), name="websocket-access")
     await gw.controller.start()
     watcher = asyncio.create_task(
         gw.registry.watch() if settings.watch_templates else asyncio.Event().wait(),
@@ -61,7 +68,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
         watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        rechecks.cancel()
+        await asyncio.gather(watcher, rechecks, return_exceptions=True)
+        live.close()
         app.state.engine_pool.close()
         await gw.close()
 

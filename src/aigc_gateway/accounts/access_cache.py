@@ -38,6 +38,7 @@ class AccessCache:
         self._max = max_entries
         self._entries: dict[tuple[str, str], tuple[float, Decision]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[Decision]] = {}
+        self._on_clear: list[Callable[[], None]] = []
 
     async def get_or_load(
         self, slug: str, cookie: str, load: Callable[[], Awaitable[Decision]]
@@ -77,4 +78,11 @@ class AccessCache:
         self._entries[(slug, cookie)] = (time.monotonic() + self._ttl, decision)
 
     def clear(self) -> None:
+        """Access changed: forget every answer, and tell those who asked to know."""
         self._entries.clear()
+        for listener in self._on_clear:
+            listener()
+
+    def on_clear(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (quick, non-blocking) whenever access changes."""
+        self._on_clear.append(listener)

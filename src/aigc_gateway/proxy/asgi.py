@@ -8,6 +8,7 @@ The hot path reads only memory: the route table, the template catalog, the acces
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -198,16 +199,24 @@ class InstanceProxy:
             scope, user_name=who.user_name, host=host, prefix=prefix, websocket=websocket
         )
         if websocket:
-            await relay_websocket(
-                scope,
-                receive,
-                observed.websocket,
-                session=gw.upstream,
-                upstream=route.upstream,
-                headers=headers,
-                limits=limits,
-                on_message=lambda: gw.controller.activity.touch(route.instance_id),
-            )
+            revoked = asyncio.Event()
+            cookie = _cookie(scope, INSTANCE_COOKIE if prefix is None else "aigc_session") or ""
+            live = scope["app"].state.live_sockets
+            token = live.add(route.slug, cookie, prefix, revoked.set)
+            try:
+                await relay_websocket(
+                    scope,
+                    receive,
+                    observed.websocket,
+                    session=gw.upstream,
+                    upstream=route.upstream,
+                    headers=headers,
+                    limits=limits,
+                    on_message=lambda: gw.controller.activity.touch(route.instance_id),
+                    revoked=revoked,
+                )
+            finally:
+                live.discard(token)
             return
         html = _wants_html(scope)
         try:

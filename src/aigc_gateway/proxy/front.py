@@ -42,6 +42,7 @@ from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.proxy.answers import BAD_ANSWER, CLOSED, TIMEOUT, UNREACHABLE, error_body
 from aigc_gateway.proxy.asgi import access_key, decide_access
+from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamConnection, UpstreamPool
 from aigc_gateway.proxy.wire import (
     HOP_BY_HOP,
@@ -85,6 +86,7 @@ class _Exchange:
         "close_after",
         "close_delimited",
         "connecting",
+        "cookie",
         "done",
         "front",
         "head",
@@ -92,6 +94,7 @@ class _Exchange:
         "keep_alive",
         "last_read",
         "parser",
+        "prefix",
         "response_headers",
         "retried",
         "reused",
@@ -121,6 +124,8 @@ class _Exchange:
         self.sent_head = self.chunked_out = self.close_after = False
         self.interim = self.done = self.close_delimited = self.keep_alive = False
         self.last_read = 0.0
+        self.cookie = ""
+        self.prefix: str | None = None
 
     # httptools.HttpResponseParser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -171,6 +176,7 @@ class FrontProtocol(asyncio.Protocol):
         self.exchange: _Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
         self.tunnel_instance = ""
+        self.tunnel_token = 0
         self.loading: asyncio.Task[Decision] | None = None
         self.decided: tuple[str, Decision] | None = None
         self.handed = False
@@ -231,6 +237,7 @@ class FrontProtocol(asyncio.Protocol):
         if self.loading is not None:
             self.loading.cancel()
         if self.tunnel is not None:
+            self._live().discard(self.tunnel_token)
             self.tunnel.close()
             self.tunnel = None
         ex = self.exchange
@@ -296,7 +303,7 @@ class FrontProtocol(asyncio.Protocol):
             self._load(gw, route, cookie, prefix, key)
         elif isinstance(decision, Allowed):
             del self.buffer[: end + 4]
-            self._start(gw, head, route, decision, prefix, host)
+            self._start(gw, head, route, decision, prefix, host, cookie)
         else:
             self._hand_off()  # the ASGI proxy answers refusals (sign-in, 403 pages)
 
@@ -403,9 +410,11 @@ class FrontProtocol(asyncio.Protocol):
         who: Allowed,
         prefix: str | None,
         host: str,
+        cookie: str,
     ) -> None:
         assert route.upstream is not None
         ex = _Exchange(self, head, route)
+        ex.cookie, ex.prefix = cookie, prefix
         ex.websocket = head.is_websocket()
         length = head.one(b"content-length")
         ex.body_left = int(length) if length else 0
@@ -538,6 +547,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if conn is self.tunnel:
+            self._live().discard(self.tunnel_token)
             self.tunnel = None
             if self.transport is not None:
                 self.transport.close()
@@ -632,6 +642,7 @@ class FrontProtocol(asyncio.Protocol):
         self.exchange = None
         self._report(ex)
         self.tunnel, self.tunnel_instance = conn, ex.route.instance_id
+        self.tunnel_token = self._live().add(ex.route.slug, ex.cookie, ex.prefix, self._revoked)
         if rest:
             self.transport.write(rest)
         if self.buffer:
@@ -720,6 +731,19 @@ class FrontProtocol(asyncio.Protocol):
     def _gateway(self) -> Gateway:
         gw: Gateway = self.gateway_app.state.gateway
         return gw
+
+    def _revoked(self) -> None:
+        """Access to the tunnelled WebSocket's instance ended: both sides are closed (the
+        client sees the connection drop; the stream may be mid-frame, so no close frame)."""
+        if self.tunnel is not None:
+            self.tunnel.abort()
+            self.tunnel = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _live(self) -> LiveSockets:
+        live: LiveSockets = self.gateway_app.state.live_sockets
+        return live
 
     def _pool(self) -> UpstreamPool:
         pool: UpstreamPool = self.gateway_app.state.engine_pool

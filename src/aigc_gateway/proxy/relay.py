@@ -227,9 +227,11 @@ async def relay_websocket(
     headers: list[tuple[str, str]],
     limits: Limits,
     on_message: Callable[[], None],
+    revoked: asyncio.Event | None = None,
 ) -> None:
     """Relay a WebSocket: text and binary frames both ways, close codes passed through,
-    subprotocol negotiated with the engine, back-pressure by awaiting each send."""
+    subprotocol negotiated with the engine, back-pressure by awaiting each send. When
+    ``revoked`` is set (access ended) the client is closed with 1008 (policy violation)."""
     first = await receive()
     if first["type"] != "websocket.connect":
         return
@@ -275,9 +277,15 @@ async def relay_websocket(
             await send({"type": "websocket.close", "code": code if code != 1006 else 1011})
 
     tasks = [asyncio.create_task(to_engine()), asyncio.create_task(to_client())]
+    ended = asyncio.Event() if revoked is None else revoked
+    waiting = asyncio.create_task(ended.wait())
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*tasks, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if ended.is_set():
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1008})
     finally:
+        waiting.cancel()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,108 @@
+"""The WebSockets open through the proxy, and what happens to them when access changes.
+
+Access is decided when a WebSocket opens (the handshake); afterwards it is one long connection
+that no per-request check sees. So every open WebSocket is kept here with the access it was
+opened with, and decided again whenever access changes on this gateway (sign-out, a revoked
+session, a share taken back, a disabled user: the access cache's ``clear``) and every
+``every_s`` seconds (changes made through another replica). One no longer allowed is closed:
+an open socket is not a way around a revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aigc_gateway.accounts.access_cache import Allowed
+from aigc_gateway.proxy.asgi import decide_access
+
+if TYPE_CHECKING:
+    from aigc_gateway.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    slug: str
+    cookie: str
+    prefix: str | None
+    close: Callable[[], None]
+
+
+class LiveSockets:
+    def __init__(self) -> None:
+        self._open: dict[int, _Live] = {}
+        self._tokens = itertools.count(1)
+        self._checking: asyncio.Task[None] | None = None
+        self._again = False
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, slug: str, cookie: str, prefix: str | None, close: Callable[[], None]) -> int:
+        """Keep a socket opened on ``(slug, cookie, prefix)``; ``close()`` ends it. Returns the
+        token to ``discard`` it with when it ends by itself."""
+        token = next(self._tokens)
+        self._open[token] = _Live(slug, cookie, prefix, close)
+        return token
+
+    def discard(self, token: int) -> None:
+        self._open.pop(token, None)
+
+    def check_soon(self, gw: Gateway) -> None:
+        """Decide every open socket again, in the background (one check at a time; a change
+        during a check starts another after it)."""
+        if not self._open:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a change made outside the server (a CLI command): nothing open
+            return
+        if self._checking is not None and not self._checking.done():
+            self._again = True
+            return
+        self._checking = loop.create_task(self._check_until_settled(gw))
+
+    async def _check_until_settled(self, gw: Gateway) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            try:
+                await self.check(gw)
+            except Exception:  # the store may be unreachable: the next change or tick retries
+                log.exception("checking open WebSockets failed")
+                return
+
+    async def check(self, gw: Gateway) -> int:
+        """Close the open sockets whose access no longer holds; how many were closed."""
+        closed = 0
+        for token, live in list(self._open.items()):
+            route = gw.controller.routes.get(live.slug)
+            allowed = route is not None and isinstance(
+                await decide_access(gw, route, live.cookie, live.prefix), Allowed
+            )
+            if not allowed and self._open.pop(token, None) is not None:
+                live.close()
+                closed += 1
+        if closed:
+            log.info("closed %d WebSocket(s) whose access was revoked", closed)
+        return closed
+
+    async def every(self, gw: Gateway, every_s: float) -> None:
+        """Check now and then (changes through another gateway replica); runs until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.check(gw)
+            except Exception:
+                log.exception("checking open WebSockets failed")
+
+    def close(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
+        self._open.clear()
