@@ -121,6 +121,8 @@ async def test_websocket_relay_text_binary_and_close(
         ) as ws:
             await ws.send(json.dumps({"type": "ping", "n": 1}))
             assert json.loads(await ws.recv())["type"] == "pong"
+            latency = await asyncio.wait_for(await ws.ping(b"are you there"), 10)
+            assert latency >= 0  # a protocol-level ping answered by the engine's pong
             payload = bytes(range(256)) * 64
             await ws.send(payload)
             assert await ws.recv() == payload
@@ -210,11 +212,14 @@ async def test_an_open_websocket_ends_when_access_ends(
             await browser.post(f"{gateway.url}/auth/logout", headers={"X-CSRF-Token": csrf})
             # Signing out revokes the instance cookie; the socket opened with it is closed too.
             with pytest.raises(websockets.ConnectionClosed):
-                async with asyncio.timeout(15):
-                    while True:
-                        await ws.recv()
+                await asyncio.wait_for(_drain(ws), 15)
     finally:
         await browser.aclose()
+
+
+async def _drain(ws: websockets.ClientConnection) -> None:
+    while True:
+        await ws.recv()
 
 
 async def test_another_user_cannot_open_it(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -196,6 +197,30 @@ async def test_pipelined_requests_are_answered_in_order(wire: Wire) -> None:
         data.rindex(b'"request"'),
     )
     assert first < second < third
+
+
+async def test_a_request_that_arrives_in_pieces(wire: Wire) -> None:
+    body = b"x" * 3000
+    request = (
+        f"POST /echo HTTP/1.1\r\nHost: {wire.host}\r\nCookie: aigc_instance={wire.cookie}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+    end = request.index(b"\r\n\r\n")
+    # Cut inside the request line, inside the blank line that ends the head, inside the body.
+    cuts = [0, 7, end + 2, end + 5, end + 1000, len(request)]
+    url = httpx.URL(wire.gateway.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        for start, stop in itertools.pairwise(cuts):
+            writer.write(request[start:stop])
+            await writer.drain()
+            await asyncio.sleep(0.02)  # separate TCP segments (the answer does not depend on it)
+        answer = await asyncio.wait_for(reader.read(-1), 30)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    echo = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert echo["length"] == len(body) and echo["sha256"] == hashlib.sha256(body).hexdigest()
 
 
 async def test_a_pooled_connection_closed_under_a_request(wire: Wire) -> None:
