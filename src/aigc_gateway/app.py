@@ -20,6 +20,7 @@ from aigc_gateway import __version__
 from aigc_gateway.api import (
     admin,
     dashboard,
+    dashboard_admin,
     files,
     gpus,
     health,
@@ -114,5 +115,6 @@ def create_app(
     app.include_router(signin.router)
     app.include_router(instance_host.router)
     app.include_router(files.router)
+    app.include_router(dashboard_admin.router)
     app.include_router(dashboard.router)
     return app
