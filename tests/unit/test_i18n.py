@@ -15,7 +15,7 @@ from aigc_gateway.domain.states import InstanceState
 from aigc_gateway.web.i18n import KNOWN_TEXTS, LANGUAGES, Translator, negotiate, normalize
 
 WEB = Path(__file__).resolve().parents[2] / "src" / "aigc_gateway" / "web"
-DASHBOARD = WEB.parent / "api" / "dashboard.py"
+DASHBOARD = sorted((WEB.parent / "api").glob("dashboard*.py"))  # user and admin pages
 T_CALL = re.compile(r"""\bt\(\s*["']([^"']+)["'](?!\s*~)""")
 """``t("key")``; not ``t("state." ~ x)``, whose keys :func:`dynamic_keys` lists."""
 KEY_LITERAL = re.compile(
@@ -57,7 +57,7 @@ def dynamic_keys() -> set[str]:
     keys |= {f"admin.gpus.mode_{m}" for m in literal_values(GpuPublic, "mode")}
     keys |= {f"admin.gpus.status_{c}" for c in literal_values(GpuPublic, "cordon") if c}
     keys |= set(KNOWN_TEXTS.values())
-    for path in (DASHBOARD, *WEB.glob("*.py")):  # keys the page code passes to t()
+    for path in (*DASHBOARD, *WEB.glob("*.py")):  # keys the page code passes to t()
         keys |= {k for k in KEY_LITERAL.findall(path.read_text()) if not k.endswith(".html")}
     return keys
 
