@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aigc_gateway.proxy.wire import (
+    downstream,
     forwardable,
     forwarded_for,
     parse_request_head,
@@ -33,7 +34,7 @@ def test_a_head_is_parsed_as_sent() -> None:
     head = parse_request_head(HEAD)
     assert head is not None
     assert (head.method, head.target, head.version) == (b"POST", b"/upload?x=1", "1.1")
-    assert head.keep_alive and not head.upgrade and not head.complete  # a body follows
+    assert head.keep_alive and not head.upgrade
     assert head.one(b"host") == b"iabc.localhost:8080"
     assert head.cookie(b"aigc_instance") == "secret"
     assert head.one(b"content-length") == b"5"
@@ -42,7 +43,7 @@ def test_a_head_is_parsed_as_sent() -> None:
 def test_keep_alive_is_what_the_client_asked() -> None:
     closing = parse_request_head(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
     old = parse_request_head(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n")
-    assert closing is not None and not closing.keep_alive and closing.complete
+    assert closing is not None and not closing.keep_alive
     assert old is not None and not old.keep_alive
 
 
@@ -115,6 +116,24 @@ def test_an_engine_cannot_set_the_gateways_cookies() -> None:
     assert sets_gateway_cookie(b" aigc_instance =x")
     assert not sets_gateway_cookie(b"theme=dark; Path=/")
     assert not sets_gateway_cookie(b"my_aigc_session=x")
+
+
+def test_what_a_client_may_see_of_an_answer() -> None:
+    answer = [
+        (b"content-type", b"text/plain"),
+        (b"transfer-encoding", b"chunked"),
+        (b"connection", b"upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"set-cookie", b"aigc_session=stolen; Path=/"),
+        (b"set-cookie", b"theme=dark"),
+    ]
+    assert downstream(answer) == [(b"content-type", b"text/plain"), (b"set-cookie", b"theme=dark")]
+    switched = downstream(answer, keep=frozenset({b"connection", b"upgrade"}))  # a 101
+    assert (b"upgrade", b"websocket") in switched and (
+        b"transfer-encoding",
+        b"chunked",
+    ) not in switched
+    assert (b"set-cookie", b"aigc_session=stolen; Path=/") not in switched
 
 
 def test_heads_are_written_as_http_1_1() -> None:

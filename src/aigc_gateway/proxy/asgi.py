@@ -171,7 +171,7 @@ class InstanceProxy:
     async def _decide(
         self, gw: Gateway, scope: Scope, route: Route, prefix: str | None
     ) -> Decision:
-        cookie = _cookie(scope, INSTANCE_COOKIE if prefix is None else "aigc_session")
+        cookie = _cookie(scope, access_cookie_name(prefix))
         if not cookie:
             return Refused(401)
         return await decide_access(gw, route, cookie, prefix)
@@ -200,7 +200,7 @@ class InstanceProxy:
         )
         if websocket:
             revoked = asyncio.Event()
-            cookie = _cookie(scope, INSTANCE_COOKIE if prefix is None else "aigc_session") or ""
+            cookie = _cookie(scope, access_cookie_name(prefix)) or ""
             live = scope["app"].state.live_sockets
             token = live.add(route.slug, cookie, prefix, revoked.set)
             try:
@@ -228,9 +228,7 @@ class InstanceProxy:
                 upstream=route.upstream,
                 headers=headers,
                 limits=limits,
-                error=lambda status, text: error_body(
-                    status, text, html, lang=request_lang(scope) if html else "en"
-                ),
+                error=lambda status, text: error_body(status, text, html, lang=request_lang(scope)),
             )
         finally:
             observed.http_done()
@@ -312,11 +310,16 @@ class InstanceProxy:
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
             return
         html = _wants_html(scope)
-        lang = request_lang(scope) if html else "en"
+        lang = request_lang(scope)
         content_type, body = error_body(
             status, text, html, lang=lang, page_text=page_text(lang) if page_text else None
         )
         await _respond(send, status, content_type, body)
+
+
+def access_cookie_name(prefix: str | None) -> str:
+    """Host mode (no prefix): the instance cookie; path mode (the gateway's host): the session."""
+    return INSTANCE_COOKIE if prefix is None else "aigc_session"
 
 
 def access_key(cookie: str, prefix: str | None) -> str:

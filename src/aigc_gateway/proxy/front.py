@@ -37,26 +37,24 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision
-from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.proxy.answers import BAD_ANSWER, CLOSED, TIMEOUT, UNREACHABLE, error_body
-from aigc_gateway.proxy.asgi import access_key, decide_access
+from aigc_gateway.proxy.asgi import access_cookie_name, access_key, decide_access
 from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamConnection, UpstreamPool
 from aigc_gateway.proxy.wire import (
-    HOP_BY_HOP,
     LAST_CHUNK,
     MAX_HEAD_BYTES,
     Headers,
     RequestHead,
     chunk,
+    downstream,
     forwardable,
     forwarded_for,
     parse_request_head,
     request_head,
     response_head,
-    sets_gateway_cookie,
 )
 from aigc_gateway.web.i18n import negotiate
 
@@ -287,8 +285,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         gw: Gateway | None = getattr(self.gateway_app.state, "gateway", None)
         head = parse_request_head(bytes(self.buffer[: end + 4]))
-        plan = self._plan(gw, head) if gw is not None and head is not None else None
-        if plan is None or gw is None or head is None:
+        if gw is None or head is None or (plan := self._plan(gw, head)) is None:
             self._hand_off()
             return
         route, prefix, cookie, host = plan
@@ -343,7 +340,7 @@ class FrontProtocol(asyncio.Protocol):
         route = gw.controller.routes.get(slug)
         if route is None or route.state != "running" or not route.upstream:
             return None
-        cookie = head.cookie(INSTANCE_COOKIE.encode() if prefix is None else b"aigc_session")
+        cookie = head.cookie(access_cookie_name(prefix).encode())
         if not cookie:
             return None
         return route, prefix, cookie, host
@@ -585,11 +582,11 @@ class FrontProtocol(asyncio.Protocol):
             return
         if status < 200:
             ex.interim = True
-            self.transport.write(response_head(status, _downstream(headers)))
+            self.transport.write(response_head(status, downstream(headers)))
             return
         # Read now: once the message is complete the parser forgets its connection flags.
         ex.keep_alive = ex.parser.should_keep_alive()
-        out = _downstream(headers)
+        out = downstream(headers)
         no_body = ex.head.method == b"HEAD" or status in (204, 304)
         if not no_body and not any(name == b"content-length" for name, _ in out):
             ex.close_delimited = not any(
@@ -630,12 +627,7 @@ class FrontProtocol(asyncio.Protocol):
         if not ex.websocket or ex.status != 101:
             self._fail(ex, 502, BAD_ANSWER)  # a 101 nobody asked for
             return
-        out = [
-            (name, value)
-            for name, value in ex.response_headers
-            if name in UPGRADE_HEADERS
-            or not (name in HOP_BY_HOP or (name == b"set-cookie" and sets_gateway_cookie(value)))
-        ]
+        out = downstream(ex.response_headers, keep=UPGRADE_HEADERS)
         self.transport.write(response_head(101, out))
         ex.sent_head = ex.done = True
         self._stop(ex)
@@ -673,11 +665,8 @@ class FrontProtocol(asyncio.Protocol):
     def _fail(self, ex: _Exchange, status: int, text: str) -> None:
         """The engine failed before answering: the gateway answers instead."""
         assert self.transport is not None
-        html = ex.head.wants_html()
-        lang = "en"
-        if html:
-            lang = negotiate(ex.head.cookie(b"lang"), _text(ex.head.one(b"accept-language")))
-        content_type, body = error_body(status, text, html, lang=lang)
+        lang = negotiate(ex.head.cookie(b"lang"), _text(ex.head.one(b"accept-language")))
+        content_type, body = error_body(status, text, ex.head.wants_html(), lang=lang)
         if ex.body_left or self.closing:
             ex.close_after = True
         headers = [
@@ -750,9 +739,7 @@ class FrontProtocol(asyncio.Protocol):
         return pool
 
     def _touch(self, instance_id: str) -> None:
-        gw = getattr(self.gateway_app.state, "gateway", None)
-        if gw is not None:
-            gw.controller.activity.touch(instance_id)
+        self._gateway().controller.activity.touch(instance_id)
 
     def _idle_close(self) -> None:
         self.idle_timer = None
@@ -770,15 +757,6 @@ class FrontProtocol(asyncio.Protocol):
         self.paused_for.discard(reason)
         if not self.paused_for and self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
-
-
-def _downstream(headers: Headers) -> Headers:
-    """The engine's response headers a client may see."""
-    return [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP and not (name == b"set-cookie" and sets_gateway_cookie(value))
-    ]
 
 
 def _text(value: bytes | None) -> str | None:

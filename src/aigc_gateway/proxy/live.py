@@ -41,9 +41,6 @@ class LiveSockets:
         self._checking: asyncio.Task[None] | None = None
         self._again = False
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     def add(self, slug: str, cookie: str, prefix: str | None, close: Callable[[], None]) -> int:
         """Keep a socket opened on ``(slug, cookie, prefix)``; ``close()`` ends it. Returns the
         token to ``discard`` it with when it ends by itself."""

@@ -119,9 +119,6 @@ class UpstreamPool:
         )
         return conn
 
-    def idle_count(self, address: str) -> int:
-        return sum(1 for conn in self._idle.get(address, ()) if not conn.closed)
-
     def _sweep(self) -> None:
         self._sweeper = None
         horizon = time.monotonic() - self._idle_s

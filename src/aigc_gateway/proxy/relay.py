@@ -18,7 +18,7 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from aigc_gateway.proxy.answers import BAD_ANSWER, TIMEOUT, TOO_LARGE, UNREACHABLE
-from aigc_gateway.proxy.wire import HOP_BY_HOP, forwardable, forwarded_for, sets_gateway_cookie
+from aigc_gateway.proxy.wire import downstream, forwardable, forwarded_for
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,11 @@ def _text(value: bytes) -> str:
 
 
 def downstream_headers(headers: aiohttp.typedefs.LooseHeaders) -> list[tuple[bytes, bytes]]:
-    out = []
-    for name, value in headers.items():  # type: ignore[union-attr]
-        lower = name.lower().encode("latin-1")
-        if lower in HOP_BY_HOP or lower in SET_BY_SERVER:
-            continue
-        encoded = value.encode("latin-1")
-        if lower == b"set-cookie" and sets_gateway_cookie(encoded):
-            continue
-        out.append((lower, encoded))
-    return out
+    raw = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in headers.items()  # type: ignore[union-attr]
+    ]
+    return [(name, value) for name, value in downstream(raw) if name not in SET_BY_SERVER]
 
 
 def target_url(scope: Scope, upstream: str, *, websocket: bool = False) -> str:

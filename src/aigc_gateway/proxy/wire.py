@@ -66,8 +66,6 @@ class RequestHead:
     keep_alive: bool = True
     upgrade: bool = False
     """The client asked to switch protocols (``Upgrade``); only WebSocket is relayed."""
-    complete: bool = False
-    """The parser saw the whole message in the head (no body follows)."""
     parser: httptools.HttpRequestParser | None = None
 
     # httptools callbacks
@@ -81,9 +79,6 @@ class RequestHead:
         # Read now: once the message is complete the parser forgets its connection flags.
         assert self.parser is not None
         self.keep_alive = self.parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        self.complete = True
 
     def one(self, name: bytes) -> bytes | None:
         """The value of a header sent once; None when absent *or repeated* (ambiguous)."""
@@ -198,6 +193,17 @@ def forwarded_for(
 def sets_gateway_cookie(value: bytes) -> bool:
     """A ``Set-Cookie`` value naming one of the gateway's cookies (name matched exactly)."""
     return value.split(b"=", 1)[0].strip() in GATEWAY_COOKIES
+
+
+def downstream(headers: Headers, *, keep: frozenset[bytes] = frozenset()) -> Headers:
+    """The engine's response headers a client may see: no hop-by-hop header (but those in
+    ``keep``: a ``101``'s ``Upgrade`` and ``Connection``), no ``Set-Cookie`` of the gateway's."""
+    return [
+        (name, value)
+        for name, value in headers
+        if (name in keep or name not in HOP_BY_HOP)
+        and not (name == b"set-cookie" and sets_gateway_cookie(value))
+    ]
 
 
 def request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
