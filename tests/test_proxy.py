@@ -44,6 +44,17 @@ def cookie_for(browser: httpx.AsyncClient, host: str) -> str:
     )
 
 
+def instance_websocket(host: str, port: int, cookie: str, **options: Any) -> websockets.connect:
+    """The demo engine's WebSocket on its instance host, through the gateway on ``port``."""
+    return websockets.connect(
+        f"ws://{host}:{port}/ws",
+        host="127.0.0.1",
+        port=port,
+        additional_headers={"Cookie": f"aigc_instance={cookie}"},
+        **options,
+    )
+
+
 @pytest.fixture
 async def demo(alice: Api) -> dict[str, Any]:
     inst = await alice.wait_state((await alice.create("demo"))["id"], "running", "failed")
@@ -113,12 +124,7 @@ async def test_websocket_relay_text_binary_and_close(
         host = httpx.URL(demo["url"]).host
         port = httpx.URL(gateway.url).port
         cookie = cookie_for(browser, host)
-        async with websockets.connect(
-            f"ws://{host}:{port}/ws",
-            host="127.0.0.1",
-            port=port,
-            additional_headers={"Cookie": f"aigc_instance={cookie}"},
-        ) as ws:
+        async with instance_websocket(host, port, cookie) as ws:
             await ws.send(json.dumps({"type": "ping", "n": 1}))
             assert json.loads(await ws.recv())["type"] == "pong"
             latency = await asyncio.wait_for(await ws.ping(b"are you there"), 10)
@@ -132,13 +138,7 @@ async def test_websocket_relay_text_binary_and_close(
                 seen.append(json.loads(await ws.recv())["type"])
             assert "progress" in seen
         # The subprotocol is negotiated with the engine, and its close code passes through.
-        async with websockets.connect(
-            f"ws://{host}:{port}/ws",
-            host="127.0.0.1",
-            port=port,
-            subprotocols=["demo.v1"],
-            additional_headers={"Cookie": f"aigc_instance={cookie}"},
-        ) as ws:
+        async with instance_websocket(host, port, cookie, subprotocols=["demo.v1"]) as ws:
             assert ws.subprotocol == "demo.v1"
             await ws.send(json.dumps({"type": "close", "code": 4001}))
             with pytest.raises(websockets.ConnectionClosed):
@@ -200,12 +200,7 @@ async def test_an_open_websocket_ends_when_access_ends(
     try:
         await open_through_gateway(browser, demo)
         host, port = httpx.URL(demo["url"]).host, httpx.URL(gateway.url).port
-        async with websockets.connect(
-            f"ws://{host}:{port}/ws",
-            host="127.0.0.1",
-            port=port,
-            additional_headers={"Cookie": f"aigc_instance={cookie_for(browser, host)}"},
-        ) as ws:
+        async with instance_websocket(host, port, cookie_for(browser, host)) as ws:
             await ws.send(json.dumps({"type": "ping", "n": 1}))
             assert json.loads(await ws.recv())["type"] == "pong"
             csrf = (await browser.get(f"{gateway.url}/api/me")).json()["csrf_token"]
