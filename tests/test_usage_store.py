@@ -75,7 +75,7 @@ async def test_a_crash_closes_at_the_last_observed_time_and_never_twice(db: Data
     # The gateway died; on recovery the engine is found gone with no exit time.
     async with db.write() as s:
         closed = await usage.close_intervals(s, "i1", end=None, pricebook=BOOK)
-    assert [(r.seconds, r.cost_micros) for r in closed] == [(42 * 60, 1_400_000)]
+    assert [(r.duration_ms, r.cost_micros) for r in closed] == [(42 * 60_000, 1_400_000)]
     async with db.write() as s:  # retried close: nothing more
         assert (
             await usage.close_intervals(s, "i1", end=T0 + timedelta(hours=9), pricebook=BOOK) == []
@@ -94,12 +94,12 @@ async def test_midnight_cut_continues_in_a_new_row(db: Database) -> None:
     async with db.write() as s:  # two days later (the gateway was down over a night)
         assert await usage.cut_at_midnight(s, night + timedelta(days=2), BOOK) == 1
     rows = await ledger(db, "i2")
-    assert [(r.day, r.seconds, r.closed_by, r.end_at is None) for r in rows] == [
-        ("2026-05-04", 7200, "day", False),
-        ("2026-05-05", 86400, "day", False),
+    assert [(r.day, r.duration_ms, r.closed_by, r.end_at is None) for r in rows] == [
+        ("2026-05-04", 7_200_000, "day", False),
+        ("2026-05-05", 86_400_000, "day", False),
         ("2026-05-06", 0, None, True),
     ]
-    assert rows[0].active_s == 60 and rows[1].active_s == 0
+    assert rows[0].active_ms == 60_000 and rows[1].active_ms == 0
     assert sum(r.cost_micros for r in rows) == 2_600_000  # 26 h x 0.10
 
 
@@ -112,20 +112,20 @@ async def test_activity_counts_each_minute_once(db: Database) -> None:
         (row,) = await usage.close_intervals(
             s, "i3", end=T0 + timedelta(minutes=10), pricebook=BOOK
         )
-    assert row.active_s == 3 * 60  # minutes 0, 1 and 3
+    assert row.active_ms == 3 * 60_000  # minutes 0, 1 and 3
 
 
 async def test_closed_rows_are_never_changed(db: Database) -> None:
     await start(db, "i4", Holding("gpu_share", "a100", "cloud", share_gib=10), T0)
     async with db.write() as s:
         await usage.close_intervals(s, "i4", end=T0 + timedelta(hours=3), pricebook=BOOK)
-    before = [(r.end_at, r.seconds, r.cost_micros) for r in await ledger(db, "i4")]
+    before = [(r.end_at, r.duration_ms, r.cost_micros) for r in await ledger(db, "i4")]
     async with db.write() as s:
         await usage.observe(s, ["i4"], T0 + timedelta(days=1))
         await usage.add_activity(s, {"i4": (T0 + timedelta(hours=1)).timestamp()})
         await usage.cut_at_midnight(s, T0 + timedelta(days=3), BOOK)
-    assert [(r.end_at, r.seconds, r.cost_micros) for r in await ledger(db, "i4")] == before
-    assert before == [(T0 + timedelta(hours=3), 10800, 300_000)]
+    assert [(r.end_at, r.duration_ms, r.cost_micros) for r in await ledger(db, "i4")] == before
+    assert before == [(T0 + timedelta(hours=3), 10_800_000, 300_000)]
 
 
 async def test_stored_data_is_billed_once_per_day(db: Database) -> None:
@@ -144,7 +144,7 @@ async def test_stored_data_is_billed_once_per_day(db: Database) -> None:
         assert await usage.record_storage(s, day, data, book) == 0
     (row,) = await ledger(db, "vol1")
     # 10 GiB x 0.72 per 720 h month x 24 h
-    assert (row.resource, row.share_gib, row.seconds, row.cost_micros) == (
+    assert (row.resource, row.share_gib, row.duration_ms, row.cost_micros) == (
         "storage",
         10.0,
         0,
@@ -152,7 +152,7 @@ async def test_stored_data_is_billed_once_per_day(db: Database) -> None:
     )
     async with db.read() as s:
         (line,) = await usage.report(s, "resource", "day", user_id="u1")
-    assert (line.key, line.period, line.seconds, line.cost_micros) == (
+    assert (line.key, line.period, line.duration_ms, line.cost_micros) == (
         "storage",
         "2026-05-04",
         0,
@@ -189,7 +189,7 @@ async def test_every_report_adds_up_to_the_same_total(
     async with db.write() as s:
         await s.execute(UsageInterval.__table__.delete())
         await s.execute(UsageRollup.__table__.delete())
-    expected_seconds = 0
+    expected_ms = 0
     for n, (user, holding, offset, length) in enumerate(sessions):
         iid = f"r{n}"
         begin = T0 + timedelta(minutes=offset)
@@ -198,15 +198,15 @@ async def test_every_report_adds_up_to_the_same_total(
             await usage.close_intervals(
                 s, iid, end=begin + timedelta(minutes=length), pricebook=BOOK
             )
-        expected_seconds += length * 60
+        expected_ms += length * 60_000
     async with db.read() as s:
         whole = await usage.report(s, "resource")
-        total = (sum(r.seconds for r in whole), sum(r.cost_micros for r in whole))
-        assert total[0] == expected_seconds
+        total = (sum(r.duration_ms for r in whole), sum(r.cost_micros for r in whole))
+        assert total[0] == expected_ms
         for dim in DIMENSIONS:
             for period in (None, "day", "week", "month"):
                 parts = await usage.report(s, dim, period)  # type: ignore[arg-type]
-                assert (sum(r.seconds for r in parts), sum(r.cost_micros for r in parts)) == total
+                assert (sum(r.duration_ms for r in parts), sum(r.cost_micros for r in parts)) == total
             # The rollup answers whole-month reports with exactly the ledger's rows.
             for period in (None, "week", "month"):
                 for since, until in ((None, None), ("2026-05-01", "2026-05-31")):
@@ -217,6 +217,6 @@ async def test_every_report_adds_up_to_the_same_total(
                     assert fast == slow
         one = await usage.report(s, "instance", "day", user_id="u2")
         assert all(r.key is not None for r in one)
-        assert sum(r.seconds for r in one) == sum(
-            length * 60 for user, _, _, length in sessions if user == "u2"
+        assert sum(r.duration_ms for r in one) == sum(
+            length * 60_000 for user, _, _, length in sessions if user == "u2"
         )

@@ -1,8 +1,9 @@
 """Cost accounting.
 
 :mod:`.pricebook` is the admin's price book and the pure maths of pricing resource use over time;
-:mod:`.periods` cuts time into UTC days, ISO weeks and months for reports. Neither does I/O beyond
-reading the price book file.
+:mod:`.periods` cuts time into UTC days, ISO weeks and months for reports; :mod:`.rounding` rounds
+a report's exact figures once, with the parts still adding up. None does I/O beyond reading the
+price book file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from aigc_gateway.accounting.pricebook import (
     load_pricebook,
     parse_pricebook,
 )
+from aigc_gateway.accounting.rounding import apportion, apportion_within
 
 __all__ = [
     "HOURS_PER_MONTH",
@@ -46,6 +48,8 @@ __all__ = [
     "ResourceUse",
     "Tariff",
     "UseKind",
+    "apportion",
+    "apportion_within",
     "as_utc",
     "format_money",
     "load_pricebook",

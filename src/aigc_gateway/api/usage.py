@@ -1,8 +1,10 @@
 """Usage and cost: reports from the ledger (JSON and CSV), an instance's ledger rows, budgets.
 
 Users see their own usage; administrators see everyone's (``scope=all``, the default for them).
-Every figure is a sum of integers (seconds, micro-units of the currency), so the rows of a report
-add up to its total exactly; hours and money are those integers divided for display.
+Every figure is a sum of integers (milliseconds, micro-units of the currency), so the rows of a
+report add up to its total exactly. Whole seconds are rounded once, here: the total is rounded and
+its seconds handed to the rows by largest remainder (:func:`~aigc_gateway.accounting.apportion`),
+so they still add up; hours and money are those integers divided for display.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from aigc_gateway.accounting import MICROS, format_money
+from aigc_gateway.accounting import MICROS, apportion, apportion_within, format_money
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.errors import UserError
@@ -33,7 +35,12 @@ DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class Figures(BaseModel):
+    milliseconds: int
+    """Exact: the sum of the ledger rows' milliseconds."""
+    active_milliseconds: int
+    gpu_milliseconds: int
     seconds: int
+    """Whole seconds, rounded once for the report (the rows' seconds add up to the total's)."""
     active_seconds: int
     idle_seconds: int
     """Held but unused: ``seconds - active_seconds``."""
@@ -47,8 +54,15 @@ class Figures(BaseModel):
     """Formatted in the price book's currency, e.g. ``12.35 USD``."""
 
     @classmethod
-    def of(cls, seconds: int, active: int, gpu_s: int, micros: int, currency: str) -> Figures:
+    def of(cls, exact: Exact, rounded: Exact, currency: str) -> Figures:
+        """From the exact sums (milliseconds, micro-units) and their seconds as rounded for the
+        report."""
+        ms, active_ms, gpu_ms, micros = exact
+        seconds, active, gpu_s, _ = rounded
         return cls(
+            milliseconds=ms,
+            active_milliseconds=active_ms,
+            gpu_milliseconds=gpu_ms,
             seconds=seconds,
             active_seconds=active,
             idle_seconds=seconds - active,
@@ -60,6 +74,28 @@ class Figures(BaseModel):
             cost_micros=micros,
             cost=format_money(micros, currency),
         )
+
+
+Exact = tuple[int, int, int, int]
+"""Held, active and GPU time (milliseconds or seconds) and cost (micro-units)."""
+
+
+def round_once(exact: list[Exact]) -> list[Exact]:
+    """The report's lines in whole seconds, adding up to the rounded total; a line's active
+    seconds never exceed its held seconds."""
+    held = apportion([e[0] for e in exact], 1000)
+    active = apportion_within([e[1] for e in exact], held, 1000)
+    gpu = apportion([e[2] for e in exact], 1000)
+    return [(h, a, g, e[3]) for h, a, g, e in zip(held, active, gpu, exact, strict=True)]
+
+
+def _total(lines: list[Exact]) -> Exact:
+    return (
+        sum(x[0] for x in lines),
+        sum(x[1] for x in lines),
+        sum(x[2] for x in lines),
+        sum(x[3] for x in lines),
+    )
 
 
 class ReportLine(Figures):
@@ -92,8 +128,11 @@ class IntervalPublic(BaseModel):
     template_version: str
     start_at: datetime
     end_at: datetime | None
-    seconds: int
-    active_seconds: int
+    milliseconds: int
+    """Exact (``end_at - start_at``); 0 while open."""
+    seconds: float
+    """``milliseconds / 1000``."""
+    active_milliseconds: int
     cost_micros: int
     currency: str
     closed_by: str | None
@@ -128,22 +167,18 @@ async def build_report(
             user_id=None if effective == "all" else who.user_id,
         )
     currency = gw.pricebook.currency
+    exact = [(r.duration_ms, r.active_ms, r.gpu_ms, r.cost_micros) for r in rows]
+    rounded = round_once(exact)
     lines = [
         ReportLine(
             key=r.key,
             label=r.label or "(none)",
             period=r.period,
-            **Figures.of(r.seconds, r.active_s, r.gpu_seconds, r.cost_micros, currency).__dict__,
+            **Figures.of(e, s, currency).__dict__,
         )
-        for r in rows
+        for r, e, s in zip(rows, exact, rounded, strict=True)
     ]
-    total = Figures.of(
-        sum(r.seconds for r in rows),
-        sum(r.active_s for r in rows),
-        sum(r.gpu_seconds for r in rows),
-        sum(r.cost_micros for r in rows),
-        currency,
-    )
+    total = Figures.of(_total(exact), _total(rounded), currency)
     return Report(
         by=by,
         period=per,
@@ -242,8 +277,9 @@ async def instance_usage(
                 template_version=r.template_version,
                 start_at=r.start_at,
                 end_at=r.end_at,
-                seconds=r.seconds,
-                active_seconds=r.active_s,
+                milliseconds=r.duration_ms,
+                seconds=r.duration_ms / 1000,
+                active_milliseconds=r.active_ms,
                 cost_micros=r.cost_micros,
                 currency=r.currency,
                 closed_by=r.closed_by,

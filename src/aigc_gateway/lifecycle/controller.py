@@ -105,9 +105,8 @@ class Controller:
         self.metrics = metrics or Metrics()
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         """The time the ledger records (tests give a fake clock)."""
+        self._real_clock = clock is None
         self._metered_day: datetime | None = None
-        self._stopped_at: dict[str, datetime] = {}
-        """When this process stopped an engine: where its usage interval ends."""
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
         self._resync_task: asyncio.Task[None] | None = None
@@ -328,13 +327,9 @@ class Controller:
             Step.AWAIT_READY: lambda: self._await_ready(inst, wake),
             Step.MARK_RUNNING: lambda: self._mark_running(inst, work),
             Step.STOP: lambda: self._stop(inst),
-            Step.MARK_PAUSED: lambda: self._move(
-                inst,
-                S.PAUSED,
-                "left the GPU queue; data kept" if inst.state == S.QUEUED else "paused; data kept",
-            ),
+            Step.MARK_PAUSED: lambda: self._mark_paused(inst, work),
             Step.MARK_FAILED: lambda: self._mark_failed(inst, work),
-            Step.DELETE: lambda: self._delete(inst),
+            Step.DELETE: lambda: self._delete(inst, work),
         }
         await actions[step]()
 
@@ -352,7 +347,7 @@ class Controller:
     ) -> None:
         """Record ``inst → target`` and any start-progress steps in one transaction. A move to
         starting opens the usage intervals of ``opens``; a move to a state without a process
-        closes them (at ``ended_at``, when this process stopped the engine, or else at the last
+        closes them (at ``ended_at``, when the engine ended, or where that is unknown at the last
         time it was seen alive) and frees the instance's GPUs, in the same transaction."""
         move = transition(S(inst.state), target, reason)
         frees_gpus = target not in HOLDS_PROCESS and (
@@ -379,8 +374,9 @@ class Controller:
                     currency=self.pricebook.currency,
                 )
             if source in HOLDS_PROCESS and target not in HOLDS_PROCESS:
-                end = self._stopped_at.pop(inst.id, None) or ended_at
-                await usage.close_intervals(session, inst.id, end=end, pricebook=self.pricebook)
+                await usage.close_intervals(
+                    session, inst.id, end=ended_at, pricebook=self.pricebook
+                )
             for step, data in progress:
                 events.append(
                     await repo.add_event(session, **self._progress_event(inst, step, data))
@@ -572,8 +568,9 @@ class Controller:
             await asyncio.gather(ready, woken, return_exceptions=True)
         if not ready.cancelled() and isinstance(ready.exception(), ReadinessTimeout):
             reason = str(ready.exception())
-            await self._runtime.stop(inst.id, grace=self._stop_grace_s)
-            await self._move(inst, S.FAILED, reason, ended_at=self.clock())
+            stopped = await self._runtime.stop(inst.id, grace=self._stop_grace_s)
+            ended = self._ledger_time(stopped.exited_at) or self.clock()
+            await self._move(inst, S.FAILED, reason, ended_at=ended)
         elif woken.done() and not woken.cancelled():
             wake.clear()  # consumed: the next pass re-reads what changed
         elif not ready.cancelled() and ready.exception() is not None:
@@ -602,10 +599,12 @@ class Controller:
         else:
             reason = "engine process is gone (no exit code recorded)"
         tail = work.log_tail or await self._runtime.logs(inst.id, tail_bytes=4096)
-        # What the engine left behind (children holding GPU memory, a card's MPS daemon) goes
-        # before its GPUs are given to someone else.
-        await self._runtime.stop(inst.id, grace=0.0)
-        ended = datetime.fromtimestamp(work.exited_at, UTC) if work.exited_at else None
+        # What the engine left behind (children holding GPU memory, a card's MPS daemon, or the
+        # whole engine when only its supervisor was killed) goes before its GPUs are given to
+        # someone else.
+        # An engine that still runs (its supervisor was killed) gets the polite stop.
+        grace = None if work.phase is Phase.EXITED and work.exit_code is None else 0.0
+        ended = await self._end_engine(inst, work, grace=grace)
         await self._move(inst, S.FAILED, reason, ended_at=ended, exit_code=work.exit_code)
         await self._event(inst, "exit", reason, exit_code=work.exit_code, log_tail=tail[-4096:])
 
@@ -618,16 +617,45 @@ class Controller:
                 DesiredState.RUNNING: "restarting: stopping the engine",
             }[DesiredState(inst.desired_state)]
             await self._move(inst, S.STOPPING, why)
+        # The runtime persists when the engine ended; the next pass closes the ledger there
+        # (also when this process is killed in between).
         await self._runtime.stop(inst.id, grace=self._stop_grace_s)
-        self._stopped_at.setdefault(inst.id, self.clock())
 
-    async def _delete(self, inst: Instance) -> None:
+    async def _mark_paused(self, inst: Instance, work: Workload) -> None:
+        if inst.state == S.QUEUED:
+            await self._move(inst, S.PAUSED, "left the GPU queue; data kept")
+            return
+        ended = await self._end_engine(inst, work) if inst.state == S.STOPPING else None
+        await self._move(inst, S.PAUSED, "paused; data kept", ended_at=ended)
+
+    async def _end_engine(
+        self, inst: Instance, work: Workload, *, grace: float | None = None
+    ) -> datetime | None:
+        """Stop what is left of the engine (idempotent; nothing when it was stopped already) and
+        return when it ended, in ledger time: what the runtime recorded (the wrapper's exit file,
+        or the stop that saw it go), else ``None`` (the ledger falls back to the last time the
+        engine was seen alive)."""
+        stopped = await self._runtime.stop(
+            inst.id, grace=self._stop_grace_s if grace is None else grace
+        )
+        return self._ledger_time(stopped.exited_at or work.exited_at)
+
+    def _ledger_time(self, at: float | None) -> datetime | None:
+        """A runtime instant (seconds since the epoch) on the ledger's clock: that instant on the
+        real clock; under a replaced clock (tests), the clock's now, as its time runs apart from
+        the engines'."""
+        if at is None:
+            return None
+        return datetime.fromtimestamp(at, UTC) if self._real_clock else self.clock()
+
+    async def _delete(self, inst: Instance, work: Workload) -> None:
         state = S(inst.state)
         if state in (S.STARTING, S.RUNNING):
             await self._move(inst, S.STOPPING, "stopping to delete")
             state = S.STOPPING
         if state is S.STOPPING:
-            await self._move(inst, S.PAUSED, "stopped to delete")
+            ended = await self._end_engine(inst, work)
+            await self._move(inst, S.PAUSED, "stopped to delete", ended_at=ended)
             state = S.PAUSED
         if state is not S.DELETING:
             await self._move(

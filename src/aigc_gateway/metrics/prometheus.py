@@ -209,7 +209,8 @@ class TeamTotals:
     team: str
     """The team's name; empty for users in no team (or a team since deleted)."""
     currency: str
-    gpu_seconds: int
+    gpu_seconds: float
+    """Exact to the millisecond (the ledger's unit)."""
     share_gib_seconds: float
     cost_micros: int
 
@@ -266,8 +267,8 @@ class LedgerTotals(Collector):
             select(
                 Team.name,
                 u.currency,
-                func.sum(u.seconds * u.gpu_count),
-                func.sum(case((u.resource == "gpu_share", u.seconds * u.share_gib), else_=0.0)),
+                func.sum(u.duration_ms * u.gpu_count),
+                func.sum(case((u.resource == "gpu_share", u.duration_ms * u.share_gib), else_=0.0)),
                 func.sum(u.cost_micros),
             )
             .outerjoin(Team, Team.id == u.team_id)
@@ -276,15 +277,18 @@ class LedgerTotals(Collector):
         )
         sums: dict[tuple[str, str], tuple[int, float, int]] = {}
         async with self._db.read() as session:
-            for name, currency, gpu_s, share_s, cost in await session.execute(query):
+            for name, currency, gpu_ms, share_ms, cost in await session.execute(query):
                 key = (name or "", currency)
                 old = sums.get(key, (0, 0.0, 0))
                 sums[key] = (
-                    old[0] + int(gpu_s or 0),
-                    old[1] + float(share_s or 0),
+                    old[0] + int(gpu_ms or 0),
+                    old[1] + float(share_ms or 0),
                     old[2] + int(cost or 0),
                 )
-        return [TeamTotals(t, c, *v) for (t, c), v in sorted(sums.items())]
+        return [
+            TeamTotals(t, c, gpu_ms / 1000, share_ms / 1000, cost)
+            for (t, c), (gpu_ms, share_ms, cost) in sorted(sums.items())
+        ]
 
     def collect(self) -> Iterator[Metric]:
         gpu_s = CounterMetricFamily(
@@ -300,9 +304,9 @@ class LedgerTotals(Collector):
             "Cost of what was held, in millionths of the currency, by team.",
             labels=["team", "currency"],
         )
-        by_team: dict[str, tuple[int, float]] = {}
+        by_team: dict[str, tuple[float, float]] = {}
         for t in self.totals:
-            held = by_team.get(t.team, (0, 0.0))
+            held = by_team.get(t.team, (0.0, 0.0))
             by_team[t.team] = (held[0] + t.gpu_seconds, held[1] + t.share_gib_seconds)
             cost.add_metric([t.team, t.currency], t.cost_micros)
         for team, (whole, shares) in sorted(by_team.items()):

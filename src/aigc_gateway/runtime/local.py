@@ -5,13 +5,20 @@ running engine may live only in this process's memory or depend on it:
 
 - The engine runs in its own session and process group, started through a tiny ``/bin/sh``
   wrapper (:data:`~aigc_gateway.runtime.local_procs.WRAPPER_SCRIPT`) that waits for it and writes
-  its exit status to a file. Without the wrapper an engine ending while no gateway runs would leave
-  no exit code anywhere. A shell costs about a millisecond; a Python supervisor would cost tens.
+  its exit status to a file, whose modification time is when the engine ended. Without the wrapper
+  an engine ending while no gateway runs would leave no exit code and no end time anywhere. The
+  wrapper outlives a stop's signals (it traps ``SIGTERM``, and the forced kill spares it), so even
+  a stop whose gateway was killed half-way leaves the end time. A shell costs about a millisecond;
+  a Python supervisor would cost tens.
+- A wrapper killed on its own (``kill -9`` of its pid) leaves an engine nobody can see end: it is
+  reported as exited ("engine supervisor killed") while the engine still runs, so the controller
+  stops it and the ledger closes when it is gone.
 - Its stdout and stderr go straight to a log file opened ``O_APPEND``, never through pipes that
   would break (and kill the engine with ``SIGPIPE``) when the gateway exits.
 - Everything the runtime knows is in ``state_dir/<instance_id>/``: ``workload.json`` (pid, process
   group, port, the process start time and boot id that guard against pid reuse, labels, command,
-  whether the engine has passed readiness once, whether it was stopped), ``engine.log`` (+
+  whether the engine has passed readiness once, whether it was stopped and when the stopped engine
+  ended), ``engine.log`` (+
   ``engine.log.1`` after rotation) and ``exit_code``. ``workload.json`` is replaced atomically.
   The pid recorded (and reported as :attr:`Workload.pid`) is the wrapper's, which is also the
   process group id; the engine is its child.
@@ -97,6 +104,10 @@ class _Record:
     gpu_devices: list[str] = field(default_factory=list)
     gpu_memory_mib: int | None = None
     """Set for a memory share: the card's MPS daemon serves it."""
+    ended_at: float | None = None
+    """Set by a stop: when the engine ended (the exit file's time, or when the stop saw the last
+    process go), seconds since the epoch; ``None`` if that is unknown (it was gone already and
+    left no exit file)."""
 
     def to_json(self) -> str:
         return json.dumps({"version": _RECORD_VERSION, **asdict(self)}, indent=1)
@@ -244,7 +255,9 @@ class LocalRuntime:
         if record is None:
             return Workload(instance_id, Phase.ABSENT)
         if not record.stopped:
-            await self._terminate(record, grace)
+            ended_now = await self._terminate(record, grace)
+            # The wrapper's file says when the engine ended; else this stop saw it go.
+            record.ended_at = _mtime(paths.exit_code) or ended_now
             record.stopped = True
             record.ready = False
             _save(paths, record)
@@ -362,7 +375,9 @@ class LocalRuntime:
     def _snapshot(self, record: _Record, paths: _Paths) -> Workload:
         """What is there now, from the records and the process table; no probing."""
         if record.stopped:
-            return Workload(record.instance_id, Phase.ABSENT, labels=record.labels)
+            return Workload(
+                record.instance_id, Phase.ABSENT, exited_at=record.ended_at, labels=record.labels
+            )
         if record.boot_id != self._boot_id:
             return Workload(
                 record.instance_id,
@@ -384,8 +399,16 @@ class LocalRuntime:
                 log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
                 message=procs.describe_exit(code),
             )
-        if leader_alive or self._group_lives(record):
+        if leader_alive:
             return _workload(record, Phase.READY if record.ready else Phase.STARTING)
+        if self._group_lives(record):
+            return _workload(
+                record,
+                Phase.EXITED,
+                log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
+                message=f"engine supervisor killed: its wrapper (pid {record.pid}), which records "
+                "the engine's exit, is gone while the engine still runs; the engine is stopped",
+            )
         return Workload(
             record.instance_id,
             Phase.ABSENT,
@@ -416,23 +439,31 @@ class LocalRuntime:
             await self._terminate(record, 0.0)
         _append_separator(paths)
 
-    async def _terminate(self, record: _Record, grace: float) -> None:
-        """SIGTERM the group (and strays), wait up to ``grace``, then SIGKILL; wait for the end."""
+    async def _terminate(self, record: _Record, grace: float) -> float | None:
+        """SIGTERM the group (and strays), wait up to ``grace``, then SIGKILL; wait for the end.
+
+        Returns when the last process was seen gone (seconds since the epoch), or ``None`` if
+        nothing of the engine was left to stop. The wrapper survives both signals (it traps
+        ``SIGTERM``; the forced kill spares it) and records the engine's exit and end time."""
         if not self._group_lives(record):
-            return
+            return None
         pgid = record.pgid
         strays = procs.descendants_outside_group(record.pid, pgid)
         extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
         procs.signal_group(pgid, signal.SIGTERM)
         procs.signal_processes(strays, signal.SIGTERM)
         if grace > 0 and await procs.wait_gone(pgid, strays, grace):
-            return
+            return time.time()
         if grace > 0:
             logger.warning("engine still running after %.1f s, killing it", grace, extra=extra)
-        procs.signal_group(pgid, signal.SIGKILL)
         procs.signal_processes(strays, signal.SIGKILL)
-        if not await procs.wait_gone(pgid, strays, KILL_WAIT_S):
+        procs.kill_group_but(pgid, keep=record.pid)
+        if await procs.wait_gone(pgid, strays, KILL_WAIT_S / 2):
+            return time.time()
+        procs.signal_group(pgid, signal.SIGKILL)  # a process forked meanwhile, or a stuck wrapper
+        if not await procs.wait_gone(pgid, strays, KILL_WAIT_S / 2):
             logger.error("engine processes survived SIGKILL", extra=extra)
+        return time.time()
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

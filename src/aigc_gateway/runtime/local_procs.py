@@ -40,6 +40,8 @@ __all__ = [
     "find_executable",
     "group_alive",
     "group_is_ours",
+    "group_members",
+    "kill_group_but",
     "pick_free_port",
     "process_alive",
     "process_create_time",
@@ -54,13 +56,18 @@ __all__ = [
 ]
 
 SHELL = "/bin/sh"
-WRAPPER_SCRIPT = 'f=$1; shift; "$@"; echo $? >"$f"'
+WRAPPER_SCRIPT = 'trap : TERM INT HUP; f=$1; shift; "$@"; echo $? >"$f"'
 """``sh -c WRAPPER_SCRIPT argv0 EXIT_FILE CMD ARGS...``: run the command, then record its status.
 
 The exit file is passed as an argument (not in the environment) so the engine does not inherit it.
-An engine killed by signal N is reported by the shell as ``128 + N``. The shell itself is the
-process group leader; when the whole group is signalled the shell dies too and writes nothing,
-which is fine: a stop clears the exit status anyway.
+An engine killed by signal N is reported by the shell as ``128 + N``. The file's modification time
+is when the engine ended: the ledger closes its interval there, even when no gateway was running.
+
+The shell is the process group leader, and a stop signals the whole group. It traps ``TERM``,
+``INT`` and ``HUP`` with a no-op so that it outlives the engine and still writes the status (a
+trap, not an ignore: an ignored signal would be inherited by the engine, a trapped one is reset to
+the default on ``exec``; and a trap runs only once the foreground command has ended). ``SIGKILL``
+cannot be trapped, so the forced kill of a stop spares the wrapper (:func:`kill_group_but`).
 """
 
 _PROC = Path("/proc")
@@ -217,15 +224,16 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def _has_live_member(pgid: int) -> bool:
-    """Whether a member of the group is not a zombie (an orphan may stay a zombie for long under
-    an init that does not reap)."""
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) members of process group ``pgid``."""
     if not _HAVE_PROC:
+        found = []
         for proc in psutil.process_iter():
             with contextlib.suppress(OSError, psutil.Error):
                 if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                    return True
-        return False
+                    found.append(proc.pid)
+        return found
+    members = []
     with os.scandir("/proc") as entries:
         for entry in entries:
             if not entry.name.isdigit():
@@ -237,8 +245,14 @@ def _has_live_member(pgid: int) -> bool:
                 continue
             fields = stat[stat.rfind(b")") + 2 :].split()
             if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                return True
-    return False
+                members.append(int(entry.name))
+    return members
+
+
+def _has_live_member(pgid: int) -> bool:
+    """Whether a member of the group is not a zombie (an orphan may stay a zombie for long under
+    an init that does not reap)."""
+    return bool(group_members(pgid))
 
 
 def group_alive(pgid: int) -> bool:
@@ -253,6 +267,18 @@ def group_alive(pgid: int) -> bool:
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def kill_group_but(pgid: int, keep: int) -> int:
+    """``SIGKILL`` every member of group ``pgid`` except process ``keep`` (the exit-status
+    wrapper, so that it can still record the engine's end); returns how many were signalled."""
+    killed = 0
+    for pid in group_members(pgid):
+        if pid != keep:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def descendants_outside_group(pid: int, pgid: int) -> list[psutil.Process]:

@@ -228,7 +228,7 @@ class UsageInterval(Base):
     template_version: Mapped[str] = mapped_column(String(64))
     resource: Mapped[str] = mapped_column(String(16))
     """``gpu`` (whole GPUs), ``gpu_share`` (memory share), ``cpu`` (no GPU), ``storage`` (a
-    day of a user's data folder: ``share_gib`` is its size, ``seconds`` 0, cost only)."""
+    day of a user's data folder: ``share_gib`` is its size, ``duration_ms`` 0, cost only)."""
     gpu_type: Mapped[str | None] = mapped_column(String(64))
     gpu_pool: Mapped[str | None] = mapped_column(String(64))
     gpu_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -240,10 +240,12 @@ class UsageInterval(Base):
     """UTC day of ``start_at`` (``2026-11-28``); with ``week`` and ``month``, for grouping."""
     week: Mapped[str] = mapped_column(String(8))
     month: Mapped[str] = mapped_column(String(7))
-    seconds: Mapped[int] = mapped_column(BigInteger, default=0)
-    """Set when closed."""
-    active_s: Mapped[int] = mapped_column(BigInteger, default=0)
-    """Seconds with proxy activity (whole minutes with a request or message), at most ``seconds``."""
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Set when closed: ``end_at - start_at`` in milliseconds, exact (rounding to seconds happens
+    once, in a report; rounding each row would lose up to half a second per row)."""
+    active_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Milliseconds with proxy activity (whole minutes with a request or message), at most
+    ``duration_ms``."""
     last_active_minute: Mapped[int | None] = mapped_column(BigInteger)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     """Set when closed, at the prices in force over the interval (millionths of ``currency``)."""
@@ -290,10 +292,11 @@ class UsageRollup(Base):
     resource: Mapped[str] = mapped_column(String(16))
     gpu_type: Mapped[str] = mapped_column(String(64))
     gpu_pool: Mapped[str] = mapped_column(String(64))
-    seconds: Mapped[int] = mapped_column(BigInteger, default=0)
-    active_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    active_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
-    gpu_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    gpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    """``duration_ms`` times whole GPUs held."""
 
 
 class Budget(Base):

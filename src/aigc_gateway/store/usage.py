@@ -121,8 +121,8 @@ async def open_intervals(
                 start_at=at,
                 end_at=None,
                 observed_at=at,
-                seconds=0,
-                active_s=0,
+                duration_ms=0,
+                active_ms=0,
                 cost_micros=0,
                 currency=currency,
                 **_labels(at),
@@ -148,12 +148,17 @@ def _holding(row: UsageInterval) -> Holding:
     )
 
 
+def millis(start: datetime, end: datetime) -> int:
+    """``end - start`` in whole milliseconds (half to even), never negative."""
+    return max(0, round((end - start) / timedelta(milliseconds=1)))
+
+
 def _finish(
-    row: UsageInterval, end: datetime, pricebook: PriceBook, closed_by: str, active_s: int
+    row: UsageInterval, end: datetime, pricebook: PriceBook, closed_by: str, active_ms: int
 ) -> None:
     row.end_at = end
-    row.seconds = max(0, round((end - row.start_at).total_seconds()))
-    row.active_s = min(active_s, row.seconds)
+    row.duration_ms = millis(row.start_at, end)
+    row.active_ms = min(active_ms, row.duration_ms)
     try:
         row.cost_micros = pricebook.cost_micros(_holding(row).use(), row.start_at, end)
     except MissingPrice as exc:
@@ -188,7 +193,7 @@ def _close_cut(
     session: AsyncSession, row: UsageInterval, end: datetime, pricebook: PriceBook, closed_by: str
 ) -> list[UsageInterval]:
     pieces = split(row.start_at, end, "day") or [(row.start_at, end)]
-    active = row.active_s
+    active = row.active_ms
     out = []
     for n, (start, stop) in enumerate(pieces):
         last = n == len(pieces) - 1
@@ -197,7 +202,7 @@ def _close_cut(
         else:
             piece = _continuation(row, start)
             session.add(piece)
-        share = min(active, round((stop - start).total_seconds()))
+        share = min(active, millis(start, stop))
         active -= share
         _finish(piece, stop, pricebook, closed_by if last else "day", share)
         out.append(piece)
@@ -220,8 +225,8 @@ def _continuation(row: UsageInterval, start: datetime) -> UsageInterval:
         start_at=start,
         end_at=None,
         observed_at=max(start, row.observed_at),
-        seconds=0,
-        active_s=0,
+        duration_ms=0,
+        active_ms=0,
         cost_micros=0,
         currency=row.currency,
         **_labels(start),
@@ -265,7 +270,7 @@ async def record_storage(
 ) -> int:
     """Bill one UTC day of stored user data per volume (idempotent per volume and day).
 
-    Storage rows carry the size in ``share_gib`` and cost only: their ``seconds`` are 0, so
+    Storage rows carry the size in ``share_gib`` and cost only: their ``duration_ms`` is 0, so
     hours and idle time in reports stay about engines."""
     day = period_label(day_start, "day")
     done = set(
@@ -294,8 +299,8 @@ async def record_storage(
             start_at=day_start,
             end_at=end,
             observed_at=end,
-            seconds=0,
-            active_s=0,
+            duration_ms=0,
+            active_ms=0,
             cost_micros=pricebook.storage_cost_micros(round(v.gib, 3), day_start, end),
             currency=pricebook.currency,
             closed_by="storage",
@@ -333,7 +338,7 @@ async def add_activity(session: AsyncSession, last: dict[str, float]) -> None:
                     UsageInterval.last_active_minute < minute,
                 ),
             )
-            .values(active_s=UsageInterval.active_s + 60, last_active_minute=minute)
+            .values(active_ms=UsageInterval.active_ms + 60_000, last_active_minute=minute)
             .execution_options(synchronize_session=False)
         )
 
@@ -350,31 +355,31 @@ async def roll_up(session: AsyncSession, closed: Iterable[UsageInterval]) -> Non
     sums: dict[tuple[str, ...], list[int]] = {}
     for row in closed:
         acc = sums.setdefault(_grain(row), [0, 0, 0, 0])
-        acc[0] += row.seconds
-        acc[1] += row.active_s
+        acc[0] += row.duration_ms
+        acc[1] += row.active_ms
         acc[2] += row.cost_micros
-        acc[3] += row.seconds * row.gpu_count
+        acc[3] += row.duration_ms * row.gpu_count
     if not sums:
         return
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     table: Table = UsageRollup.__table__  # type: ignore[assignment]
-    for key, (seconds, active, cost, gpu_s) in sums.items():
+    for key, (ms, active, cost, gpu_ms) in sums.items():
         stmt = insert(table).values(
             **dict(zip(ROLLUP_GRAIN, key, strict=True)),
-            seconds=seconds,
-            active_s=active,
+            duration_ms=ms,
+            active_ms=active,
             cost_micros=cost,
-            gpu_seconds=gpu_s,
+            gpu_ms=gpu_ms,
         )
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=list(ROLLUP_GRAIN),
                 set_={
-                    "seconds": table.c.seconds + stmt.excluded.seconds,
-                    "active_s": table.c.active_s + stmt.excluded.active_s,
+                    "duration_ms": table.c.duration_ms + stmt.excluded.duration_ms,
+                    "active_ms": table.c.active_ms + stmt.excluded.active_ms,
                     "cost_micros": table.c.cost_micros + stmt.excluded.cost_micros,
-                    "gpu_seconds": table.c.gpu_seconds + stmt.excluded.gpu_seconds,
+                    "gpu_ms": table.c.gpu_ms + stmt.excluded.gpu_ms,
                 },
             )
         )
@@ -392,13 +397,13 @@ async def rebuild_rollup(session: AsyncSession) -> int:
     await session.execute(table.delete())
     await session.execute(
         table.insert().from_select(
-            [*ROLLUP_GRAIN, "seconds", "active_s", "cost_micros", "gpu_seconds"],
+            [*ROLLUP_GRAIN, "duration_ms", "active_ms", "cost_micros", "gpu_ms"],
             select(
                 *keys,
-                func.sum(u.seconds),
-                func.sum(u.active_s),
+                func.sum(u.duration_ms),
+                func.sum(u.active_ms),
                 func.sum(u.cost_micros),
-                func.sum(u.seconds * u.gpu_count),
+                func.sum(u.duration_ms * u.gpu_count),
             )
             .where(u.end_at.is_not(None))
             .group_by(*keys),
@@ -438,11 +443,11 @@ class ReportRow:
     key: str | None
     label: str
     period: str | None
-    seconds: int
-    active_s: int
+    duration_ms: int
+    active_ms: int
     cost_micros: int
-    gpu_seconds: int
-    """Seconds times whole GPUs held (a share counts as 0)."""
+    gpu_ms: int
+    """Milliseconds times whole GPUs held (a share counts as 0)."""
 
 
 class Unindexed(ColumnElement[Any]):
@@ -500,7 +505,8 @@ def report_query(
 ) -> Select[Any]:
     """Sums by ``dim`` (and ``period``) over UTC days ``since``..``until`` (inclusive);
     ``user_id`` limits it to one user's usage. Aggregated by the key alone, then joined to the
-    names, with integer sums, so the parts of a report add up to its total exactly."""
+    names, with integer sums (milliseconds, micro-units), so the parts of a report add up to its
+    total exactly."""
     src: Any = UsageRollup.__table__ if from_rollup else UsageInterval.__table__
     c = src.c
     scan = not from_rollup and _long(since, until)
@@ -516,10 +522,10 @@ def report_query(
         group.append(c.instance_name.label("name"))
     if period:
         group.append(c[period].label("period"))
-    gpu_s = c.gpu_seconds if from_rollup else c.seconds * c.gpu_count
+    gpu_ms = c.gpu_ms if from_rollup else c.duration_ms * c.gpu_count
     sums = [
         cast(func.sum(x), BigInteger).label(n)
-        for x, n in ((c.seconds, "s"), (c.active_s, "a"), (c.cost_micros, "m"), (gpu_s, "g"))
+        for x, n in ((c.duration_ms, "s"), (c.active_ms, "a"), (c.cost_micros, "m"), (gpu_ms, "g"))
     ]
     inner = select(*group, *sums).group_by(*group)
     if from_rollup:
@@ -568,16 +574,16 @@ async def report(
         dim, period, since=since, until=until, user_id=user_id, from_rollup=from_rollup
     )
     out = []
-    for key, label, per, seconds, active, cost, gpu_s in await session.execute(query):
+    for key, label, per, ms, active, cost, gpu_ms in await session.execute(query):
         out.append(
             ReportRow(
                 key=key or None,
                 label="" if label is None else str(label),
                 period=per,
-                seconds=int(seconds or 0),
-                active_s=int(active or 0),
+                duration_ms=int(ms or 0),
+                active_ms=int(active or 0),
                 cost_micros=int(cost or 0),
-                gpu_seconds=int(gpu_s or 0),
+                gpu_ms=int(gpu_ms or 0),
             )
         )
     return out
