@@ -173,6 +173,25 @@ async def test_the_ledger_matches_what_happened_to_the_second(ledger: Ledger) ->
     assert r.status_code == 403
 
 
+async def test_many_short_runs_are_billed_to_the_millisecond(ledger: Ledger) -> None:
+    """Short pause/resume cycles: each row keeps its exact milliseconds, and the report rounds
+    once (rows rounded to whole seconds each billed these 0.385 s runs as nothing)."""
+    alice, clock = ledger.alice, ledger.clock
+    cpu = (await alice.create("tiny"))["id"]
+    for n in range(6):
+        if n:
+            await alice.act(cpu, "resume")
+        await run_for(alice, clock, cpu, milliseconds=385)
+        clock.advance(seconds=2)  # paused: nothing is held
+    assert [r["milliseconds"] for r in await rows(alice, cpu)] == [385] * 6
+    rep = await report(ledger.admin, by="instance", period="none")
+    (line,) = [r for r in rep["rows"] if r["key"] == cpu]
+    assert (line["milliseconds"], line["seconds"]) == (2310, 2)
+    assert line["cost_micros"] == 6 * 64  # 0.60 EUR an hour: 64.17 micro-units a row
+    assert rep["total"]["seconds"] == sum(r["seconds"] for r in rep["rows"])
+    assert rep["total"]["milliseconds"] == sum(r["milliseconds"] for r in rep["rows"])
+
+
 async def test_midnight_and_a_price_change_cut_the_interval(ledger: Ledger) -> None:
     alice, clock = ledger.alice, ledger.clock
     clock.at = datetime(2026, 3, 10, 23, 30, tzinfo=UTC)

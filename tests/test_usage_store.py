@@ -206,7 +206,10 @@ async def test_every_report_adds_up_to_the_same_total(
         for dim in DIMENSIONS:
             for period in (None, "day", "week", "month"):
                 parts = await usage.report(s, dim, period)  # type: ignore[arg-type]
-                assert (sum(r.duration_ms for r in parts), sum(r.cost_micros for r in parts)) == total
+                assert (
+                    sum(r.duration_ms for r in parts),
+                    sum(r.cost_micros for r in parts),
+                ) == total
             # The rollup answers whole-month reports with exactly the ledger's rows.
             for period in (None, "week", "month"):
                 for since, until in ((None, None), ("2026-05-01", "2026-05-31")):
@@ -220,3 +223,23 @@ async def test_every_report_adds_up_to_the_same_total(
         assert sum(r.duration_ms for r in one) == sum(
             length * 60_000 for user, _, _, length in sessions if user == "u2"
         )
+
+
+async def test_many_short_intervals_keep_every_millisecond(db: Database) -> None:
+    """Stops of 385 ms: rows rounded to whole seconds each came to 0 s in every report."""
+    at = T0
+    for n in range(120):
+        await start(db, "short", Holding("gpu", "rtx4090", "onprem", 1), at)
+        async with db.write() as s:
+            await usage.close_intervals(
+                s, "short", end=at + timedelta(milliseconds=385), pricebook=BOOK
+            )
+        at += timedelta(seconds=1, milliseconds=n % 7)
+    rows = await ledger(db, "short")
+    assert len(rows) == 120 and {r.duration_ms for r in rows} == {385}
+    async with db.read() as s:
+        for rollup in (False, True):
+            (line,) = await usage.report(s, "instance", "month", rollup=rollup)
+            assert (line.duration_ms, line.gpu_ms) == (46_200, 46_200)
+            # 1 USD per GPU-hour: costs were always exact, per row (107 micro-units each).
+            assert line.cost_micros == 120 * 107

@@ -6,6 +6,9 @@ Listens on $PORT (or --port); records the moment it started listening in ``<data
 ``GET /crash?code=K`` prints a line and exits with code K; ``GET /env`` answers the GPU-related
 environment it was started with (``CUDA_*``, ``NVIDIA_*``, ``AIGC_GPU_*``) as JSON.
 ``--exit-before-ready K`` exits at once with code K; ``--no-listen`` never opens its port.
+``--slow-stop S`` takes S seconds to stop after ``SIGTERM`` (like an engine saving its state) and
+records its life in ``<data>/life.jsonl``: a ``start`` line first thing, an ``end`` line as the
+last thing before it exits (its own record of when it ran, for the ledger tests).
 """
 
 from __future__ import annotations
@@ -13,11 +16,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+
+
+def _life(data: Path, event: str) -> None:
+    with open(data / "life.jsonl", "a") as f:
+        f.write(json.dumps({"event": event, "pid": os.getpid(), "t": time.time()}) + "\n")
+
+
+def _record_life(data: Path, stop_s: float) -> None:
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop does not start over
+        time.sleep(stop_s)
+        _life(data, "end")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    _life(data, "start")
 
 
 def main() -> None:
@@ -26,8 +46,11 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.getcwd())
     parser.add_argument("--exit-before-ready", type=int)
     parser.add_argument("--no-listen", action="store_true")
+    parser.add_argument("--slow-stop", type=float)
     args = parser.parse_args()
     data = Path(args.data_dir)
+    if args.slow_stop is not None:
+        _record_life(data, args.slow_stop)
     print(f"tiny engine starting, pid {os.getpid()}", flush=True)
     if args.exit_before_ready is not None:
         print("tiny engine: cannot load model weights, giving up", file=sys.stderr, flush=True)

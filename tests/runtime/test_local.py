@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from aigc_gateway.errors import Conflict
+from aigc_gateway.runtime import local_procs as procs
 from aigc_gateway.runtime.base import (
     LaunchError,
     LaunchSpec,
@@ -490,3 +491,99 @@ async def test_ready_is_detected_quickly(runtime: LocalRuntime, tmp_path: Path) 
     )
     assert {w.phase for w in ready} == {Phase.READY}
     assert len({w.port for w in ready}) == 3
+
+
+# -- when the engine ended: what the ledger closes on (issue 12, items 12 and 14) ----------------
+
+COARSE_CLOCK_S = 0.01
+"""File times come from the kernel's coarse clock, up to one tick (1-10 ms) behind the time."""
+
+
+def ended_by_itself(data_dir: Path) -> float:
+    t: float = json.loads((data_dir / "ended.json").read_text())["t"]
+    return t
+
+
+async def test_a_stop_cut_short_by_a_killed_gateway_still_records_when_the_engine_ended(
+    runtime: LocalRuntime, state_dir: Path, tmp_path: Path
+) -> None:
+    """The stop's SIGTERM reaches the whole process group, the wrapper included; the gateway that
+    sent it is killed before the engine is gone. The wrapper must outlive the signal and record
+    the engine's end, so the next gateway knows when it ended."""
+    started = await runtime.start(spec(tmp_path, "--slow-stop", "0.3"))
+    await runtime.wait_ready("i1", timeout=10)
+    assert started.pid is not None
+    os.killpg(started.pid, signal.SIGTERM)  # what stop() sends first; then its gateway dies
+    adopter = LocalRuntime(state_dir=state_dir)
+    try:
+        exited = await observe_until_not(adopter, "i1", Phase.READY)
+        engine_end = ended_by_itself(tmp_path / "data" / "i1")
+        assert (exited.phase, exited.exit_code) == (Phase.EXITED, 0)
+        assert exited.exited_at is not None
+        assert engine_end - COARSE_CLOCK_S <= exited.exited_at < engine_end + 1
+        stopped = await adopter.stop("i1", grace=5)
+        assert (stopped.phase, stopped.exited_at) == (Phase.ABSENT, exited.exited_at)
+        # Persisted: a third process reads the same end after the stop.
+        assert (await LocalRuntime(state_dir=state_dir).observe("i1")).exited_at == (
+            exited.exited_at
+        )
+    finally:
+        await adopter.close()
+
+
+async def test_a_stop_that_must_kill_returns_and_keeps_when_the_engine_ended(
+    runtime: LocalRuntime, state_dir: Path, tmp_path: Path
+) -> None:
+    await runtime.start(spec(tmp_path, "--ignore-term"))
+    await runtime.wait_ready("i1", timeout=10)
+    before = time.time()
+    stopped = await runtime.stop("i1", grace=0.3)
+    after = time.time()
+    assert stopped.phase is Phase.ABSENT and stopped.exited_at is not None
+    assert before + 0.3 - COARSE_CLOCK_S <= stopped.exited_at <= after
+    record = json.loads((state_dir / "i1" / "workload.json").read_text())
+    assert record["ended_at"] == stopped.exited_at and record["stopped"]
+    assert (await runtime.observe("i1")).exited_at == stopped.exited_at
+
+
+async def test_the_forced_kill_spares_the_wrapper_so_the_end_is_recorded(
+    runtime: LocalRuntime, state_dir: Path, tmp_path: Path
+) -> None:
+    """A stop's two signals, as sent by a gateway killed right after them: the engine ignores
+    SIGTERM and dies of the SIGKILL; the wrapper outlives both and records the end."""
+    started = await runtime.start(spec(tmp_path, "--ignore-term"))
+    await runtime.wait_ready("i1", timeout=10)
+    assert started.pid is not None
+    os.killpg(started.pid, signal.SIGTERM)
+    before = time.time()
+    assert procs.kill_group_but(started.pid, keep=started.pid) == 1
+    adopter = LocalRuntime(state_dir=state_dir)
+    try:
+        exited = await observe_until_not(adopter, "i1", Phase.READY)
+        assert (exited.phase, exited.exit_code) == (Phase.EXITED, 128 + signal.SIGKILL)
+        assert exited.exited_at is not None and exited.exited_at >= before - COARSE_CLOCK_S
+    finally:
+        await adopter.close()
+
+
+async def test_a_killed_wrapper_is_reported_and_its_engine_can_be_stopped(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    """``kill -9`` of the wrapper alone leaves an engine whose exit nothing can record: it is
+    reported as exited, with the reason, while the engine still runs; a stop ends it and says
+    when."""
+    started = await runtime.start(spec(tmp_path))
+    await runtime.wait_ready("i1", timeout=10)
+    engine_pid = engine_info(tmp_path / "data" / "i1")["pid"]
+    assert isinstance(engine_pid, int) and started.pid is not None
+    os.kill(started.pid, signal.SIGKILL)
+    seen = await observe_until_not(runtime, "i1", Phase.READY)
+    assert seen.phase is Phase.EXITED and seen.exit_code is None
+    assert "engine supervisor killed" in seen.message
+    assert running(engine_pid)
+    [listed] = await runtime.list()
+    assert listed.phase is Phase.EXITED
+    before = time.time()
+    stopped = await runtime.stop("i1", grace=5)
+    assert not running(engine_pid)
+    assert stopped.exited_at is not None and before <= stopped.exited_at <= time.time()

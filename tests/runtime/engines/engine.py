@@ -2,7 +2,8 @@
 
 It records how it was started in ``<data-dir>/engine.json`` (argv, environment, pid, cwd), then
 behaves as the flags say: serve HTTP on ``$PORT`` (default), exit with a code, never become ready,
-ignore SIGTERM, start a grandchild, or print a lot.
+ignore SIGTERM, take a while to stop (``--slow-stop S``, then ``ended.json`` says when it ended),
+start a grandchild, or print a lot.
 """
 
 import argparse
@@ -34,6 +35,19 @@ def _spew(lines: int, tag: str) -> None:
     sys.stdout.flush()
 
 
+def _slow_stop(data_dir: pathlib.Path, seconds: float) -> object:
+    """A SIGTERM handler that takes ``seconds`` to stop, then writes ``ended.json`` (when the
+    engine ended, by its own clock) and exits with 0."""
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(seconds)
+        (data_dir / "ended.json").write_text(json.dumps({"t": time.time()}))
+        os._exit(0)
+
+    return handler
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", required=True)
@@ -42,6 +56,7 @@ def main() -> None:
     parser.add_argument("--wait-for", default=None)
     parser.add_argument("--never-ready", action="store_true")
     parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--slow-stop", type=float, default=None)
     parser.add_argument("--grandchild", action="store_true")
     parser.add_argument("--spew", type=int, default=0)
     args, _ = parser.parse_known_args()
@@ -55,6 +70,8 @@ def main() -> None:
     }
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.slow_stop is not None:
+        signal.signal(signal.SIGTERM, _slow_stop(data_dir, args.slow_stop))
     if args.grandchild:
         child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         info["grandchild"] = child.pid
