@@ -16,8 +16,14 @@ Contract, for every method:
   :class:`ReadinessTimeout` after ``timeout`` seconds. It never sleeps blindly: it probes at a short
   interval and notices an exit at once. Cancelling it has no effect on the workload.
 - ``stop(instance_id, grace=...)`` ends the workload: a polite signal, then after ``grace`` seconds a
-  forced kill of everything it started. Returns the final workload (phase ``ABSENT``). Idempotent:
-  stopping an absent workload is not an error.
+  forced kill of everything it started. Returns the final workload (phase ``ABSENT``) with
+  ``exited_at``, when the engine ended, where it is known. Idempotent: stopping an absent workload
+  is not an error, and stopping again returns the same ``exited_at``.
+- When the engine ended is what the usage ledger bills up to, so a runtime keeps it where a killed
+  gateway cannot lose it: ``observe``/``list`` of an exited or stopped workload return the same
+  ``exited_at`` from any later gateway process. A workload whose end can no longer be recorded
+  (its supervisor is gone while the engine runs) is reported as ``EXITED`` with the reason, so the
+  controller stops it.
 - ``observe(instance_id)`` returns what is there now, without side effects. An id the runtime has never
   seen is phase ``ABSENT``.
 - ``list()`` returns every workload the runtime knows about, including ones started by an earlier
@@ -140,7 +146,8 @@ class Workload:
     started_at: float | None = None
     exit_code: int | None = None
     exited_at: float | None = None
-    """When the engine ended (seconds since the epoch), where the runtime knows."""
+    """When the engine ended (seconds since the epoch), where the runtime knows: for an exited
+    workload and for a stopped one (phase ``ABSENT`` after a stop)."""
     log_tail: str = ""
     message: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
