@@ -600,9 +600,8 @@ class Controller:
             reason = "engine process is gone (no exit code recorded)"
         tail = work.log_tail or await self._runtime.logs(inst.id, tail_bytes=4096)
         # What the engine left behind (children holding GPU memory, a card's MPS daemon, or the
-        # whole engine when only its supervisor was killed) goes before its GPUs are given to
-        # someone else.
-        # An engine that still runs (its supervisor was killed) gets the polite stop.
+        # whole engine when only its supervisor was killed: that one gets the polite stop) goes
+        # before its GPUs are given to someone else.
         grace = None if work.phase is Phase.EXITED and work.exit_code is None else 0.0
         ended = await self._end_engine(inst, work, grace=grace)
         await self._move(inst, S.FAILED, reason, ended_at=ended, exit_code=work.exit_code)
