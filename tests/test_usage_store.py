@@ -3,18 +3,19 @@ cuts, activity minutes, immutability of closed rows, and report sums that always
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import Connection, select, text
 
 from aigc_gateway.accounting import parse_pricebook
 from aigc_gateway.store import usage
-from aigc_gateway.store.db import Database
+from aigc_gateway.store.db import Database, alembic_config
 from aigc_gateway.store.tables import UsageInterval, UsageRollup
 from aigc_gateway.store.usage import DIMENSIONS, Holding
 from aigc_gateway.store.users import create_user
@@ -243,3 +244,56 @@ async def test_many_short_intervals_keep_every_millisecond(db: Database) -> None
             assert (line.duration_ms, line.gpu_ms) == (46_200, 46_200)
             # 1 USD per GPU-hour: costs were always exact, per row (107 micro-units each).
             assert line.cost_micros == 120 * 107
+
+
+async def test_the_migration_keeps_whole_seconds_as_milliseconds(database_url: str) -> None:
+    """Rows and rollup rows written in whole seconds before the change read as exact
+    milliseconds after it (and back, on a downgrade)."""
+    database = Database(database_url)
+
+    def to(revision: str, down: bool = False) -> Callable[[Connection], None]:
+        def run(connection: Connection) -> None:
+            move = command.downgrade if down else command.upgrade
+            move(alembic_config(connection), revision)
+
+        return run
+
+    columns = (
+        "instance_id, instance_name, user_id, template_id, template_version, resource, gpu_count,"
+        " start_at, end_at, observed_at, day, week, month, cost_micros, currency"
+    )
+    values = (
+        "'i', 'i', 'u', 't', '1', 'gpu', 2, '2026-05-04 10:00:00', '2026-05-04 10:00:42',"
+        " '2026-05-04 10:00:42', '2026-05-04', '2026-W19', '2026-05', 0, 'USD'"
+    )
+    grain = "month, week, instance_id, instance_name, user_id, team_id, template_id, resource"
+    try:
+        async with database.write_engine.connect() as conn:
+            await conn.run_sync(to("0005"))
+            await conn.execute(
+                text(
+                    f"INSERT INTO usage_intervals ({columns}, seconds, active_s)"
+                    f" VALUES ({values}, 42, 30)"
+                )
+            )
+            await conn.execute(
+                text(
+                    f"INSERT INTO usage_rollup ({grain}, gpu_type, gpu_pool, seconds, active_s,"
+                    " cost_micros, gpu_seconds) VALUES ('2026-05', '2026-W19', 'i', 'i', 'u', '',"
+                    " 't', 'gpu', '', '', 42, 30, 0, 84)"
+                )
+            )
+            await conn.run_sync(to("head"))
+            row = (
+                await conn.execute(text("SELECT duration_ms, active_ms FROM usage_intervals"))
+            ).one()
+            rolled = (
+                await conn.execute(text("SELECT duration_ms, active_ms, gpu_ms FROM usage_rollup"))
+            ).one()
+            assert (tuple(row), tuple(rolled)) == ((42_000, 30_000), (42_000, 30_000, 84_000))
+            await conn.run_sync(to("0005", down=True))
+            back = (await conn.execute(text("SELECT seconds, active_s FROM usage_intervals"))).one()
+            assert tuple(back) == (42, 30)
+            await conn.commit()
+    finally:
+        await database.close()
