@@ -18,7 +18,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -29,6 +30,27 @@ from sqlalchemy.ext.asyncio import (
 from aigc_gateway.errors import TemporaryError
 
 log = logging.getLogger(__name__)
+
+STORE_RETRY_S = 1.0
+"""How soon to try again after the store was unreachable or busy."""
+
+
+def passing_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store is unreachable or busy for now (connection lost or
+    refused, database locked, pool exhausted) rather than a bug in the statement."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def translate(exc: BaseException) -> TemporaryError | None:
+    """The vocabulary's name for a store failure: a :class:`TemporaryError` for passing
+    trouble; None for anything else (an untranslated IntegrityError, a programming error),
+    which is a bug and propagates unchanged."""
+    if not passing_trouble(exc):
+        return None
+    return TemporaryError(f"the store is unavailable: {type(exc).__name__}", delay=STORE_RETRY_S)
+
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -76,8 +98,10 @@ class Database:
         async with self._read() as session:
             try:
                 yield session
-            except SQLAlchemyError as exc:
-                raise TemporaryError(f"the store failed: {type(exc).__name__}") from exc
+            except (SQLAlchemyError, ConnectionError) as exc:
+                if (temporary := translate(exc)) is None:
+                    raise
+                raise temporary from exc
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -85,9 +109,12 @@ class Database:
             try:
                 async with session.begin():
                     yield session
-            except SQLAlchemyError as exc:
-                # IntegrityError and friends are translated by repositories that expect them.
-                raise TemporaryError(f"the store failed: {type(exc).__name__}") from exc
+            except (SQLAlchemyError, ConnectionError) as exc:
+                # IntegrityError and friends are translated by repositories that expect them;
+                # one that escapes is a bug, not a reason to ask the client to come back.
+                if (temporary := translate(exc)) is None:
+                    raise
+                raise temporary from exc
 
     async def migrate(self) -> None:
         """Apply Alembic migrations up to head (idempotent)."""
