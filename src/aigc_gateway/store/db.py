@@ -9,6 +9,7 @@ and one for writes whose transactions start with ``BEGIN IMMEDIATE`` so that a r
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,9 +36,16 @@ STORE_RETRY_S = 1.0
 """How soon to try again after the store was unreachable or busy."""
 
 
+SQLITE_PASSING = ("locked", "busy", "disk i/o", "unable to open")
+"""SQLite files most failures, "no such table" included, as OperationalError; these words mark
+the ones that pass."""
+
+
 def passing_trouble(exc: BaseException) -> bool:
     """Whether ``exc`` means the store is unreachable or busy for now (connection lost or
     refused, database locked, pool exhausted) rather than a bug in the statement."""
+    if isinstance(exc, OperationalError) and isinstance(exc.orig, sqlite3.Error):
+        return any(word in str(exc.orig).lower() for word in SQLITE_PASSING)
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError)):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
