@@ -13,7 +13,7 @@ import pytest
 
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.domain.states import IllegalTransition
-from aigc_gateway.errors import Conflict, TemporaryError
+from aigc_gateway.errors import Conflict, PermanentError, TemporaryError
 from aigc_gateway.gateway import Gateway, open_gateway
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
@@ -112,6 +112,33 @@ async def test_a_temporary_start_error_is_retried_after_its_delay(
     assert await transitions(gw, inst.id) == ["starting", "running"]
     logged = [r for r in caplog.records if "the runtime is busy" in r.getMessage()]
     assert [(r.levelno, r.exc_info) for r in logged] == [(logging.WARNING, None)]
+
+
+class BrokenProbe(LocalRuntime):
+    """The engine starts, but its readiness cannot be checked at all: a permanent failure."""
+
+    probes = 0
+
+    async def wait_ready(self, instance_id: str, *, timeout: float) -> Workload:
+        self.probes += 1
+        raise PermanentError("the engine's health check answers 418: its model file is broken")
+
+
+async def test_a_permanent_error_fails_the_instance_with_its_reason(
+    settings: Settings, cleanup: list[Gateway]
+) -> None:
+    time = FakeTime({"instance-": 5})
+    runtime = BrokenProbe(state_dir=settings.runtime_dir)
+    gw = await opened(settings, cleanup, time, runtime)
+    # An engine that never opens its port, so nothing but the probe can decide its readiness.
+    inst, _ = await gw.instances.create(await alice(gw), CreateRequest("never-ready"))
+    assert await settled(gw, inst.id, "running", "failed") == "failed"
+    async with gw.db.read() as session:
+        failed = await repo.get(session, inst.id)
+    assert failed is not None
+    assert failed.reason == "the engine's health check answers 418: its model file is broken"
+    assert runtime.probes == 1  # reported, not retried
+    assert time.waits[f"instance-{inst.id}-backoff"] == []
 
 
 class StuckStart(LocalRuntime):
