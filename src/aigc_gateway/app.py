@@ -34,10 +34,12 @@ from aigc_gateway.api import (
 )
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
+from aigc_gateway.lifecycle.guard import guarded
 from aigc_gateway.proxy.asgi import InstanceProxy
 from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamPool
 from aigc_gateway.settings import Settings
+from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.web.i18n import LanguageMiddleware
 
 log = logging.getLogger(__name__)
@@ -61,19 +63,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         name="template-watch",
     )
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gw.registry.reload()))
+        loop.add_signal_handler(signal.SIGHUP, reload_templates, gw.registry, reloads)
     try:
         yield
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
-        watcher.cancel()
-        rechecks.cancel()
-        await asyncio.gather(watcher, rechecks, return_exceptions=True)
+        for task in (watcher, rechecks, *reloads):
+            task.cancel()
+        await asyncio.gather(watcher, rechecks, *reloads, return_exceptions=True)
         live.close()
         app.state.engine_pool.close()
         await gw.close()
+
+
+def reload_templates(registry: TemplateRegistry, tracked: set[asyncio.Task[None]]) -> None:
+    """Re-read the template folder in a guarded task (SIGHUP): a failure is logged with its
+    traceback; the task stays in ``tracked`` until it ends, so shutdown can cancel it."""
+    task = guarded("template-reload", _reload(registry))
+    tracked.add(task)
+    task.add_done_callback(tracked.discard)
+
+
+async def _reload(registry: TemplateRegistry) -> None:
+    await registry.reload()
 
 
 class GatewayApp(FastAPI):

@@ -8,6 +8,9 @@ Every layer raises one of these; third-party errors are translated at the bounda
 - :class:`TemporaryError`: something is not possible right now; retry after ``delay`` seconds.
 - :class:`PermanentError`: an operation failed for good (an engine that cannot start); it is reported,
   not retried.
+- :class:`InternalError`, and any exception that is none of the above: a bug. It is logged with its
+  traceback, answered as a bare 500 (no details to the client), and retried by the controller's
+  loops only with back-off.
 """
 
 from __future__ import annotations
@@ -69,3 +72,11 @@ class PermanentError(GatewayError):
 
     status = 500
     code = "operation_failed"
+
+
+class InternalError(GatewayError):
+    """A broken invariant: a bug in the gateway, never the caller's fault. Retrying at once will
+    fail the same way, so loops back off; the API answers 500 without the details."""
+
+    status = 500
+    code = "internal_error"

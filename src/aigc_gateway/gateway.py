@@ -23,6 +23,7 @@ from aigc_gateway.lifecycle.budgets import Budgets
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import Runtime
@@ -98,15 +99,21 @@ def make_runtime(settings: Settings) -> Runtime:
 
 
 async def open_gateway(
-    settings: Settings, *, ledger_clock: Callable[[], datetime] | None = None
+    settings: Settings,
+    *,
+    ledger_clock: Callable[[], datetime] | None = None,
+    runtime: Runtime | None = None,
+    sleep: Sleep | None = None,
 ) -> Gateway:
-    """Open every part. ``ledger_clock`` replaces the time the usage ledger records (tests)."""
+    """Open every part. Tests replace some: ``ledger_clock`` the time the usage ledger
+    records, ``runtime`` the one the settings pick (a fake for a failure mode), ``sleep`` how the
+    controller's loops wait (fake time)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
     await db.migrate()
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
-    runtime = make_runtime(settings)
+    runtime = runtime or make_runtime(settings)
     hub = EventHub()
     inventory, gpu_note = build_inventory(settings)
     gpus = GpuBroker(inventory.gpus, gpu_note)
@@ -132,6 +139,7 @@ async def open_gateway(
         over_budget=budgets.over_hard_to_pause,
         clock=ledger_clock,
         metrics=metrics,
+        sleep=sleep,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
     service = InstanceService(

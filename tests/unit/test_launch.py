@@ -126,6 +126,14 @@ def test_fixed_port_port_env_and_stop_grace() -> None:
     assert spec.stop_grace_s == 3.5
 
 
+def test_stop_grace_is_the_templates_else_the_gateways() -> None:
+    own = template(launch={"command": ["x"], "stop_grace_s": 0.5})
+    assert spec_for(own, default_grace_s=30).stop_grace_s == 0.5
+    unset = template(launch={"command": ["x"]})
+    assert unset.launch.stop_grace_s is None
+    assert spec_for(unset, default_grace_s=30).stop_grace_s == 30
+
+
 def test_template_env_is_not_shared_with_the_spec() -> None:
     t = template(launch={"command": ["x"], "env": {"A": "1"}}, storage={"data_env": "D"})
     spec_for(t)

@@ -24,14 +24,19 @@ D = DesiredState
 P = Phase
 
 ALL_SITUATIONS = [
-    Situation(desired=d, state=s, phase=p, restart_pending=r)
-    for d, s, p, r in itertools.product(D, S, P, (False, True))
+    Situation(desired=d, state=s, phase=p, restart_pending=r, spawned=n)
+    for d, s, p, r, n in itertools.product(D, S, P, (False, True), (True, False))
 ]
 
 
 def test_input_space_is_the_full_product() -> None:
-    assert len(ALL_SITUATIONS) == len(D) * len(S) * len(P) * 2 == 216
-    assert len(set(ALL_SITUATIONS)) == 216
+    assert len(ALL_SITUATIONS) == len(D) * len(S) * len(P) * 2 * 2 == 432
+    assert len(set(ALL_SITUATIONS)) == 432
+
+
+def unspawned_start(s: Situation) -> bool:
+    """Recorded as starting, but the runtime never took the engine (see Situation.spawned)."""
+    return s.state is S.STARTING and s.phase is P.ABSENT and not s.spawned
 
 
 def test_phase_alive() -> None:
@@ -58,7 +63,7 @@ def test_every_step_is_used_somewhere() -> None:
 
 def _illegal_reason(s: Situation, step: Step) -> str | None:
     st_, ph = s.state, s.phase
-    if step is Step.LAUNCH and not can_transition(st_, S.STARTING):
+    if step is Step.LAUNCH and not (can_transition(st_, S.STARTING) or unspawned_start(s)):
         return "LAUNCH from a state that cannot go to starting"
     if step is Step.MARK_RUNNING and st_ is not S.STARTING:
         return "MARK_RUNNING outside starting"
@@ -95,6 +100,8 @@ def test_moves_the_controller_records_are_legal_transitions() -> None:
             Step.MARK_PAUSED: S.PAUSED,
             Step.MARK_FAILED: S.FAILED,
         }.get(step)
+        if step is Step.LAUNCH and unspawned_start(s):
+            continue  # already starting: only the runtime is asked
         if target is not None:
             transition(s.state, target, str(step))  # raises if illegal
 
@@ -203,6 +210,25 @@ def test_key_behaviours(
     assert decide(Situation(desired, state, phase, restart)) is expected
 
 
+@pytest.mark.parametrize(
+    ("desired", "phase", "expected"),
+    [
+        # The gateway died between recording "starting" and the runtime's start, or the
+        # runtime said "not now": the start is made (again), not taken for a crash.
+        (D.RUNNING, P.ABSENT, Step.LAUNCH),
+        # The runtime had it and it ended: that is a crash.
+        (D.RUNNING, P.EXITED, Step.MARK_FAILED),
+        (D.RUNNING, P.STARTING, Step.AWAIT_READY),
+        (D.PAUSED, P.ABSENT, Step.STOP),
+        (D.DELETED, P.ABSENT, Step.DELETE),
+    ],
+)
+def test_a_recorded_start_the_runtime_never_took(
+    desired: DesiredState, phase: Phase, expected: Step
+) -> None:
+    assert decide(Situation(desired, S.STARTING, phase, spawned=False)) is expected
+
+
 def test_restart_pending_defaults_to_false() -> None:
     assert Situation(D.RUNNING, S.FAILED, P.ABSENT).restart_pending is False
     assert decide(Situation(D.RUNNING, S.FAILED, P.ABSENT)) is Step.NOTHING
@@ -219,10 +245,13 @@ class World:
     state: InstanceState
     phase: Phase
     restart_pending: bool = False
+    spawned: bool = True
     history: list[Step] = field(default_factory=list)
 
     def situation(self) -> Situation:
-        return Situation(self.desired, self.state, self.phase, self.restart_pending)
+        return Situation(
+            self.desired, self.state, self.phase, self.restart_pending, spawned=self.spawned
+        )
 
     def move(self, target: InstanceState) -> None:
         self.state = transition(self.state, target, "simulated").target  # raises if illegal
@@ -231,8 +260,10 @@ class World:
         """Perform ``step``; ``outcome`` picks a non-happy result where the real one may vary."""
         self.history.append(step)
         if step is Step.LAUNCH:
-            self.move(S.STARTING)
-            self.restart_pending = False
+            if not unspawned_start(self.situation()):
+                self.move(S.STARTING)
+                self.restart_pending = False
+            self.spawned = True
             if outcome == "launch_error":  # LaunchError, or "not installed on this host"
                 self.move(S.FAILED)
                 self.phase = P.ABSENT
@@ -311,7 +342,7 @@ def assert_final(world: World, deletion_started: bool, started_deleted: bool = F
 
 @pytest.mark.parametrize("start", ALL_SITUATIONS, ids=str)
 def test_every_situation_converges_with_happy_outcomes(start: Situation) -> None:
-    world = converge(World(start.desired, start.state, start.phase, start.restart_pending))
+    world = converge(world_at(start))
     assert_final(
         world,
         deletion_started=start.state in (S.DELETING, S.DELETED),
@@ -327,12 +358,19 @@ def test_every_situation_converges_with_happy_outcomes(start: Situation) -> None
             not start.restart_pending
             and not start.phase.alive
             and start.state in (S.FAILED, S.STARTING, S.RUNNING)
+            and not unspawned_start(start)
         )
         assert world.state is (S.FAILED if expect_failed else S.RUNNING), world
     else:
         # a failed instance with no process: pausing it changes nothing.
         expect_failed = start.state is S.FAILED and not start.phase.alive
         assert world.state is (S.FAILED if expect_failed else S.PAUSED), world
+
+
+def world_at(start: Situation) -> World:
+    return World(
+        start.desired, start.state, start.phase, start.restart_pending, spawned=start.spawned
+    )
 
 
 def test_restart_of_a_running_engine_goes_through_a_stop() -> None:
@@ -373,6 +411,7 @@ SITUATIONS = st.builds(
     state=st.sampled_from(S),
     phase=st.sampled_from(P),
     restart_pending=st.booleans(),
+    spawned=st.booleans(),
 )
 
 
@@ -380,9 +419,7 @@ SITUATIONS = st.builds(
 @given(start=SITUATIONS, outcomes=st.lists(OUTCOMES, max_size=MAX_STEPS))
 def test_simulation_converges_whatever_the_outcomes(start: Situation, outcomes: list[str]) -> None:
     """Launches may fail, engines may crash or time out: still NOTHING within 10 legal steps."""
-    world = converge(
-        World(start.desired, start.state, start.phase, start.restart_pending), outcomes
-    )
+    world = converge(world_at(start), outcomes)
     assert_final(
         world,
         deletion_started=start.state in (S.DELETING, S.DELETED),
@@ -405,7 +442,7 @@ def test_simulation_converges_after_any_interleaving_of_user_and_engine_events(
 ) -> None:
     """Users change their mind and engines crash between steps; every move stays legal, and once
     things calm down the instance settles within 10 steps in a state that matches the wish."""
-    world = World(start.desired, start.state, start.phase, start.restart_pending)
+    world = world_at(start)
     was_deleting = start.state in (S.DELETING, S.DELETED)
     for kind, arg in events:
         if kind == "step":

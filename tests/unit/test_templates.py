@@ -331,7 +331,7 @@ def test_defaults() -> None:
     assert t.launch.working_dir == "{data_dir}"
     assert t.launch.port is None
     assert t.launch.port_env == "PORT"
-    assert t.launch.stop_grace_s == 10.0
+    assert t.launch.stop_grace_s is None  # the gateway's setting
     assert t.resources.gpu == GpuRequest()
     assert not t.resources.gpu.wanted
     assert t.enabled

@@ -12,11 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -24,7 +25,6 @@ from sqlalchemy import select
 from aigc_gateway.accounting import MICROS, apportion, apportion_within, format_money
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import Principal, require_admin
-from aigc_gateway.errors import UserError
 from aigc_gateway.lifecycle.budgets import BudgetStatus
 from aigc_gateway.store import usage
 from aigc_gateway.store.tables import UsageInterval
@@ -139,9 +139,25 @@ class IntervalPublic(BaseModel):
 
 
 def _day(value: str | None, name: str) -> str | None:
-    if value is not None and not DAY.match(value):
-        raise UserError(f"`{name}` must be a UTC day like 2026-11-28", code="invalid_query")
-    return value
+    """``value`` if it is a real UTC day ``YYYY-MM-DD``; else a 422 naming the parameter, as
+    for any other invalid query parameter (``2026-13-45`` has the shape but no such day)."""
+    if value is None:
+        return None
+    try:
+        if DAY.match(value):
+            date.fromisoformat(value)
+            return value
+    except ValueError:
+        pass
+    raise RequestValidationError(
+        [
+            {
+                "loc": ("query", name),
+                "msg": f"must be a UTC day like 2026-11-28, not {value[:40]!r}",
+                "type": "value_error",
+            }
+        ]
+    )
 
 
 async def build_report(
@@ -157,13 +173,14 @@ async def build_report(
     if effective == "all":
         require_admin(who)
     per: usage.PeriodColumn | None = None if period == "none" else period
+    first, last = _day(since, "since"), _day(until, "until")
     async with gw.db.read() as session:
         rows = await usage.report(
             session,
             by,
             per,
-            since=_day(since, "since"),
-            until=_day(until, "until"),
+            since=first,
+            until=last,
             user_id=None if effective == "all" else who.user_id,
         )
     currency = gw.pricebook.currency

@@ -36,7 +36,8 @@ class Step(enum.StrEnum):
     """Stable: wait for a user action or an observed change."""
     LAUNCH = "launch"
     """Take the GPUs the template asks for (or join the queue), move to starting and ask the
-    runtime to start the engine."""
+    runtime to start the engine. For an instance already starting whose engine never reached the
+    runtime: ask the runtime (again; ``start`` is idempotent)."""
     AWAIT_READY = "await_ready"
     """Wait for the readiness check (or an exit, or a change of desired state)."""
     MARK_RUNNING = "mark_running"
@@ -55,6 +56,10 @@ class Situation:
     state: InstanceState
     phase: Phase
     restart_pending: bool = False
+    spawned: bool = True
+    """The runtime took the engine of the current start (its process was recorded). False
+    between recording "starting" and the runtime's answer: after a crash of the gateway there,
+    or a temporary error of the runtime, the start is still to be made, not a failure."""
 
 
 def decide(s: Situation) -> Step:
@@ -69,6 +74,8 @@ def decide(s: Situation) -> Step:
         return Step.STOP if phase.alive else Step.DELETE
     if s.desired is DesiredState.PAUSED:
         return _toward_paused(st, phase)
+    if st is InstanceState.STARTING and phase is Phase.ABSENT and not s.spawned:
+        return Step.LAUNCH
     return _toward_running(st, phase, s.restart_pending)
 
 

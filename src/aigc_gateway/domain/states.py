@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from aigc_gateway.errors import Conflict
+from aigc_gateway.errors import InternalError
 
 
 class InstanceState(enum.StrEnum):
@@ -65,7 +65,10 @@ HOLDS_PROCESS: frozenset[InstanceState] = frozenset({S.STARTING, S.RUNNING, S.ST
 """States in which an engine process may exist."""
 
 
-class IllegalTransition(Conflict):
+class IllegalTransition(InternalError):
+    """A move the state machine forbids was attempted: a bug in the caller (the controller), not
+    a concurrent change (that is the store's ``Conflict``)."""
+
     code = "illegal_transition"
 
 

@@ -4,8 +4,14 @@ Users change *desired* state in the store and call :meth:`Controller.kick`. Each
 actor task that reconciles it: it reads the instance, observes the runtime, asks
 :func:`~aigc_gateway.domain.reconcile.decide` for the next step, performs it, records the
 transition as an event, and repeats until the instance is stable. Then it sleeps until kicked.
-A resync loop kicks every live instance periodically, which is how crashes are noticed and how a
+A resync job kicks every live instance periodically, which is how crashes are noticed and how a
 restarted gateway re-adopts engines that kept running while it was down.
+
+Failures follow the error vocabulary (see :mod:`aigc_gateway.lifecycle.guard`): a temporary
+error is retried after its ``delay``, a permanent one fails the instance with its reason, a bug
+is logged with its traceback and retried with back-off. Each periodic job (activity flush, idle
+pauses, budget pauses, resync, storage metering) is its own guarded task, so one failing job
+stops no other.
 """
 
 from __future__ import annotations
@@ -32,14 +38,15 @@ from aigc_gateway.domain.states import (
     can_transition,
     transition,
 )
-from aigc_gateway.errors import Conflict
+from aigc_gateway.errors import GatewayError, PermanentError
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
+from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.metrics import Metrics
-from aigc_gateway.runtime.base import GpuGrant, LaunchError, ReadinessTimeout, Runtime, Workload
+from aigc_gateway.runtime.base import GpuGrant, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
@@ -87,6 +94,7 @@ class Controller:
         over_budget: Callable[[], Awaitable[list[str]]] | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -106,10 +114,12 @@ class Controller:
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         """The time the ledger records (tests give a fake clock)."""
         self._real_clock = clock is None
+        self._sleep: Sleep = sleep or asyncio.sleep
+        """How loops and back-offs wait (tests give fake time)."""
         self._metered_day: datetime | None = None
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
-        self._resync_task: asyncio.Task[None] | None = None
+        self._jobs: dict[str, asyncio.Task[None]] = {}
         self.resyncs = 0
         """Completed resync passes: the health page shows the loop is alive."""
 
@@ -144,14 +154,30 @@ class Controller:
                 "GPU allocation no longer fits the inventory", extra={"instance_id": dropped}
             )
         await self.resync()
-        self._resync_task = asyncio.create_task(self._resync_loop(), name="lifecycle-resync")
+        self._start_jobs()
+
+    def _start_jobs(self) -> None:
+        """One guarded task per periodic job, each with its own back-off and metric."""
+        jobs: dict[str, Callable[[], Awaitable[None]]] = {
+            "activity": self.flush_activity,
+            "idle": self.pause_idle,
+            "budget": self.pause_over_budget,
+            "resync": self.resync,
+            "storage": self.meter_storage,
+        }
+        for job, body in jobs.items():
+            run = every(
+                job, body, period_s=self._resync_interval_s, sleep=self._sleep, metrics=self.metrics
+            )
+            self._jobs[job] = asyncio.create_task(run, name=f"controller-job-{job}")
 
     async def close(self) -> None:
-        tasks = [*self._actors.values(), *([self._resync_task] if self._resync_task else [])]
+        tasks = [*self._actors.values(), *self._jobs.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._actors.clear()
+        self._jobs.clear()
 
     def kick(self, instance_id: str) -> None:
         """Ask for ``instance_id`` to be reconciled now (cheap, idempotent)."""
@@ -164,7 +190,8 @@ class Controller:
 
     @property
     def alive(self) -> bool:
-        return self._resync_task is not None and not self._resync_task.done()
+        """Every periodic job is running (a failing one retries; only a cancelled one ends)."""
+        return bool(self._jobs) and not any(task.done() for task in self._jobs.values())
 
     async def flush_activity(self) -> None:
         """Write the proxy's activity marks to the store (one batch)."""
@@ -245,7 +272,6 @@ class Controller:
             now = self.clock()
             await usage.observe(session, alive, now)
             await usage.cut_at_midnight(session, now, self.pricebook)
-        await self.meter_storage()
         self.admit()
         self.resyncs += 1
 
@@ -259,41 +285,46 @@ class Controller:
 
     # -- tasks ----------------------------------------------------------------------------------
 
-    async def _resync_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._resync_interval_s)
-            try:
-                await self.flush_activity()
-                await self.pause_idle()
-                await self.pause_over_budget()
-                await self.resync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("resync failed; retrying next period")
-
     async def _actor(self, instance_id: str) -> None:
+        """Reconcile ``instance_id`` whenever kicked, until it is gone. A failed pass is retried
+        as the error vocabulary says (:func:`~aigc_gateway.lifecycle.guard.retry_delay`), sooner
+        if kicked meanwhile."""
         wake = self._wake[instance_id]
-        backoff = 0.1
+        backoff = Backoff()
         while True:
             wake.clear()
             try:
                 gone = await self._reconcile(instance_id, wake)
-                backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except Conflict:
-                continue  # someone moved the instance meanwhile: look again at once
-            except Exception:
-                log.exception("reconcile failed", extra={"instance_id": instance_id})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), backoff)
-                backoff = min(backoff * 2, 30.0)
+            except Exception as exc:
+                extra = {"instance_id": instance_id}
+                delay = retry_delay(exc, backoff, what="reconcile", extra=extra)
+                await self._rest(delay, wake)
                 continue
+            backoff.reset()
             if gone:
                 self._wake.pop(instance_id, None)
                 return
             await wake.wait()
+
+    async def _rest(self, delay: float, wake: asyncio.Event) -> None:
+        """Wait ``delay`` seconds (on the controller's clock), or less if kicked meanwhile."""
+        if delay <= 0:
+            return
+        me = asyncio.current_task()
+        name = f"{me.get_name() if me else 'controller'}-backoff"  # fake time tells them apart
+        rest = asyncio.create_task(self._nap(delay), name=name)
+        woken = asyncio.create_task(wake.wait())
+        try:
+            await asyncio.wait({rest, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (rest, woken):
+                task.cancel()
+            await asyncio.gather(rest, woken, return_exceptions=True)
+
+    async def _nap(self, delay: float) -> None:
+        await self._sleep(delay)
 
     # -- one reconcile pass ---------------------------------------------------------------------
 
@@ -310,12 +341,17 @@ class Controller:
                 state=S(inst.state),
                 phase=work.phase,
                 restart_pending=inst.generation > inst.launched_generation,
+                spawned=inst.pid is not None,
             )
             step = decide(situation)
             if step is Step.NOTHING:
                 return False
             log.debug("step %s", step, extra={"instance_id": instance_id, "state": inst.state})
-            await self._perform(step, inst, work, wake)
+            try:
+                await self._perform(step, inst, work, wake)
+            except PermanentError as exc:
+                await self._fail(inst, step, exc)
+                return False  # the resync or a user action tries again, not a hot loop
             if step is Step.LAUNCH and inst.state == S.QUEUED:
                 return False  # waits for GPUs: admission kicks it
 
@@ -332,6 +368,14 @@ class Controller:
             Step.DELETE: lambda: self._delete(inst, work),
         }
         await actions[step]()
+
+    async def _fail(self, inst: Instance, step: Step, exc: PermanentError) -> None:
+        """``step`` failed for good: the instance fails with the error's message. Where its
+        state cannot fail (paused, say) the error is a bug and goes to the actor's back-off."""
+        if not can_transition(S(inst.state), S.FAILED):
+            raise exc
+        log.warning("%s failed for good: %s", step, exc.message, extra={"instance_id": inst.id})
+        await self._move(inst, S.FAILED, exc.message)
 
     async def _move(
         self,
@@ -485,6 +529,13 @@ class Controller:
         )
 
     async def _launch(self, inst: Instance) -> None:
+        """Take GPUs, record "starting" (which opens the ledger), then hand the engine to the
+        runtime. An instance recorded as starting whose engine never reached the runtime (the
+        gateway died in between, or the runtime said "not now") goes straight to the runtime
+        with what was recorded: ``start`` is idempotent."""
+        if inst.state == S.STARTING:
+            await self._relaunch(inst)
+            return
         template, rev_id, problem = await self._template_for(inst)
         placement: Placement | None = Placement(inst.id, (), None, "")
         if not problem:
@@ -515,6 +566,7 @@ class Controller:
                 started_at=datetime.now(UTC),
                 ready_at=None,
                 exit_code=None,
+                pid=None,  # set when the runtime has the engine: see Situation.spawned
                 **gpu_fields,
             )
         except BaseException:
@@ -524,6 +576,25 @@ class Controller:
         if problem:
             await self._move(inst, S.FAILED, problem)
             return
+        await self._spawn(inst, template, placement, grant)
+
+    async def _relaunch(self, inst: Instance) -> None:
+        """Hand a recorded start to the runtime: the template and GPUs recorded with it."""
+        template, _, problem = await self._template_for(inst)
+        if problem:
+            await self._move(inst, S.FAILED, problem, ended_at=self.clock())
+            return
+        gpu_ids = tuple(inst.gpu_ids or ())
+        placement = Placement(inst.id, gpu_ids, inst.gpu_memory_gib, inst.placement or "")
+        grant = self.gpus.grant(placement) if gpu_ids else None
+        await self._spawn(inst, template, placement, grant)
+
+    async def _spawn(
+        self, inst: Instance, template: Template, placement: Placement, grant: GpuGrant | None
+    ) -> None:
+        """Ask the runtime to start the engine of a starting instance and record its process.
+        A :class:`PermanentError` fails the instance; a temporary one leaves it starting, for
+        the actor to retry after the error's delay."""
         async with self._db.read() as session:
             volume = await session.get(Volume, inst.volume_id)
         assert volume is not None
@@ -535,10 +606,11 @@ class Controller:
             log_max_bytes=self._log_max_bytes,
             labels={"owner": inst.owner_id, "template": template.id, "slug": inst.slug},
             gpu=grant,
+            default_grace_s=self._stop_grace_s,
         )
         try:
             work = await self._runtime.start(spec)
-        except LaunchError as exc:
+        except PermanentError as exc:
             await self._move(inst, S.FAILED, exc.message, ended_at=self.clock())
             return
         spawned: dict[str, Any] = {
@@ -566,9 +638,9 @@ class Controller:
             for task in (ready, woken):
                 task.cancel()
             await asyncio.gather(ready, woken, return_exceptions=True)
-        if not ready.cancelled() and isinstance(ready.exception(), ReadinessTimeout):
-            reason = str(ready.exception())
-            stopped = await self._runtime.stop(inst.id, grace=self._stop_grace_s)
+        if not ready.cancelled() and isinstance(timeout := ready.exception(), ReadinessTimeout):
+            reason = timeout.reason(template.readiness.timeout_s)  # not what was left of it
+            stopped = await self._runtime.stop(inst.id, grace=self._grace(template))
             ended = self._ledger_time(stopped.exited_at) or self.clock()
             await self._move(inst, S.FAILED, reason, ended_at=ended)
         elif woken.done() and not woken.cancelled():
@@ -618,7 +690,7 @@ class Controller:
             await self._move(inst, S.STOPPING, why)
         # The runtime persists when the engine ended; the next pass closes the ledger there
         # (also when this process is killed in between).
-        await self._runtime.stop(inst.id, grace=self._stop_grace_s)
+        await self._runtime.stop(inst.id, grace=await self._grace_for(inst))
 
     async def _mark_paused(self, inst: Instance, work: Workload) -> None:
         if inst.state == S.QUEUED:
@@ -635,7 +707,7 @@ class Controller:
         or the stop that saw it go), else ``None`` (the ledger falls back to the last time the
         engine was seen alive)."""
         stopped = await self._runtime.stop(
-            inst.id, grace=self._stop_grace_s if grace is None else grace
+            inst.id, grace=await self._grace_for(inst) if grace is None else grace
         )
         return self._ledger_time(stopped.exited_at or work.exited_at)
 
@@ -646,6 +718,19 @@ class Controller:
         if at is None:
             return None
         return datetime.fromtimestamp(at, UTC) if self._real_clock else self.clock()
+
+    def _grace(self, template: Template) -> float:
+        """Seconds between the polite stop signal and the kill: the template's own
+        ``launch.stop_grace_s``, else the gateway's setting."""
+        own = template.launch.stop_grace_s
+        return self._stop_grace_s if own is None else own
+
+    async def _grace_for(self, inst: Instance) -> float:
+        """The stop grace of the instance's template (the setting if it cannot be read)."""
+        try:
+            return self._grace((await self._template_for(inst))[0])
+        except GatewayError:
+            return self._stop_grace_s
 
     async def _delete(self, inst: Instance, work: Workload) -> None:
         state = S(inst.state)

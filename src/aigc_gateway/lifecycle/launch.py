@@ -15,7 +15,10 @@ def launch_spec(
     log_max_bytes: int,
     labels: dict[str, str],
     gpu: GpuGrant | None = None,
+    default_grace_s: float = 10.0,
 ) -> LaunchSpec:
+    """The spec for one start; ``default_grace_s`` (the gateway's setting) applies when the
+    template names no ``stop_grace_s`` of its own."""
     launch = template.launch
     env = {k: expand(v, template) for k, v in launch.env.items()}
     if template.storage.data_env:
@@ -37,7 +40,7 @@ def launch_spec(
         port=launch.port,
         port_env=launch.port_env,
         readiness=readiness,
-        stop_grace_s=launch.stop_grace_s,
+        stop_grace_s=default_grace_s if launch.stop_grace_s is None else launch.stop_grace_s,
         log_max_bytes=log_max_bytes,
         labels=labels,
         gpu=gpu,

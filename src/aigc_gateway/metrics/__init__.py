@@ -28,3 +28,9 @@ class Metrics:
 
     def instance_started(self, template_id: str, seconds: float) -> None:
         """An engine of ``template_id`` became ready ``seconds`` after it was launched."""
+
+    def job_failed(self, job: str) -> None:
+        """A run of the controller's periodic ``job`` (resync, activity, ...) raised."""
+
+    def job_succeeded(self, job: str, at: float) -> None:
+        """A run of the controller's periodic ``job`` ended well at ``at`` (epoch seconds)."""

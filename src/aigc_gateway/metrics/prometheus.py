@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -90,6 +90,19 @@ class PrometheusMetrics(Metrics):
             buckets=START_BUCKETS,
             registry=self.registry,
         )
+        self.job_failures = Counter(
+            "aigc_controller_job_failures",
+            "Runs of a periodic controller job (resync, activity, idle, budget, storage) that "
+            "failed; each is retried with back-off, independently of the others.",
+            ["job"],
+            registry=self.registry,
+        )
+        self.job_last_success = Gauge(
+            "aigc_controller_job_last_success_timestamp_seconds",
+            "When a periodic controller job last ran without error (epoch seconds).",
+            ["job"],
+            registry=self.registry,
+        )
         self._proxy: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         for kind, statuses in (("http", (200, 300, 400, 500)), ("websocket", (101, 502))):
             for status in statuses:
@@ -110,6 +123,12 @@ class PrometheusMetrics(Metrics):
 
     def instance_started(self, template_id: str, seconds: float) -> None:
         self.start_seconds.labels(template_id).observe(max(seconds, 0.0))
+
+    def job_failed(self, job: str) -> None:
+        self.job_failures.labels(job).inc()
+
+    def job_succeeded(self, job: str, at: float) -> None:
+        self.job_last_success.labels(job).set(at)
 
     async def exposition(self) -> bytes:
         """Every metric in the text format (the ledger is read first when its copy is stale)."""

@@ -72,7 +72,22 @@ class LaunchError(PermanentError):
 
 
 class ReadinessTimeout(PermanentError):
+    """The engine did not pass ``check`` (e.g. ``GET / on port 8000``) in time; ``tail`` is its
+    last output. The message names the time waited; a caller that waited in parts (the
+    controller, when kicked meanwhile) words it with :meth:`reason` for the whole time-out."""
+
     code = "readiness_timeout"
+
+    def __init__(self, *, waited_s: float, check: str, tail: str = "") -> None:
+        self.check, self.tail = check, tail
+        super().__init__(self.reason(waited_s))
+
+    def reason(self, timeout_s: float) -> str:
+        """What a user reads: the time-out, the check, and the engine's last output."""
+        message = f"engine did not become ready within {timeout_s:g} s (readiness: {self.check})"
+        if self.tail.strip():
+            message += f"\nlast engine output:\n{self.tail}"
+        return message
 
 
 class NotSupported(GatewayError):

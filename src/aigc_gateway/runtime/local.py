@@ -515,12 +515,9 @@ class LocalRuntime:
             check = f"TCP connect on port {record.port}"
         else:
             check = f"GET {record.readiness_path} on port {record.port}"
-        message = f"engine did not become ready within {timeout:g} s (readiness: {check})"
         tail = procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES)
-        if tail.strip():
-            message += f"\nlast engine output:\n{tail}"
         logger.info("engine readiness timed out", extra={"instance_id": record.instance_id})
-        return ReadinessTimeout(message)
+        return ReadinessTimeout(waited_s=timeout, check=check, tail=tail)
 
 
 # -- files --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ and one for writes whose transactions start with ``BEGIN IMMEDIATE`` so that a r
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -29,6 +31,34 @@ from sqlalchemy.ext.asyncio import (
 from aigc_gateway.errors import TemporaryError
 
 log = logging.getLogger(__name__)
+
+STORE_RETRY_S = 1.0
+"""How soon to try again after the store was unreachable or busy."""
+
+
+SQLITE_PASSING = ("locked", "busy", "disk i/o", "unable to open")
+"""SQLite files most failures, "no such table" included, as OperationalError; these words mark
+the ones that pass."""
+
+
+def passing_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store is unreachable or busy for now (connection lost or
+    refused, database locked, pool exhausted) rather than a bug in the statement."""
+    if isinstance(exc, OperationalError) and isinstance(exc.orig, sqlite3.Error):
+        return any(word in str(exc.orig).lower() for word in SQLITE_PASSING)
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, ConnectionError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def translate(exc: BaseException) -> TemporaryError | None:
+    """The vocabulary's name for a store failure: a :class:`TemporaryError` for passing
+    trouble; None for anything else (an untranslated IntegrityError, a programming error),
+    which is a bug and propagates unchanged."""
+    if not passing_trouble(exc):
+        return None
+    return TemporaryError(f"the store is unavailable: {type(exc).__name__}", delay=STORE_RETRY_S)
+
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -76,8 +106,10 @@ class Database:
         async with self._read() as session:
             try:
                 yield session
-            except SQLAlchemyError as exc:
-                raise TemporaryError(f"the store failed: {type(exc).__name__}") from exc
+            except (SQLAlchemyError, ConnectionError) as exc:
+                if (temporary := translate(exc)) is None:
+                    raise
+                raise temporary from exc
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -85,9 +117,12 @@ class Database:
             try:
                 async with session.begin():
                     yield session
-            except SQLAlchemyError as exc:
-                # IntegrityError and friends are translated by repositories that expect them.
-                raise TemporaryError(f"the store failed: {type(exc).__name__}") from exc
+            except (SQLAlchemyError, ConnectionError) as exc:
+                # IntegrityError and friends are translated by repositories that expect them;
+                # one that escapes is a bug, not a reason to ask the client to come back.
+                if (temporary := translate(exc)) is None:
+                    raise
+                raise temporary from exc
 
     async def migrate(self) -> None:
         """Apply Alembic migrations up to head (idempotent)."""

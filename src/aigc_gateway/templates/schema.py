@@ -49,7 +49,9 @@ class Launch(Strict):
     requires: list[str] = Field(default_factory=list)
     """What must be present for the engine to count as installed: paths (may use
     ``{install_dir}``), or ``python:<module>`` for a module importable by the gateway's Python."""
-    stop_grace_s: float = Field(default=10.0, ge=0, le=600)
+    stop_grace_s: float | None = Field(default=None, ge=0, le=600)
+    """Seconds between the stop signal (SIGTERM) and the kill; empty: the gateway's
+    ``stop_grace_s`` setting."""
 
     @field_validator("env")
     @classmethod
