@@ -65,7 +65,7 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.app import create_app
     from aigc_gateway.bootstrap import bootstrap
     from aigc_gateway.logs import configure
-    from aigc_gateway.proxy.front import http_protocol
+    from aigc_gateway.proxy.front import server_options
 
     configure(log_level)
     settings = _settings(**options)
@@ -84,7 +84,7 @@ def serve(log_level: str, **options: Any) -> None:
     app = create_app(settings)
     uvicorn.run(
         app,
-        http=http_protocol(app),
+        **server_options(app),  # the HTTP protocol, and whose forwarding headers are believed
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
