@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from aigc_gateway.auth.credentials import bearer_secret, carries_gateway_token
 from aigc_gateway.proxy.wire import (
+    FRAMING,
     GUARDED,
     RequestHead,
     downstream,
@@ -253,7 +254,10 @@ header_values = st.sampled_from(
     [b"1", b"5", b"chunked", b"aigc_instance=stolen; theme=dark", b"Bearer  agw_stolen", b"x"]
 )
 connection_options = st.lists(
-    st.sampled_from(HEADER_NAMES) | st.from_regex(rb"\A[a-z_-]{1,12}\Z"), max_size=6
+    st.sampled_from(sorted(FRAMING))
+    | st.sampled_from(HEADER_NAMES)
+    | st.from_regex(rb"\A[a-z_-]{1,12}\Z"),
+    max_size=6,
 ).map(lambda tokens: b", ".join(tokens))
 
 
