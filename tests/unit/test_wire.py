@@ -241,7 +241,8 @@ def test_what_reaches_an_engine_the_gateway_never_takes_for_its_token(value: byt
 
 
 # Names a client may send: the framing, everything the gateway strips or sets, look-alikes.
-HEADER_NAMES = sorted(GUARDED) + [
+HEADER_NAMES = [
+    *sorted(GUARDED),
     b"x-aigc-user",
     b"x-aigc-upstream",
     b"x_aigc_user",
