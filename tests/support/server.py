@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from aigc_gateway.proxy.front import server_options
+from aigc_gateway.proxy.server import server_options
 
 
 class _Server(uvicorn.Server):

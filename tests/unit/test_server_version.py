@@ -7,8 +7,12 @@ from types import SimpleNamespace
 import pytest
 
 from aigc_gateway.proxy import server
-from aigc_gateway.proxy.front import front_protocol
-from aigc_gateway.proxy.server import UnsupportedServer, check_uvicorn, check_version
+from aigc_gateway.proxy.server import (
+    UnsupportedServer,
+    check_uvicorn,
+    check_version,
+    front_protocol,
+)
 
 
 def test_the_installed_uvicorn_is_supported() -> None:

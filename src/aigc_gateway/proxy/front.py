@@ -4,8 +4,8 @@ uvicorn hands every accepted connection to ``FrontProtocol`` (its ``http=`` sett
 request head it decides from memory alone, by the rules the ASGI proxy (``asgi.py``) follows:
 
 - a request for a *running* instance whose access is already decided (the access cache) is
-  relayed here: the head rewritten by ``wire.py``'s rules, the body streamed to a pooled
-  engine connection, the engine's answer streamed back as it comes; a WebSocket handshake the
+  relayed here: the head rewritten by ``wire.py``'s rules (with the body's framing written by
+  the proxy, ``wire.upstream_request``), the body streamed to a pooled engine connection, the engine's answer streamed back as it comes; a WebSocket handshake the
   engine accepts becomes a byte tunnel (frames, pings and close codes pass untouched);
 - a request whose access is not known yet waits for the same loader and cache the ASGI proxy
   uses, then is decided again;
@@ -22,7 +22,9 @@ Guarantees kept from the ASGI path: bodies are streamed with back-pressure both 
 reader pauses the other socket), a client that leaves aborts the engine request, an engine
 that fails before answering gives the same error page or JSON (502/504), a stale pooled
 connection is retried once for requests without a body, activity is touched per request and
-per WebSocket chunk, and each exchange is reported to the metrics.
+per WebSocket chunk, and each exchange is reported to the metrics. Forwarding headers are
+believed only from the ``trusted_proxies`` of the settings (``server.server_options`` gives
+uvicorn the same list for the ASGI side), and the uvicorn version is checked first.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ from aigc_gateway.proxy.answers import BAD_ANSWER, CLOSED, TIMEOUT, UNREACHABLE,
 from aigc_gateway.proxy.asgi import access_cookie_name, access_key, decide_access
 from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamConnection, UpstreamPool
-from aigc_gateway.proxy.server import check_uvicorn, trusted_hosts
 from aigc_gateway.proxy.wire import (
     LAST_CHUNK,
     MAX_HEAD_BYTES,
@@ -157,7 +158,7 @@ class _Exchange:
 class FrontProtocol(asyncio.Protocol):
     """uvicorn's HTTP protocol for the gateway (see the module's docstring).
 
-    Built per app by ``front_protocol(app)``; uvicorn constructs one per connection with the
+    Built per app by ``server.front_protocol(app)``; uvicorn constructs one per connection with the
     arguments it gives any HTTP protocol class.
     """
 
@@ -774,32 +775,3 @@ def _boundary_certain(ex: _Exchange) -> bool:
 
 def _retryable(ex: _Exchange) -> bool:
     return ex.head.method in RETRYABLE and ex.head.one(b"content-length") in (None, b"0")
-
-
-def front_protocol(app: Any) -> type[asyncio.Protocol]:
-    """The uvicorn ``http=`` protocol class for the gateway app ``app`` (UnsupportedServer when
-    the installed uvicorn is not one it was tested with)."""
-    check_uvicorn()
-    trusted = trusted_hosts(app.state.settings.trusted_proxies)
-    return type("GatewayFrontProtocol", (FrontProtocol,), {"gateway_app": app, "trusted": trusted})
-
-
-def http_protocol(app: Any) -> type[asyncio.Protocol] | str:
-    """What to give uvicorn as ``http=``: the front protocol unless the app's settings turn
-    it off (``proxy_fast_path``) or ``app`` is not the gateway's."""
-    settings = getattr(getattr(app, "state", None), "settings", None)
-    if settings is None or not getattr(settings, "proxy_fast_path", True):
-        return "httptools"
-    return front_protocol(app)
-
-
-def server_options(app: Any) -> dict[str, Any]:
-    """uvicorn's options for the gateway app ``app``, as ``serve`` runs it: its HTTP protocol,
-    and forwarding headers believed only from the ``trusted_proxies`` of its settings (uvicorn
-    would otherwise believe any loopback client's ``X-Forwarded-For``)."""
-    proxies: list[str] = app.state.settings.trusted_proxies
-    return {
-        "http": http_protocol(app),
-        "proxy_headers": bool(proxies),
-        "forwarded_allow_ips": ",".join(proxies) or "",
-    }

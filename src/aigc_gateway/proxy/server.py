@@ -1,4 +1,6 @@
-"""What the connection-level proxy (``front.py``) needs from uvicorn, checked before it runs.
+"""How uvicorn runs the gateway: ``server_options`` (what ``serve`` gives it: the connection-level
+proxy as its HTTP protocol, and whose forwarding headers to believe), and what that proxy
+(``front.py``) needs from uvicorn, checked before it runs.
 
 ``front.py`` builds on parts of uvicorn that are not its public interface: it hands connections
 to uvicorn's ``HttpToolsProtocol`` (constructed with the arguments uvicorn gives any protocol),
@@ -10,11 +12,13 @@ start on any other, or when a part is missing, naming the version found and the 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from importlib import metadata
 from typing import Any
 
 from aigc_gateway.errors import PermanentError
+from aigc_gateway.proxy.front import FrontProtocol
 
 SUPPORTED = ((0, 55), (0, 56))
 """uvicorn versions ``front.py`` was tested with: from the first (inclusive) to the second."""
@@ -92,3 +96,32 @@ def _installed() -> str:
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
     raise AssertionError("only the middleware's trust rules are used")
+
+
+def front_protocol(app: Any) -> type[asyncio.Protocol]:
+    """The uvicorn ``http=`` protocol class for the gateway app ``app`` (UnsupportedServer when
+    the installed uvicorn is not one it was tested with)."""
+    check_uvicorn()
+    trusted = trusted_hosts(app.state.settings.trusted_proxies)
+    return type("GatewayFrontProtocol", (FrontProtocol,), {"gateway_app": app, "trusted": trusted})
+
+
+def http_protocol(app: Any) -> type[asyncio.Protocol] | str:
+    """What to give uvicorn as ``http=``: the front protocol unless the app's settings turn
+    it off (``proxy_fast_path``) or ``app`` is not the gateway's."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    if settings is None or not getattr(settings, "proxy_fast_path", True):
+        return "httptools"
+    return front_protocol(app)
+
+
+def server_options(app: Any) -> dict[str, Any]:
+    """uvicorn's options for the gateway app ``app``, as ``serve`` runs it: its HTTP protocol,
+    and forwarding headers believed only from the ``trusted_proxies`` of its settings (uvicorn
+    would otherwise believe any loopback client's ``X-Forwarded-For``)."""
+    proxies: list[str] = app.state.settings.trusted_proxies
+    return {
+        "http": http_protocol(app),
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": ",".join(proxies) or "",
+    }
