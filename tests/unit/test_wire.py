@@ -198,10 +198,12 @@ def test_only_a_plain_length_frames_a_relayed_body() -> None:
 
     assert length(b"") == 0 and length(b"Content-Length: 12\r\n") == 12
     assert length(b"Transfer-Encoding: chunked\r\n") is None
-    # httptools refuses these itself; a head built by hand still is not relayed.
-    twice = RequestHead(headers=[(b"content-length", b"1"), (b"content-length", b"1")])
+    # httptools refuses these itself; a head it would pass still is not relayed.
+    twice = RequestHead()
+    twice.on_header(b"Content-Length", b"1")
+    twice.on_header(b"content-length", b"1")
     assert twice.body_length() is None
-    assert RequestHead(headers=[(b"content-length", b"+1")]).body_length() is None
+    assert RequestHead(length=b"+1").body_length() is None
 
 
 def test_look_alikes_of_the_gateways_headers_are_dropped() -> None:

@@ -774,4 +774,4 @@ def _boundary_certain(ex: _Exchange) -> bool:
 
 
 def _retryable(ex: _Exchange) -> bool:
-    return ex.head.method in RETRYABLE and ex.head.one(b"content-length") in (None, b"0")
+    return ex.head.method in RETRYABLE and ex.head.length in (None, b"0")

@@ -79,6 +79,10 @@ class RequestHead:
     keep_alive: bool = True
     upgrade: bool = False
     """The client asked to switch protocols (``Upgrade``); only WebSocket is relayed."""
+    length: bytes | None = None
+    """``Content-Length`` as sent (``b"?"`` when sent more than once), read while parsing."""
+    coded: bool = False
+    """A ``Transfer-Encoding`` was sent."""
     parser: httptools.HttpRequestParser | None = None
 
     # httptools callbacks
@@ -86,7 +90,12 @@ class RequestHead:
         self.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"content-length":  # the framing, noted now rather than searched for later
+            self.length = value if self.length is None else b"?"
+        elif name == b"transfer-encoding":
+            self.coded = True
 
     def on_headers_complete(self) -> None:
         # Read now: once the message is complete the parser forgets its connection flags.
@@ -121,12 +130,11 @@ class RequestHead:
     def body_length(self) -> int | None:
         """The body's length when ``Content-Length`` alone frames it (0 without one); None when
         the framing is anything else (a transfer coding, a repeated or non-numeric length)."""
-        if self.count(b"transfer-encoding"):
+        if self.coded:
             return None
-        length = self.one(b"content-length")
-        if length is None:
-            return None if self.count(b"content-length") else 0
-        return int(length) if length.isdigit() else None
+        if self.length is None:
+            return 0
+        return int(self.length) if self.length.isdigit() else None
 
     def is_websocket(self) -> bool:
         upgrade = self.one(b"upgrade")
@@ -181,14 +189,13 @@ def forwardable(
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
-            tokens |= {t.strip().lower() for t in value.split(b",")}
-    tokens -= FRAMING
+            tokens |= {t.strip().lower() for t in value.split(b",")} - FRAMING
     dropped = HOP_BY_HOP_AND_LENGTH if reframe else HOP_BY_HOP
     out: Headers = []
     for name, value in headers:
         if name in SET_BY_GATEWAY or name.startswith(b"x-aigc-"):
             continue
-        if b"_" in name and _looks_like_ours(name):
+        if 0x5F in name and _looks_like_ours(name):  # "_" as an int: a memchr, unlike b"_"
             continue
         if name in WS_HANDSHAKE and websocket and not keep_handshake:
             continue
@@ -219,7 +226,7 @@ def upstream_request(
     ``Content-Length: body_length`` (the framing the body is forwarded with) when the client
     framed one, and the gateway's own headers (``forwarded_for``)."""
     headers = forwardable(head.headers, websocket=websocket, keep_handshake=True, reframe=True)
-    if body_length or head.count(b"content-length"):
+    if head.length is not None:  # the client framed a body (relayed only when unambiguous)
         headers.append((b"content-length", b"%d" % body_length))
     return request_head(head.method, head.target, headers + gateway)
 
