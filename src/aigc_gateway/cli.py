@@ -65,7 +65,7 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.app import create_app
     from aigc_gateway.bootstrap import bootstrap
     from aigc_gateway.logs import configure
-    from aigc_gateway.proxy.front import http_protocol
+    from aigc_gateway.proxy.server import server_options
 
     configure(log_level)
     settings = _settings(**options)
@@ -82,9 +82,13 @@ def serve(log_level: str, **options: Any) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     app = create_app(settings)
+    try:
+        options = server_options(app)  # the HTTP protocol, whose forwarding headers to believe
+    except GatewayError as exc:  # e.g. a uvicorn the connection-level proxy was not tested with
+        raise click.ClickException(exc.message) from exc
     uvicorn.run(
         app,
-        http=http_protocol(app),
+        **options,
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),

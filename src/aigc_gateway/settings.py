@@ -6,16 +6,24 @@ Outside dev mode, a secret left at its default is refused at start, with the var
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aigc_gateway.errors import UserError
 
@@ -108,6 +116,10 @@ class Settings(BaseSettings):
     """The claim (ID token or userinfo) whose values become team names."""
     oidc_admin_group: str | None = None
     """Members of this provider group are gateway administrators."""
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Reverse proxies in front of the gateway (IP addresses or CIDR networks; in the environment,
+    comma-separated) whose ``X-Forwarded-For``/``-Proto`` are believed. Empty (the default): no
+    client's forwarding header is, so engines, the audit log and the sign-in limits see the peer."""
     proxy_connect_timeout_s: float = Field(default=10.0, gt=0)
     proxy_read_timeout_s: float = Field(default=3600.0, gt=0)
     """Longest silence from an engine in the middle of an answer."""
@@ -129,6 +141,28 @@ class Settings(BaseSettings):
     """Full resync period; user actions are reconciled at once regardless."""
     stop_grace_s: float = Field(default=10.0, ge=0)
     log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        return (
+            [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, str)
+            else value
+        )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or network "
+                    "(e.g. 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

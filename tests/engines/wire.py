@@ -13,6 +13,9 @@ bodies, an interim ``103``, a connection closed under the next request, a slow a
 - ``/close-next``: answers, then closes this connection when the next request arrives on it,
   without answering (an engine's keep-alive timeout racing the proxy's reuse);
 - ``/sleep?s=S``: answers after S seconds;
+- ``/answer-first``: a broken engine's ways: answers before it reads the request body, then
+  takes the body for a request of its own, whose answer it sends before the answer to the next
+  request on this connection (what an engine that loses a body's framing does);
 - ``HEAD`` anything: the headers a ``GET`` would get (``Content-Length`` included), no body.
 """
 
@@ -52,6 +55,7 @@ def answer(status: str, body: bytes, *extra: str) -> bytes:
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     Counter.connections += 1
     connection, requests, close_next = Counter.connections, 0, False
+    from_body: str | None = None  # the target of a request /answer-first read from a body
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -67,10 +71,13 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                     name, _, value = field.partition(":")
                     headers[name.strip().lower()] = value.strip()
                     pairs.append([name.strip().lower(), value.strip()])
-            body = await read_body(reader, headers)
             url = urlsplit(target)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             path = url.path
+            body = b"" if path == "/answer-first" else await read_body(reader, headers)
+            if from_body is not None:
+                writer.write(answer("200 OK", f"the answer to {from_body}".encode()))
+                from_body = None
             if method == "HEAD":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
             elif path == "/conn":
@@ -103,6 +110,14 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             elif path == "/close-next":
                 close_next = True
                 writer.write(answer("200 OK", b"closing under the next one"))
+            elif path == "/answer-first":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nanswered\r\n"
+                )
+                await writer.drain()
+                raw = await reader.readexactly(int(headers.get("content-length", "0")))
+                writer.write(b"0\r\n\r\n")
+                from_body = raw.split(b" ")[1].decode("latin-1") if b" " in raw else "?"
             elif path == "/sleep":
                 await asyncio.sleep(float(query.get("s", "1")))
                 writer.write(answer("200 OK", b"slept"))

@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from aigc_gateway.proxy.front import http_protocol
+from aigc_gateway.proxy.server import server_options
 
 
 class _Server(uvicorn.Server):
@@ -39,14 +39,12 @@ def serve_in_thread(app: Any, sock: socket.socket | None = None) -> Iterator[str
     sock = sock or bound_socket()
     port = sock.getsockname()[1]
     ready = threading.Event()
-    # Not behind a proxy: a client's X-Forwarded-For must not be trusted.
     config = uvicorn.Config(
         app,
-        http=http_protocol(app),  # as `aigc-gateway serve` runs it
+        **server_options(app),  # as `aigc-gateway serve` runs it (trusted_proxies included)
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=3,
-        proxy_headers=False,
     )
     server = _Server(config, ready)
     errors: list[BaseException] = []

@@ -247,3 +247,24 @@ def test_database_url_wins(tmp_path: Path) -> None:
 def test_settings_model_refuses_unknown_fields() -> None:
     with pytest.raises(ValueError, match="nope"):
         Settings(dev=True, nope=1)  # type: ignore[call-arg]
+
+
+def test_no_proxy_is_trusted_by_default() -> None:
+    assert load_settings(dev=True).trusted_proxies == []
+
+
+def test_trusted_proxies_from_the_environment_and_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIGC_TRUSTED_PROXIES", "10.0.0.5, 10.1.0.0/16,::1")
+    assert load_settings(dev=True).trusted_proxies == ["10.0.0.5", "10.1.0.0/16", "::1"]
+    monkeypatch.delenv("AIGC_TRUSTED_PROXIES")
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("dev: true\ntrusted_proxies: [127.0.0.1]\n")
+    assert load_settings(cfg).trusted_proxies == ["127.0.0.1"]
+
+
+def test_a_trusted_proxy_that_is_no_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIGC_TRUSTED_PROXIES", "10.0.0.5,gateway.local")
+    with pytest.raises(UserError, match=r"trusted_proxies: 'gateway.local' is not an IP address"):
+        load_settings(dev=True)

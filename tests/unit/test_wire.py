@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import httptools
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from aigc_gateway.auth.credentials import bearer_secret, carries_gateway_token
 from aigc_gateway.proxy.wire import (
+    FRAMING,
+    GUARDED,
+    RequestHead,
     downstream,
     forwardable,
     forwarded_for,
@@ -13,6 +18,7 @@ from aigc_gateway.proxy.wire import (
     request_head,
     response_head,
     sets_gateway_cookie,
+    upstream_request,
 )
 
 HEAD = (
@@ -170,3 +176,142 @@ def test_no_gateway_secret_ever_passes(headers: list[tuple[bytes, bytes]]) -> No
             assert b"aigc_session=" not in value and b"aigc_instance=" not in value
         if name == b"authorization":
             assert not value[7:].startswith(b"agw_")
+
+
+def test_a_connection_option_cannot_remove_the_framing() -> None:
+    head = parse_request_head(
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, content-length, host\r\n"
+        b"Content-Length: 5\r\n\r\n"
+    )
+    assert head is not None and head.body_length() == 5
+    kept = dict(forwardable(head.headers))
+    assert kept[b"content-length"] == b"5" and kept[b"host"] == b"h"
+    sent = upstream_request(head, body_length=5, websocket=False, gateway=[])
+    assert sent.count(b"content-length: 5\r\n") == 1 and b"host: h\r\n" in sent
+
+
+def test_only_a_plain_length_frames_a_relayed_body() -> None:
+    def length(fields: bytes) -> int | None:
+        head = parse_request_head(b"POST / HTTP/1.1\r\nHost: h\r\n" + fields + b"\r\n")
+        assert head is not None
+        return head.body_length()
+
+    assert length(b"") == 0 and length(b"Content-Length: 12\r\n") == 12
+    assert length(b"Transfer-Encoding: chunked\r\n") is None
+    # httptools refuses these itself; a head it would pass still is not relayed.
+    twice = RequestHead()
+    twice.on_header(b"Content-Length", b"1")
+    twice.on_header(b"content-length", b"1")
+    assert twice.body_length() is None
+    assert RequestHead(length=b"+1").body_length() is None
+
+
+def test_look_alikes_of_the_gateways_headers_are_dropped() -> None:
+    headers = [
+        (b"x_aigc_user", b"alice"),
+        (b"x-aigc_user", b"alice"),
+        (b"x_forwarded_for", b"6.6.6.6"),
+        (b"x_forwarded_proto", b"https"),
+        (b"x_real_ip", b"6.6.6.6"),
+        (b"transfer_encoding", b"chunked"),
+        (b"content_length", b"99"),
+        (b"sec_websocket_key", b"k"),
+        (b"my_header", b"kept"),
+    ]
+    assert forwardable(headers) == [(b"my_header", b"kept")]
+
+
+@given(
+    st.sampled_from(["Bearer", "bearer", "BEARER", "BeArEr"]),
+    st.text(alphabet=" \t", min_size=1, max_size=4),
+    st.text(alphabet=" \t", max_size=3),
+)
+def test_what_the_gateway_accepts_as_its_token_never_reaches_an_engine(
+    scheme: str, gap: str, trailing: str
+) -> None:
+    value = f"{trailing}{scheme}{gap}agw_secret{trailing}"
+    assert bearer_secret(value) == "agw_secret"  # the API's authentication takes it
+    assert carries_gateway_token(value.encode())
+    assert forwardable([(b"authorization", value.encode())]) == []
+
+
+@given(st.binary(max_size=60).filter(lambda v: b"\r" not in v and b"\n" not in v))
+def test_what_reaches_an_engine_the_gateway_never_takes_for_its_token(value: bytes) -> None:
+    if forwardable([(b"authorization", value)]):
+        secret = bearer_secret(value.decode("latin-1"))
+        assert secret is None or not secret.startswith("agw_")
+
+
+# Names a client may send: the framing, everything the gateway strips or sets, look-alikes.
+HEADER_NAMES = [
+    *sorted(GUARDED),
+    b"x-aigc-user",
+    b"x-aigc-upstream",
+    b"x_aigc_user",
+    b"x_forwarded_for",
+    b"content_length",
+    b"accept",
+    b"x-private",
+]
+header_values = st.sampled_from(
+    [b"1", b"5", b"chunked", b"aigc_instance=stolen; theme=dark", b"Bearer  agw_stolen", b"x"]
+)
+connection_options = st.lists(
+    st.sampled_from(sorted(FRAMING))
+    | st.sampled_from(HEADER_NAMES)
+    | st.from_regex(rb"\A[a-z_-]{1,12}\Z"),
+    max_size=6,
+).map(lambda tokens: b", ".join(tokens))
+
+
+class Messages:
+    """What an engine's HTTP parser makes of the bytes the proxy sends it."""
+
+    def __init__(self) -> None:
+        self.heads: list[list[tuple[bytes, bytes]]] = []
+        self.bodies: list[bytes] = []
+
+    def on_message_begin(self) -> None:
+        self.heads.append([])
+        self.bodies.append(b"")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.heads[-1].append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self.bodies[-1] += body
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(HEADER_NAMES), header_values), max_size=10),
+    st.lists(connection_options, max_size=2),
+    st.binary(max_size=40),
+)
+def test_the_forwarded_framing_is_the_one_the_body_is_sent_with(
+    fields: list[tuple[bytes, bytes]], options: list[bytes], body: bytes
+) -> None:
+    lines = [b"POST /echo HTTP/1.1", b"Host: i.localhost", b"Content-Length: %d" % len(body)]
+    lines += [name + b": " + value for name, value in fields if name not in (b"host",)]
+    lines += [b"Connection: " + option for option in options]
+    head = parse_request_head(b"\r\n".join(lines) + b"\r\n\r\n")
+    length = head.body_length() if head is not None else None
+    assume(head is not None and length is not None)  # else the ASGI server frames it
+    assert head is not None and length == len(body)
+    gateway = forwarded_for(
+        client_ip="127.0.0.1", scheme="http", host="i.localhost", user_name="bob", prefix=None
+    )
+    sent = upstream_request(head, body_length=length, websocket=False, gateway=gateway)
+    after = b"GET /next HTTP/1.1\r\nHost: i.localhost\r\n\r\n"  # the next client's request
+    engine = Messages()
+    httptools.HttpRequestParser(engine).feed_data(sent + body + after)
+    # Exactly this request, with exactly its body, then the next one: nothing smuggled.
+    assert len(engine.heads) == 2 and engine.bodies == [body, b""]
+    seen = engine.heads[0]
+    assert [v for n, v in seen if n == b"content-length"] == [b"%d" % len(body)]
+    for name, value in seen:
+        normal = name.replace(b"_", b"-")
+        assert normal != b"transfer-encoding"
+        if normal.startswith((b"x-aigc-", b"x-forwarded-", b"x-real-ip", b"forwarded")):
+            assert (name, value) in gateway  # only the gateway's own
+        assert name != b"cookie" or b"aigc_instance" not in value
+        assert name != b"authorization" or not carries_gateway_token(value)

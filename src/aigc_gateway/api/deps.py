@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from aigc_gateway.accounts.service import Client
+from aigc_gateway.auth.credentials import bearer_secret
 from aigc_gateway.auth.principal import Principal, Via
 from aigc_gateway.errors import Forbidden, Unauthorized
 from aigc_gateway.gateway import Gateway
@@ -46,10 +47,10 @@ async def optional_principal(request: Request) -> Principal | None:
     gw = get_gateway(request)
     header = request.headers.get("authorization")
     if header:
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
+        secret = bearer_secret(header)  # the proxy strips what this finds (auth/credentials.py)
+        if secret is None:
             raise Unauthorized("use `Authorization: Bearer <api token>`")
-        who = await gw.accounts.principal_for_token(secret.strip(), client_of(request))
+        who = await gw.accounts.principal_for_token(secret, client_of(request))
         if who is None:
             raise Unauthorized(
                 "this API token is not valid (unknown, expired, revoked or disabled user)"

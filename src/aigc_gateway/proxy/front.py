@@ -4,8 +4,8 @@ uvicorn hands every accepted connection to ``FrontProtocol`` (its ``http=`` sett
 request head it decides from memory alone, by the rules the ASGI proxy (``asgi.py``) follows:
 
 - a request for a *running* instance whose access is already decided (the access cache) is
-  relayed here: the head rewritten by ``wire.py``'s rules, the body streamed to a pooled
-  engine connection, the engine's answer streamed back as it comes; a WebSocket handshake the
+  relayed here: the head rewritten by ``wire.py``'s rules (with the body's framing written by
+  the proxy, ``wire.upstream_request``), the body streamed to a pooled engine connection, the engine's answer streamed back as it comes; a WebSocket handshake the
   engine accepts becomes a byte tunnel (frames, pings and close codes pass untouched);
 - a request whose access is not known yet waits for the same loader and cache the ASGI proxy
   uses, then is decided again;
@@ -22,7 +22,9 @@ Guarantees kept from the ASGI path: bodies are streamed with back-pressure both 
 reader pauses the other socket), a client that leaves aborts the engine request, an engine
 that fails before answering gives the same error page or JSON (502/504), a stale pooled
 connection is retried once for requests without a body, activity is touched per request and
-per WebSocket chunk, and each exchange is reported to the metrics.
+per WebSocket chunk, and each exchange is reported to the metrics. Forwarding headers are
+believed only from the ``trusted_proxies`` of the settings (``server.server_options`` gives
+uvicorn the same list for the ASGI side), and the uvicorn version is checked first.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import httptools
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision
@@ -50,11 +51,10 @@ from aigc_gateway.proxy.wire import (
     RequestHead,
     chunk,
     downstream,
-    forwardable,
     forwarded_for,
     parse_request_head,
-    request_head,
     response_head,
+    upstream_request,
 )
 from aigc_gateway.web.i18n import negotiate
 
@@ -86,6 +86,8 @@ class _Exchange:
         "connecting",
         "cookie",
         "done",
+        "early",
+        "excess",
         "front",
         "head",
         "interim",
@@ -121,11 +123,16 @@ class _Exchange:
         self.reused = self.retried = self.answered = False
         self.sent_head = self.chunked_out = self.close_after = False
         self.interim = self.done = self.close_delimited = self.keep_alive = False
+        self.early = self.excess = False
         self.last_read = 0.0
         self.cookie = ""
         self.prefix: str | None = None
 
     # httptools.HttpResponseParser callbacks
+    def on_message_begin(self) -> None:
+        if self.done:  # the engine says more than one answer: its connection is not reused
+            self.excess = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.response_headers.append((name.lower(), value))
 
@@ -138,6 +145,8 @@ class _Exchange:
     def on_body(self, body: bytes) -> None:
         if not self.done:
             self.front.response_body(self, body)
+        else:  # bytes after an answer to HEAD, which has no body
+            self.excess = True
 
     def on_message_complete(self) -> None:
         if self.interim:  # the end of a 1xx answer: the real one follows
@@ -149,13 +158,14 @@ class _Exchange:
 class FrontProtocol(asyncio.Protocol):
     """uvicorn's HTTP protocol for the gateway (see the module's docstring).
 
-    Built per app by ``front_protocol(app)``; uvicorn constructs one per connection with the
+    Built per app by ``server.front_protocol(app)``; uvicorn constructs one per connection with the
     arguments it gives any HTTP protocol class.
     """
 
     gateway_app: ClassVar[Any]
     """The gateway's ASGI app: ``state.gateway`` once its lifespan has opened it."""
-    _trusted: ClassVar[Any] = None
+    trusted: ClassVar[Any] = None
+    """The proxies (``trusted_proxies``) whose forwarding headers are believed; None: none."""
 
     def __init__(
         self,
@@ -191,13 +201,8 @@ class FrontProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.scheme = "https" if transport.get_extra_info("sslcontext") else "http"
-        if self.config.proxy_headers:
-            cls = type(self)
-            if cls._trusted is None:
-                cls._trusted = ProxyHeadersMiddleware(
-                    self.gateway_app, self.config.forwarded_allow_ips or "127.0.0.1"
-                ).trusted_hosts
-            self.peer_trusted = self.client_ip in cls._trusted
+        trusted = self.trusted
+        self.peer_trusted = trusted is not None and self.client_ip in trusted
 
     def data_received(self, data: bytes) -> None:
         if self.idle_timer is not None:
@@ -311,13 +316,11 @@ class FrontProtocol(asyncio.Protocol):
             return None  # decoded paths are the ASGI app's to match
         if head.upgrade and not head.is_websocket():
             return None
-        if head.count(b"transfer-encoding") or head.count(b"expect"):
-            return None
-        length = head.one(b"content-length")
-        if head.count(b"content-length") and (length is None or not length.isdigit()):
-            return None
+        length = head.body_length()
+        if length is None or head.count(b"expect"):
+            return None  # framing the ASGI server checks (and refuses when it is ambiguous)
         limit = gw.settings.proxy_max_body_bytes
-        if length and limit and int(length) > limit:
+        if limit and length > limit:
             return None
         raw_host = head.one(b"host")
         if raw_host is None:
@@ -413,17 +416,16 @@ class FrontProtocol(asyncio.Protocol):
         ex = _Exchange(self, head, route)
         ex.cookie, ex.prefix = cookie, prefix
         ex.websocket = head.is_websocket()
-        length = head.one(b"content-length")
-        ex.body_left = int(length) if length else 0
+        ex.body_left = head.body_length() or 0  # _plan relays only what Content-Length frames
         ex.close_after = not head.keep_alive or ex.websocket  # a refused handshake ends it
         scheme, client_ip = self.scheme, self.client_ip
         if self.peer_trusted:
             scheme, client_ip = self._forwarded(head, scheme, client_ip)
-        ex.upstream_head = request_head(
-            head.method,
-            head.target,
-            forwardable(head.headers, websocket=ex.websocket, keep_handshake=True)
-            + forwarded_for(
+        ex.upstream_head = upstream_request(
+            head,
+            body_length=ex.body_left,
+            websocket=ex.websocket,
+            gateway=forwarded_for(
                 client_ip=client_ip,
                 scheme=scheme,
                 host=host,
@@ -448,9 +450,7 @@ class FrontProtocol(asyncio.Protocol):
             scheme = proto.strip().decode()
         chain = [v for k, v in head.headers if k == b"x-forwarded-for"]
         if chain:
-            found, _ = type(self)._trusted.get_trusted_client_address(
-                b", ".join(chain).decode("latin-1")
-            )
+            found, _ = self.trusted.get_trusted_client_address(b", ".join(chain).decode("latin-1"))
             client_ip = found or client_ip
         return scheme, client_ip
 
@@ -533,14 +533,15 @@ class FrontProtocol(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             log.info("engine answer not relayed: %s", exc)
-            if ex.sent_head:
+            if ex.done:  # garbage after a complete answer: the answer stands, the connection goes
+                self._finish(ex, reuse=False)
+            elif ex.sent_head:
                 self._abort(ex)
             else:
                 self._fail(ex, 502, BAD_ANSWER)
             return
         if ex.done and ex is self.exchange:
-            reuse = ex.keep_alive and not ex.body_left
-            self._finish(ex, reuse=reuse)
+            self._finish(ex, reuse=_boundary_certain(ex))
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if conn is self.tunnel:
@@ -598,6 +599,8 @@ class FrontProtocol(asyncio.Protocol):
                 out.append((b"transfer-encoding", b"chunked"))
             else:
                 ex.close_after = True
+        if ex.body_left:
+            ex.early = True  # the engine may not have read the body it answered: never reused
         if ex.body_left or self.closing:
             ex.close_after = True  # the rest of the request body is never read
         if ex.close_after:
@@ -763,19 +766,12 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def _boundary_certain(ex: _Exchange) -> bool:
+    """Whether the engine connection's next bytes can only be the answer to the next request:
+    the body was forwarded whole before the answer began, the answer was delimited by length or
+    chunks and read to its end, nothing followed it, and the engine keeps the connection."""
+    return ex.keep_alive and not (ex.body_left or ex.early or ex.excess or ex.close_delimited)
+
+
 def _retryable(ex: _Exchange) -> bool:
-    return ex.head.method in RETRYABLE and ex.head.one(b"content-length") in (None, b"0")
-
-
-def front_protocol(app: Any) -> type[asyncio.Protocol]:
-    """The uvicorn ``http=`` protocol class for the gateway app ``app``."""
-    return type("GatewayFrontProtocol", (FrontProtocol,), {"gateway_app": app})
-
-
-def http_protocol(app: Any) -> type[asyncio.Protocol] | str:
-    """What to give uvicorn as ``http=``: the front protocol unless the app's settings turn
-    it off (``proxy_fast_path``) or ``app`` is not the gateway's."""
-    settings = getattr(getattr(app, "state", None), "settings", None)
-    if settings is None or not getattr(settings, "proxy_fast_path", True):
-        return "httptools"
-    return front_protocol(app)
+    return ex.head.method in RETRYABLE and ex.head.length in (None, b"0")

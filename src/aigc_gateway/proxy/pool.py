@@ -1,8 +1,12 @@
 """Pooled HTTP/1.1 connections to engines, for the connection-level proxy (``front.py``).
 
 A connection belongs to one exchange at a time (its ``owner``) and goes back to the pool, per
-engine address, when the engine's answer is complete and both sides want to keep it. Idle
-connections are closed after ``idle_s``; one that the engine closes while idle is dropped.
+engine address, only when the boundary of the engine's answer is certain (``front.py``'s
+``_boundary_certain``: the request body forwarded whole before the answer began, the answer
+delimited by length or chunks and read to its end, nothing after it, both sides keeping the
+connection): whatever the engine sends next can then only answer the next request. Idle
+connections are closed after ``idle_s``; one that the engine closes, or that says anything,
+while idle is dropped.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 The rules are the ones the ASGI relay follows (``relay.py``): hop-by-hop headers dropped, the
 gateway's own cookies and API tokens never reach the engine, the engine cannot set the gateway's
 cookies, and the ``X-Forwarded-*`` headers are the gateway's own.
+
+Two rules keep a relayed request one request to the engine: a ``Connection`` option never
+removes a header that frames the message (``FRAMING``), and the connection-level proxy writes the
+body's framing itself (``upstream_request``). A header whose name only looks like one the gateway
+sets or strips (``X_Aigc_User``, ``x_forwarded_for``: many servers read ``_`` as ``-``) is dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import httptools
+
+from aigc_gateway.auth.credentials import carries_gateway_token
 
 GATEWAY_COOKIES = frozenset({b"aigc_session", b"aigc_instance", b"aigc_oidc"})
 HOP_BY_HOP = frozenset(
@@ -45,6 +52,12 @@ WS_HANDSHAKE = frozenset(
         b"sec-websocket-accept",
     }
 )
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+"""Headers that frame a message or name its target: a ``Connection`` option never removes them
+(a length the engine does not see makes it read the body as a second request)."""
+GUARDED = SET_BY_GATEWAY | HOP_BY_HOP | WS_HANDSHAKE | FRAMING | {b"cookie", b"authorization"}
+"""Names the gateway sets, strips or frames with: a look-alike of one (``_`` for ``-``) is dropped."""
+HOP_BY_HOP_AND_LENGTH = HOP_BY_HOP | {b"content-length"}
 MAX_HEAD_BYTES = 64 * 1024
 """A request head larger than this is left to the ASGI server (which refuses it)."""
 
@@ -66,6 +79,10 @@ class RequestHead:
     keep_alive: bool = True
     upgrade: bool = False
     """The client asked to switch protocols (``Upgrade``); only WebSocket is relayed."""
+    length: bytes | None = None
+    """``Content-Length`` as sent (``b"?"`` when sent more than once), read while parsing."""
+    coded: bool = False
+    """A ``Transfer-Encoding`` was sent."""
     parser: httptools.HttpRequestParser | None = None
 
     # httptools callbacks
@@ -73,7 +90,12 @@ class RequestHead:
         self.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        if name == b"content-length":  # the framing, noted now rather than searched for later
+            self.length = value if self.length is None else b"?"
+        elif name == b"transfer-encoding":
+            self.coded = True
 
     def on_headers_complete(self) -> None:
         # Read now: once the message is complete the parser forgets its connection flags.
@@ -104,6 +126,15 @@ class RequestHead:
 
     def wants_html(self) -> bool:
         return any(k == b"accept" and b"text/html" in v for k, v in self.headers)
+
+    def body_length(self) -> int | None:
+        """The body's length when ``Content-Length`` alone frames it (0 without one); None when
+        the framing is anything else (a transfer coding, a repeated or non-numeric length)."""
+        if self.coded:
+            return None
+        if self.length is None:
+            return 0
+        return int(self.length) if self.length.isdigit() else None
 
     def is_websocket(self) -> bool:
         upgrade = self.one(b"upgrade")
@@ -141,36 +172,63 @@ def _strip_cookies(value: bytes) -> bytes:
 
 
 def forwardable(
-    headers: Headers, *, websocket: bool = False, keep_handshake: bool = False
+    headers: Headers,
+    *,
+    websocket: bool = False,
+    keep_handshake: bool = False,
+    reframe: bool = False,
 ) -> Headers:
     """The client's headers an engine may see.
 
     ``websocket``: the request is a WebSocket handshake. ``keep_handshake``: the proxy relays
     the handshake itself at the byte level, so ``Upgrade``, ``Connection: upgrade`` and the
     ``Sec-WebSocket-*`` headers go through; otherwise a WebSocket client library makes its own.
+    ``reframe``: the caller writes the body's framing itself, so ``Content-Length`` is dropped
+    too; otherwise it is kept, whatever ``Connection`` names.
     """
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
-            tokens |= {t.strip().lower() for t in value.split(b",")}
+            tokens |= {t.strip().lower() for t in value.split(b",")} - FRAMING
+    dropped = HOP_BY_HOP_AND_LENGTH if reframe else HOP_BY_HOP
     out: Headers = []
     for name, value in headers:
         if name in SET_BY_GATEWAY or name.startswith(b"x-aigc-"):
             continue
+        if 0x5F in name and _looks_like_ours(name):  # "_" as an int: a memchr, unlike b"_"
+            continue
         if name in WS_HANDSHAKE and websocket and not keep_handshake:
             continue
-        if name in HOP_BY_HOP or name in tokens:
+        if name in dropped or name in tokens:
             continue
         if name == b"cookie":
             value = _strip_cookies(value)
             if not value:
                 continue
-        elif name == b"authorization" and value[7:].startswith(b"agw_"):
+        elif name == b"authorization" and carries_gateway_token(value):
             continue  # the gateway's own API token: never an engine's business
         out.append((name, value))
     if websocket and keep_handshake:
         out += [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
     return out
+
+
+def _looks_like_ours(name: bytes) -> bool:
+    """``name`` (lower-cased) reads as a guarded one once ``_`` is taken for ``-``."""
+    normal = name.replace(b"_", b"-")
+    return normal in GUARDED or normal.startswith(b"x-aigc-")
+
+
+def upstream_request(
+    head: RequestHead, *, body_length: int, websocket: bool, gateway: Headers
+) -> bytes:
+    """The head the connection-level proxy sends an engine: the client's forwardable headers,
+    ``Content-Length: body_length`` (the framing the body is forwarded with) when the client
+    framed one, and the gateway's own headers (``forwarded_for``)."""
+    headers = forwardable(head.headers, websocket=websocket, keep_handshake=True, reframe=True)
+    if head.length is not None:  # the client framed a body (relayed only when unambiguous)
+        headers.append((b"content-length", b"%d" % body_length))
+    return request_head(head.method, head.target, headers + gateway)
 
 
 def forwarded_for(
