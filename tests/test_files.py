@@ -146,7 +146,7 @@ async def test_families_are_names_not_paths(alice: Api) -> None:
         assert r.status_code == 404, family
 
 
-async def test_links_pointing_outside_are_refused(
+async def test_links_are_listed_and_never_followed(
     gateway: RunningGateway, alice: Api, bob: Api, tmp_path: Path
 ) -> None:
     assert (await put(bob, "demo", "secret.txt", b"bob's")).status_code == 201
@@ -159,24 +159,36 @@ async def test_links_pointing_outside_are_refused(
     os.symlink(theirs / "secret.txt", mine / "stolen.txt")
     os.symlink(theirs, mine / "bobs")
     os.symlink(outside, mine / "out")
-    os.symlink(mine / "mine.txt", mine / "alias.txt")  # a link inside the folder is fine
-    listed = {e["name"] for e in (await alice.client.get("/api/files/demo")).json()["entries"]}
-    assert listed == {"mine.txt", "alias.txt"}
-    for path in ("stolen.txt", "bobs/secret.txt", "out/x.txt"):
+    os.symlink(mine / "mine.txt", mine / "alias.txt")  # even a link inside is not followed
+    listed = {
+        e["name"]: (e["type"], e["size"], e["image"])
+        for e in (await alice.client.get("/api/files/demo")).json()["entries"]
+    }
+    links = {name: ("link", 0, False) for name in ("stolen.txt", "bobs", "out", "alias.txt")}
+    assert listed == {"mine.txt": ("file", 7, False), **links}
+    for path in ("stolen.txt", "bobs/secret.txt", "out/x.txt", "alias.txt"):
         r = await alice.client.get("/api/files/demo/content", params={"path": path})
-        assert r.status_code == 404, path
+        assert (r.status_code, r.json()["code"]) == (404, "is_a_link"), path
     for path in ("bobs", "out"):
-        assert (await alice.client.get("/api/files/demo", params={"path": path})).status_code == 404
+        r = await alice.client.get("/api/files/demo", params={"path": path})
+        assert (r.status_code, r.json()["code"]) == (404, "is_a_link"), path
     assert (await put(alice, "demo", "out/new.txt", b"x")).status_code == 404
     assert (await put(alice, "demo", "bobs/secret.txt", b"x")).status_code == 404
+    assert (
+        await alice.client.delete("/api/files/demo/content?path=bobs/secret.txt")
+    ).status_code == 404
     assert not (outside / "new.txt").exists() and (theirs / "secret.txt").read_bytes() == b"bob's"
-    alias = await alice.client.get("/api/files/demo/content", params={"path": "alias.txt"})
-    assert alias.content == b"alice's"
+    # Uploading over a link replaces the link, never what it points to.
+    assert (await put(alice, "demo", "stolen.txt", b"mine now")).status_code == 201
+    assert (theirs / "secret.txt").read_bytes() == b"bob's"
+    assert not (mine / "stolen.txt").is_symlink()
     # Deleting a link removes the link, never what it points to.
-    for path in ("stolen.txt", "bobs", "out"):
+    for path in ("bobs", "out", "alias.txt"):
         r = await alice.client.delete("/api/files/demo/content", params={"path": path})
         assert r.status_code == 204, path
     assert (theirs / "secret.txt").exists() and (outside / "x.txt").exists()
+    assert (mine / "mine.txt").read_bytes() == b"alice's"
+    assert sorted(p.name for p in mine.iterdir()) == ["mine.txt", "stolen.txt"]
 
 
 async def test_another_users_files_cannot_be_reached(
