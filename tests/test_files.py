@@ -3,13 +3,16 @@ and no way out of the folder (``..``, encoded dots, absolute paths, NUL bytes, l
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from aigc_gateway.lifecycle import files as file_service
 from tests.conftest import RunningGateway
 from tests.support.gateway import Api, add_user, tiny_template
 
@@ -134,16 +137,24 @@ async def test_paths_cannot_leave_the_folder(alice: Api, query: str) -> None:
         ("DELETE", f"/api/files/demo/content?{query}"),
     ]:
         r = await alice.client.request(method, url, content=b"x" if method == "PUT" else None)
-        assert r.status_code in (400, 404), (method, url, r.status_code)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_path"), (method, url)
     assert (await alice.client.get("/api/files/demo/content?path=outputs/ok.txt")).content == b"ok"
 
 
 async def test_families_are_names_not_paths(alice: Api) -> None:
-    for family in ("%2e%2e", "..", "DEMO", "demo%0A", "no-such-family", "%2Fetc"):
-        r = await alice.client.get(f"/api/files/{family}/content?path=x")
-        assert r.status_code == 404, family
-        r = await alice.client.put(f"/api/files/{family}/content?path=x", content=b"x")
-        assert r.status_code == 404, family
+    # The same requests for a real family reach the files routes (a missing route is 404 too).
+    assert (
+        await alice.client.put("/api/files/demo/content?path=x", content=b"x")
+    ).status_code == 201
+    assert (await alice.client.get("/api/files/demo/content?path=x")).content == b"x"
+    for family in ("%2e%2e", "DEMO", "demo%0A", "no-such-family", "demo.", "%2e"):
+        for method in ("GET", "PUT", "DELETE"):
+            r = await alice.client.request(method, f"/api/files/{family}/content?path=x")
+            assert (r.status_code, r.json()["code"]) == (404, "family_not_found"), (method, family)
+        r = await alice.client.get(f"/api/files/{family}")
+        assert (r.status_code, r.json()["code"]) == (404, "family_not_found"), family
+    for family in ("..", "%2Fetc"):  # normalised away by the client or the router
+        assert (await alice.client.get(f"/api/files/{family}/content?path=x")).status_code == 404
 
 
 async def test_links_are_listed_and_never_followed(
@@ -202,10 +213,11 @@ async def test_another_users_files_cannot_be_reached(
         f"../../{alice_id}/demo/private.png",
         f"/{alice_id}/demo/private.png",
     ):
+        want = (404, "file_not_found") if path == "private.png" else (400, "invalid_path")
         r = await bob.client.get("/api/files/demo/content", params={"path": path})
-        assert r.status_code in (400, 404), path
+        assert (r.status_code, r.json()["code"]) == want, path
         r = await bob.client.delete("/api/files/demo/content", params={"path": path})
-        assert r.status_code in (400, 404), path
+        assert (r.status_code, r.json()["code"]) == want, path
     assert (await alice.client.get("/api/files/demo/content?path=private.png")).status_code == 200
 
 
@@ -230,3 +242,92 @@ async def test_writes_need_manage_scope_and_csrf(gateway: RunningGateway) -> Non
     async with httpx.AsyncClient(base_url=gateway.url) as anon:
         assert (await anon.get("/api/files")).status_code == 401
         assert (await anon.put(url, content=b"x")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (".aigc-upload-0123", "reserved for uploads in progress"),
+        ("x" * 300, "300 bytes long"),
+        ("é" * 128, "256 bytes long"),  # 128 characters, 256 bytes in UTF-8
+        ("outputs/" + "y" * 256 + "/cat.png", "256 bytes long"),
+    ],
+)
+async def test_names_no_file_system_takes_are_refused_clearly(
+    gateway: RunningGateway, alice: Api, name: str, why: str
+) -> None:
+    r = await put(alice, "demo", name, b"x")
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_name"), r.text
+    assert why in r.json()["message"]
+    if "reserved" not in why:  # a name too long for any file system is refused everywhere
+        for method in ("GET", "DELETE"):
+            r = await alice.client.request(method, "/api/files/demo/content", params={"path": name})
+            assert (r.status_code, r.json()["code"]) == (400, "invalid_name"), method
+        r = await alice.client.get("/api/files/demo", params={"path": name})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_name")
+    assert not (await folder(gateway, alice, "demo")).exists()  # nothing made on the way
+
+
+async def test_names_close_to_the_limits_are_fine(gateway: RunningGateway, alice: Api) -> None:
+    names = [".upload-1", "z" * 255, "é" * 127, "a.aigc-upload-b", ".hidden"]
+    for name in names:
+        r = await put(alice, "demo", name, name.encode())
+        assert r.status_code == 201, (name, r.text)
+        got = await alice.client.get("/api/files/demo/content", params={"path": name})
+        assert got.content == name.encode()
+    listed = {e["name"] for e in (await alice.client.get("/api/files/demo")).json()["entries"]}
+    assert listed == set(names)
+
+
+@pytest.fixture
+def full_disk(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[Path], None]]:
+    """Makes a folder's disk hold about 64 KiB: a real tmpfs mounted on it where the tests may
+    mount (root), else the one fake for this failure mode: a file's writes past 64 KiB fail with
+    ENOSPC (the part that fits written first, as a real disk does)."""
+    mounted: list[Path] = []
+
+    def fill(where: Path) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)]
+        if os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0:
+            mounted.append(where)
+            return
+        real = file_service.write_all
+
+        def write_all(fd: int, data: bytes) -> None:
+            room = max(64 * 1024 - os.fstat(fd).st_size, 0)
+            real(fd, data[:room])
+            if len(data) > room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(file_service, "write_all", write_all)
+
+    yield fill
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+async def test_an_upload_to_a_full_disk_is_507_and_changes_nothing(
+    gateway: RunningGateway, alice: Api, full_disk: Callable[[Path], None]
+) -> None:
+    mine = await folder(gateway, alice, "demo")
+    full_disk(mine)
+    assert (await put(alice, "demo", "keep.bin", b"k" * 1000)).status_code == 201
+    big = b"x" * (256 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: fails while streaming
+        for _ in range(4):
+            yield big
+
+    for body in (big, chunks()):
+        r = await alice.client.put(
+            "/api/files/demo/content", params={"path": "keep.bin"}, content=body
+        )
+        assert (r.status_code, r.json()["code"]) == (507, "disk_full"), r.text
+        assert "disk is full" in r.json()["message"]
+        assert sorted(p.name for p in mine.iterdir()) == ["keep.bin"]  # no partial file left
+        assert (mine / "keep.bin").read_bytes() == b"k" * 1000  # the old file intact
+    # Room again: the next upload works.
+    assert (await put(alice, "demo", "keep.bin", b"new")).status_code == 201
