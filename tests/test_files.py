@@ -202,6 +202,20 @@ async def test_links_are_listed_and_never_followed(
     assert sorted(p.name for p in mine.iterdir()) == ["mine.txt", "stolen.txt"]
 
 
+async def test_the_files_page_shows_a_link_without_offering_its_content(
+    gateway: RunningGateway, alice: Api
+) -> None:
+    assert (await put(alice, "demo", "real.txt", b"r")).status_code == 201
+    (await folder(gateway, alice, "demo") / "lnk").symlink_to("real.txt")
+    async with httpx.AsyncClient(base_url=gateway.url) as browser:
+        await browser.post("/auth/login", data={"username": "alice", "password": "pw-alice"})
+        html = (await browser.get("/files/demo")).text
+    row = html[html.index('data-testid="file-lnk"') :].split("</tr>")[0]
+    assert "link (not followed)" in row and "/content?path=" not in row
+    assert 'data-testid="delete-file-lnk"' in row
+    assert "/api/files/demo/content?path=real.txt" in html
+
+
 async def test_another_users_files_cannot_be_reached(
     gateway: RunningGateway, alice: Api, bob: Api
 ) -> None:
