@@ -195,10 +195,14 @@ def translated(path: str) -> Iterator[None]:
     except (FileNotFoundError, NotADirectoryError):
         raise NotFound(f"no such file or folder: {path!r}", code="file_not_found") from None
     except OSError as exc:
-        raise _translate(exc, path) from exc
+        mapped = _translate(exc, path)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
 def _translate(exc: OSError, path: str) -> Exception:
+    """The gateway error for ``exc``, or ``exc`` itself when it has none."""
     if exc.errno in FULL_DISK:
         return DiskFull(
             "the disk is full: the upload was not saved and nothing else was changed; "
@@ -242,11 +246,6 @@ def list_folder(folder: int, parts: list[str]) -> list[Entry]:
         names = [entry.name for entry in it]
     rows = [e for name in names if (e := _entry(folder, name, parts)) is not None]
     return sorted(rows, key=lambda e: (not e.is_dir, e.name.lower()))
-
-
-def folder_size(root: Path) -> int:
-    """Bytes of the regular files under ``root`` (links never followed, at any step)."""
-    return beneath.size_at(root)
 
 
 class FileService:
