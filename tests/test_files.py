@@ -3,13 +3,16 @@ and no way out of the folder (``..``, encoded dots, absolute paths, NUL bytes, l
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from aigc_gateway.lifecycle import files as file_service
 from tests.conftest import RunningGateway
 from tests.support.gateway import Api, add_user, tiny_template
 
@@ -134,19 +137,27 @@ async def test_paths_cannot_leave_the_folder(alice: Api, query: str) -> None:
         ("DELETE", f"/api/files/demo/content?{query}"),
     ]:
         r = await alice.client.request(method, url, content=b"x" if method == "PUT" else None)
-        assert r.status_code in (400, 404), (method, url, r.status_code)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_path"), (method, url)
     assert (await alice.client.get("/api/files/demo/content?path=outputs/ok.txt")).content == b"ok"
 
 
 async def test_families_are_names_not_paths(alice: Api) -> None:
-    for family in ("%2e%2e", "..", "DEMO", "demo%0A", "no-such-family", "%2Fetc"):
-        r = await alice.client.get(f"/api/files/{family}/content?path=x")
-        assert r.status_code == 404, family
-        r = await alice.client.put(f"/api/files/{family}/content?path=x", content=b"x")
-        assert r.status_code == 404, family
+    # The same requests for a real family reach the files routes (a missing route is 404 too).
+    assert (
+        await alice.client.put("/api/files/demo/content?path=x", content=b"x")
+    ).status_code == 201
+    assert (await alice.client.get("/api/files/demo/content?path=x")).content == b"x"
+    for family in ("%2e%2e", "DEMO", "demo%0A", "no-such-family", "demo.", "%2e"):
+        for method in ("GET", "PUT", "DELETE"):
+            r = await alice.client.request(method, f"/api/files/{family}/content?path=x")
+            assert (r.status_code, r.json()["code"]) == (404, "family_not_found"), (method, family)
+        r = await alice.client.get(f"/api/files/{family}")
+        assert (r.status_code, r.json()["code"]) == (404, "family_not_found"), family
+    for family in ("..", "%2Fetc"):  # normalised away by the client or the router
+        assert (await alice.client.get(f"/api/files/{family}/content?path=x")).status_code == 404
 
 
-async def test_links_pointing_outside_are_refused(
+async def test_links_are_listed_and_never_followed(
     gateway: RunningGateway, alice: Api, bob: Api, tmp_path: Path
 ) -> None:
     assert (await put(bob, "demo", "secret.txt", b"bob's")).status_code == 201
@@ -159,24 +170,50 @@ async def test_links_pointing_outside_are_refused(
     os.symlink(theirs / "secret.txt", mine / "stolen.txt")
     os.symlink(theirs, mine / "bobs")
     os.symlink(outside, mine / "out")
-    os.symlink(mine / "mine.txt", mine / "alias.txt")  # a link inside the folder is fine
-    listed = {e["name"] for e in (await alice.client.get("/api/files/demo")).json()["entries"]}
-    assert listed == {"mine.txt", "alias.txt"}
-    for path in ("stolen.txt", "bobs/secret.txt", "out/x.txt"):
+    os.symlink(mine / "mine.txt", mine / "alias.txt")  # even a link inside is not followed
+    listed = {
+        e["name"]: (e["type"], e["size"], e["image"])
+        for e in (await alice.client.get("/api/files/demo")).json()["entries"]
+    }
+    links = {name: ("link", 0, False) for name in ("stolen.txt", "bobs", "out", "alias.txt")}
+    assert listed == {"mine.txt": ("file", 7, False), **links}
+    for path in ("stolen.txt", "bobs/secret.txt", "out/x.txt", "alias.txt"):
         r = await alice.client.get("/api/files/demo/content", params={"path": path})
-        assert r.status_code == 404, path
+        assert (r.status_code, r.json()["code"]) == (404, "is_a_link"), path
     for path in ("bobs", "out"):
-        assert (await alice.client.get("/api/files/demo", params={"path": path})).status_code == 404
+        r = await alice.client.get("/api/files/demo", params={"path": path})
+        assert (r.status_code, r.json()["code"]) == (404, "is_a_link"), path
     assert (await put(alice, "demo", "out/new.txt", b"x")).status_code == 404
     assert (await put(alice, "demo", "bobs/secret.txt", b"x")).status_code == 404
+    assert (
+        await alice.client.delete("/api/files/demo/content?path=bobs/secret.txt")
+    ).status_code == 404
     assert not (outside / "new.txt").exists() and (theirs / "secret.txt").read_bytes() == b"bob's"
-    alias = await alice.client.get("/api/files/demo/content", params={"path": "alias.txt"})
-    assert alias.content == b"alice's"
+    # Uploading over a link replaces the link, never what it points to.
+    assert (await put(alice, "demo", "stolen.txt", b"mine now")).status_code == 201
+    assert (theirs / "secret.txt").read_bytes() == b"bob's"
+    assert not (mine / "stolen.txt").is_symlink()
     # Deleting a link removes the link, never what it points to.
-    for path in ("stolen.txt", "bobs", "out"):
+    for path in ("bobs", "out", "alias.txt"):
         r = await alice.client.delete("/api/files/demo/content", params={"path": path})
         assert r.status_code == 204, path
     assert (theirs / "secret.txt").exists() and (outside / "x.txt").exists()
+    assert (mine / "mine.txt").read_bytes() == b"alice's"
+    assert sorted(p.name for p in mine.iterdir()) == ["mine.txt", "stolen.txt"]
+
+
+async def test_the_files_page_shows_a_link_without_offering_its_content(
+    gateway: RunningGateway, alice: Api
+) -> None:
+    assert (await put(alice, "demo", "real.txt", b"r")).status_code == 201
+    (await folder(gateway, alice, "demo") / "lnk").symlink_to("real.txt")
+    async with httpx.AsyncClient(base_url=gateway.url) as browser:
+        await browser.post("/auth/login", data={"username": "alice", "password": "pw-alice"})
+        html = (await browser.get("/files/demo")).text
+    row = html[html.index('data-testid="file-lnk"') :].split("</tr>")[0]
+    assert "link (not followed)" in row and "/content?path=" not in row
+    assert 'data-testid="delete-file-lnk"' in row
+    assert "/api/files/demo/content?path=real.txt" in html
 
 
 async def test_another_users_files_cannot_be_reached(
@@ -190,10 +227,11 @@ async def test_another_users_files_cannot_be_reached(
         f"../../{alice_id}/demo/private.png",
         f"/{alice_id}/demo/private.png",
     ):
+        want = (404, "file_not_found") if path == "private.png" else (400, "invalid_path")
         r = await bob.client.get("/api/files/demo/content", params={"path": path})
-        assert r.status_code in (400, 404), path
+        assert (r.status_code, r.json()["code"]) == want, path
         r = await bob.client.delete("/api/files/demo/content", params={"path": path})
-        assert r.status_code in (400, 404), path
+        assert (r.status_code, r.json()["code"]) == want, path
     assert (await alice.client.get("/api/files/demo/content?path=private.png")).status_code == 200
 
 
@@ -218,3 +256,92 @@ async def test_writes_need_manage_scope_and_csrf(gateway: RunningGateway) -> Non
     async with httpx.AsyncClient(base_url=gateway.url) as anon:
         assert (await anon.get("/api/files")).status_code == 401
         assert (await anon.put(url, content=b"x")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (".aigc-upload-0123", "reserved for uploads in progress"),
+        ("x" * 300, "300 bytes long"),
+        ("é" * 128, "256 bytes long"),  # 128 characters, 256 bytes in UTF-8
+        ("outputs/" + "y" * 256 + "/cat.png", "256 bytes long"),
+    ],
+)
+async def test_names_no_file_system_takes_are_refused_clearly(
+    gateway: RunningGateway, alice: Api, name: str, why: str
+) -> None:
+    r = await put(alice, "demo", name, b"x")
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_name"), r.text
+    assert why in r.json()["message"]
+    if "reserved" not in why:  # a name too long for any file system is refused everywhere
+        for method in ("GET", "DELETE"):
+            r = await alice.client.request(method, "/api/files/demo/content", params={"path": name})
+            assert (r.status_code, r.json()["code"]) == (400, "invalid_name"), method
+        r = await alice.client.get("/api/files/demo", params={"path": name})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_name")
+    assert not (await folder(gateway, alice, "demo")).exists()  # nothing made on the way
+
+
+async def test_names_close_to_the_limits_are_fine(gateway: RunningGateway, alice: Api) -> None:
+    names = [".upload-1", "z" * 255, "é" * 127, "a.aigc-upload-b", ".hidden"]
+    for name in names:
+        r = await put(alice, "demo", name, name.encode())
+        assert r.status_code == 201, (name, r.text)
+        got = await alice.client.get("/api/files/demo/content", params={"path": name})
+        assert got.content == name.encode()
+    listed = {e["name"] for e in (await alice.client.get("/api/files/demo")).json()["entries"]}
+    assert listed == set(names)
+
+
+@pytest.fixture
+def full_disk(
+    gateway: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[Path], None]]:
+    """Makes a folder's disk hold about 64 KiB: a real tmpfs mounted on it where the tests may
+    mount (root), else the one fake for this failure mode: a file's writes past 64 KiB fail with
+    ENOSPC (the part that fits written first, as a real disk does)."""
+    mounted: list[Path] = []
+
+    def fill(where: Path) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)]
+        if os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0:
+            mounted.append(where)
+            return
+        real = file_service.write_all
+
+        def write_all(fd: int, data: bytes) -> None:
+            room = max(64 * 1024 - os.fstat(fd).st_size, 0)
+            real(fd, data[:room])
+            if len(data) > room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(file_service, "write_all", write_all)
+
+    yield fill
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+async def test_an_upload_to_a_full_disk_is_507_and_changes_nothing(
+    gateway: RunningGateway, alice: Api, full_disk: Callable[[Path], None]
+) -> None:
+    mine = await folder(gateway, alice, "demo")
+    full_disk(mine)
+    assert (await put(alice, "demo", "keep.bin", b"k" * 1000)).status_code == 201
+    big = b"x" * (256 * 1024)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: fails while streaming
+        for _ in range(4):
+            yield big
+
+    for body in (big, chunks()):
+        r = await alice.client.put(
+            "/api/files/demo/content", params={"path": "keep.bin"}, content=body
+        )
+        assert (r.status_code, r.json()["code"]) == (507, "disk_full"), r.text
+        assert "disk is full" in r.json()["message"]
+        assert sorted(p.name for p in mine.iterdir()) == ["keep.bin"]  # no partial file left
+        assert (mine / "keep.bin").read_bytes() == b"k" * 1000  # the old file intact
+    # Room again: the next upload works.
+    assert (await put(alice, "demo", "keep.bin", b"new")).status_code == 201

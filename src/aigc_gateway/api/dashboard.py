@@ -276,7 +276,7 @@ async def files_folder(
         key = "error.not_found" if exc.status == 404 else "error.bad_request"
         return error_page(viewer, exc.status, key, key + "_text", exc.message)
     entries = [
-        v.FileRow(e.name, e.path, e.is_dir, e.size, e.modified, e.media_type is not None)
+        v.FileRow(e.name, e.path, e.is_dir, e.size, e.modified, e.media_type is not None, e.is_link)
         for e in found.entries
     ]
     return render(

@@ -1,24 +1,27 @@
 """The signed-in user's data folders, one per engine family: list, download, upload, delete.
 
 Paths are relative to the family's folder (``?path=outputs/cat.png``); anything that could leave
-it (``..``, absolute paths, NUL bytes, links pointing outside) is refused with 400 or 404.
+it (``..``, absolute paths, NUL bytes) is refused with 400, and a link in the folder is listed as
+``"type": "link"`` but never followed (404). A file is sent from the descriptor the service opened,
+never reopened by its path.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from email.utils import format_datetime
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.errors import Forbidden, UserError
 from aigc_gateway.gateway import Gateway
-from aigc_gateway.lifecycle.files import Entry, FileService, Usage
+from aigc_gateway.lifecycle.files import Entry, FileService, OpenFile, Usage
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
@@ -38,7 +41,7 @@ class UsagePublic(BaseModel):
 class EntryPublic(BaseModel):
     name: str
     path: str
-    type: str
+    type: Literal["folder", "file", "link"]
     size: int
     modified: datetime
     image: bool
@@ -48,7 +51,7 @@ class EntryPublic(BaseModel):
         return cls(
             name=e.name,
             path=e.path,
-            type="folder" if e.is_dir else "file",
+            type=e.kind.value,  # OTHER is never listed
             size=e.size,
             modified=e.modified,
             image=e.media_type is not None,
@@ -61,6 +64,27 @@ class ListingPublic(BaseModel):
     used_bytes: int
     quota_bytes: int
     entries: list[EntryPublic]
+
+
+class FileStream(Response):
+    """An opened file sent from its descriptor, which is closed when sending ends however it
+    ends (a client that goes away included)."""
+
+    def __init__(self, opened: OpenFile, *, media_type: str, headers: dict[str, str]) -> None:
+        size = str(opened.entry.size)
+        super().__init__(media_type=media_type, headers={**headers, "Content-Length": size})
+        self._opened = opened
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            await send(start)
+            if scope.get("method") != "HEAD":
+                async for chunk in self._opened.chunks():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            self._opened.close()
 
 
 def file_service(gw: Gateway) -> FileService:
@@ -93,18 +117,19 @@ async def list_folder(
     )
 
 
-@router.get("/{family}/content", response_class=FileResponse)
+@router.get("/{family}/content", response_class=FileStream)
 async def download(family: str, path: PathQuery, gw: GatewayDep, who: CurrentUser) -> Response:
     """The file's bytes: images inline (previews), everything else as a download."""
-    files = file_service(gw)
-    entry = await files.file(who, family, path)
+    opened = await file_service(gw).open(who, family, path)
+    entry = opened.entry
     image = entry.media_type
     disposition = "inline" if image else "attachment"
-    return FileResponse(
-        files.real_path(who, family, entry),
+    return FileStream(
+        opened,
         media_type=image or "application/octet-stream",
         headers={
             "Content-Disposition": f"{disposition}; filename*=UTF-8''{quote(entry.name)}",
+            "Last-Modified": format_datetime(entry.modified, usegmt=True),
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "default-src 'none'; sandbox",
             "Cache-Control": "private, no-cache",
@@ -122,7 +147,8 @@ async def upload(
     client: ClientDep,
 ) -> EntryPublic:
     """Upload the request body as the file at ``path`` (replacing it; folders are created).
-    Refused with 413 when it would go over the family's quota."""
+    Refused with 400 for a name no file system takes or one reserved for uploads in progress,
+    413 when it would go over the family's quota, 507 when the disk is full (nothing changed)."""
     _writer(who)
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,6 +38,7 @@ from aigc_gateway.domain.states import (
     transition,
 )
 from aigc_gateway.errors import GatewayError, PermanentError
+from aigc_gateway.lifecycle import beneath
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
@@ -60,13 +60,9 @@ log = logging.getLogger(__name__)
 
 
 def folder_size(path: Path) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
+    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed at
+    any step, even when the engine swaps a folder for one while it is counted."""
+    return beneath.size_at(path)
 
 
 S = InstanceState

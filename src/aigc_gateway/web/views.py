@@ -193,6 +193,8 @@ class FileRow:
     size: int
     modified: datetime
     image: bool
+    is_link: bool = False
+    """A symbolic link: shown, never followed or downloaded."""
 
 
 @dataclass(frozen=True, slots=True)
