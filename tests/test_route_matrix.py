@@ -74,9 +74,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/docs/oauth2-redirect"): public(),
     ("GET", "/redoc"): public(),
     ("GET", "/healthz"): public(),
-    # No metrics token is set here, so loopback clients (these tests) may read the metrics;
-    # tests/test_metrics.py checks the token and other addresses.
-    ("GET", "/metrics"): public({200}),
+    # No metrics token and no trusted address are set here, so nobody may read the metrics (a
+    # user's API token is no metrics token); tests/test_metrics.py checks the token and addresses.
+    ("GET", "/metrics"): public({403}),
     ("GET", "/api/me"): signed_in(),
     ("POST", "/api/me/password"): Rule(
         {401}, {403}, {403}, {403}, body={"current_password": "x", "new_password": "long-enough"}
