@@ -55,12 +55,15 @@ class Access(enum.StrEnum):
     """Start, pause, resume, restart."""
     DELETE = "delete"
     SHARE = "share"
+    """Share it, or take a share back."""
+    SEE_SHARES = "see_shares"
+    """List whom it is shared with (the owner's and admins' business, readable with ``read``)."""
 
 
 SHARED_MAY = frozenset({Access.VIEW, Access.USE, Access.OPERATE})
 """What a user an instance is shared with (directly or through a team) may do: not delete, not
 reshare."""
-READ_SCOPE_MAY = frozenset({Access.VIEW, Access.USE})
+READ_SCOPE_MAY = frozenset({Access.VIEW, Access.USE, Access.SEE_SHARES})
 
 
 def authorize_instance(
