@@ -86,6 +86,12 @@ class AccessCache:
             self._entries.clear()
         self._entries[(slug, cookie)] = (time.monotonic() + self._ttl, decision)
 
+    @property
+    def generation(self) -> int:
+        """Moves on at every ``clear``: a holder of an older answer knows access may have
+        changed since."""
+        return self._generation
+
     def clear(self) -> None:
         """Access changed: forget every answer (including those being loaded now, which may
         predate the change), and tell those who asked to know."""

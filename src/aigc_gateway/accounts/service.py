@@ -334,6 +334,7 @@ class AccountService:
                 await self._audit(
                     session, who, "token.revoke", client, "token", token.id, {"name": token.name}
                 )
+        self._on_access_change()  # what the token opened (an event stream) ends with it
 
     # -- sessions -------------------------------------------------------------------------------
 
