@@ -237,6 +237,52 @@ async def test_api_tokens_are_shown_once_scoped_and_revocable(gateway: RunningGa
         assert (await ro.get("/api/instances")).status_code == 401  # at once
 
 
+async def mint(api: httpx.AsyncClient, *scopes: str) -> httpx.Response:
+    return await api.post("/api/tokens", json={"name": "minted", "scopes": list(scopes)})
+
+
+async def test_a_token_mints_only_tokens_within_its_own_scopes(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.admin_token}"}
+    ) as root:
+        made = (await mint(root, "read", "manage")).json()
+        assert (await mint(root, "admin")).status_code == 201  # the admin's own, full token
+    async with httpx.AsyncClient(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {made['token']}"}
+    ) as manage:
+        # An admin user's read,manage token is no admin credential: it cannot mint one.
+        refused = await mint(manage, "read", "manage", "admin")
+        assert refused.status_code == 403 and refused.json()["code"] == "token_scope"
+        assert (await mint(manage, "admin")).status_code == 403
+        # No scopes at all is not "every scope".
+        assert (await mint(manage)).status_code == 422
+        assert (await mint(manage, "read")).status_code == 201
+        assert (await manage.get("/api/users")).status_code == 403  # nor does it act as admin
+
+
+async def test_a_read_token_changes_nothing_of_its_user(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as browser:
+        await browser.post("/auth/login", data={"username": "alice", "password": "pw-alice"})
+        csrf = (await browser.get("/api/me")).json()["csrf_token"]
+        made = await browser.post(
+            "/api/tokens", json={"name": "ro", "scopes": ["read"]}, headers={"X-CSRF-Token": csrf}
+        )
+        session_id = (await browser.get("/api/me/sessions")).json()[0]["id"]
+        read = {"Authorization": f"Bearer {made.json()['token']}"}
+        async with httpx.AsyncClient(base_url=gateway.url, headers=read) as ro:
+            tokens = (await ro.get("/api/tokens")).json()  # reading is its scope
+            other = next(t["id"] for t in tokens if t["name"] == "test")
+            assert (await ro.delete(f"/api/tokens/{other}")).status_code == 403
+            assert (await ro.delete(f"/api/me/sessions/{session_id}")).status_code == 403
+            assert (await ro.post("/auth/logout")).status_code == 403
+        # The user's other token and the browser session still work.
+        assert (await browser.get("/api/me")).status_code == 200
+    async with httpx.AsyncClient(
+        base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.alice}"}
+    ) as api:
+        assert (await api.get("/api/me")).status_code == 200
+
+
 async def test_audit_log_records_who_did_what(
     gateway: RunningGateway, browser: httpx.AsyncClient
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.support.gateway import Api
+from tests.support.gateway import Api, engine_url
 
 
 async def test_unknown_template_is_404_with_code(alice: Api) -> None:
@@ -83,11 +83,11 @@ async def test_engine_that_exits_at_start_reports_code_and_log(alice: Api) -> No
     assert "cannot load model weights" in logs
 
 
-async def test_running_engine_crash_is_reported_failed(alice: Api) -> None:
+async def test_running_engine_crash_is_reported_failed(alice: Api, admin: Api) -> None:
     import httpx
 
     inst = await alice.wait_state((await alice.create("tiny"))["id"], "running")
-    async with httpx.AsyncClient(base_url=inst["engine_url"]) as engine:
+    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as engine:
         with pytest.raises(httpx.HTTPError):
             await engine.get("/crash", params={"code": "7"})
     failed = await alice.wait_state(inst["id"], "failed", timeout=30)

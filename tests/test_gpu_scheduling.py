@@ -23,6 +23,7 @@ from tests.support.fake_mps import calls, install_fake_mps
 from tests.support.gateway import (
     Api,
     add_user,
+    engine_url,
     make_settings,
     stop_engines_async,
     write_templates,
@@ -59,9 +60,9 @@ def mps_calls(tmp_path: Path) -> list[str]:
     return calls(tmp_path / "mps-bin" / "calls.log")
 
 
-async def engine_env(inst: dict[str, Any]) -> dict[str, str]:
+async def engine_env(admin: Api, inst: dict[str, Any]) -> dict[str, str]:
     async with httpx.AsyncClient() as client:
-        r = await client.get(f"{inst['engine_url']}/env")
+        r = await client.get(f"{await engine_url(admin, inst['id'])}/env")
     assert r.status_code == 200
     return dict(r.json())
 
@@ -70,14 +71,14 @@ async def test_whole_gpu_share_and_cpu_engines_see_exactly_what_they_were_given(
     alice: Api, bob: Api, admin: Api, tmp_path: Path
 ) -> None:
     whole = await alice.wait_state((await alice.create("tiny-gpu"))["id"], "running")
-    env = await engine_env(whole)
+    env = await engine_env(admin, whole)
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
     assert not any(k.startswith("CUDA_MPS") for k in env)
     assert whole["gpu"]["gpu_ids"] == ["GPU-aaaa"] and whole["gpu"]["share_gib"] is None
     assert "placed on GPU-aaaa (onprem, rtx4090): rank 1, price 0.90/h" in whole["gpu"]["placement"]
     # Memory shares go to the other card, under its own MPS daemon, with their limit.
     share = await alice.wait_state((await alice.create("tiny-share"))["id"], "running")
-    env = await engine_env(share)
+    env = await engine_env(admin, share)
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=30720M"
     assert env["AIGC_GPU_MEMORY_MIB"] == "30720"
@@ -86,13 +87,13 @@ async def test_whole_gpu_share_and_cpu_engines_see_exactly_what_they_were_given(
     assert psutil.pid_exists(daemon)
     assert mps_calls(tmp_path) == ["start GPU-bbbb"]
     second = await bob.wait_state((await bob.create("tiny-share-8"))["id"], "running")
-    env2 = await engine_env(second)
+    env2 = await engine_env(admin, second)
     assert env2["CUDA_MPS_PIPE_DIRECTORY"] == str(pipe)  # packed onto the shared card
     assert env2["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=8192M"
     assert mps_calls(tmp_path) == ["start GPU-bbbb"]  # one daemon per card
     # A CPU engine sees no GPU at all.
     cpu = await alice.wait_state((await alice.create("tiny"))["id"], "running")
-    assert (await engine_env(cpu))["CUDA_VISIBLE_DEVICES"] == ""
+    assert (await engine_env(admin, cpu))["CUDA_VISIBLE_DEVICES"] == ""
 
     view = (await admin.client.get("/api/gpus")).json()
     card_b = view["gpus"][1]
@@ -187,11 +188,11 @@ async def test_cordon_drain_and_uncordon(alice: Api, bob: Api, admin: Api) -> No
 
 
 @pytest.mark.parametrize("gateway_settings", [{"gpus": TWO_CARDS}], indirect=True)
-async def test_two_gpus_on_one_host_or_a_clear_refusal(alice: Api) -> None:
+async def test_two_gpus_on_one_host_or_a_clear_refusal(alice: Api, admin: Api) -> None:
     # The two declared cards are on one host but of different types: a pair fits.
     pair = await alice.wait_state((await alice.create("tiny-gpu-pair"))["id"], "running")
     assert sorted(pair["gpu"]["gpu_ids"]) == ["GPU-aaaa", "GPU-bbbb"]
-    assert (await engine_env(pair))["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
+    assert (await engine_env(admin, pair))["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
 
 
 async def test_a_killed_gateway_keeps_gpu_allocations_and_the_queue(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.support.gateway import Api
+from tests.support.gateway import Api, engine_url
 
 
 def port_is_free(port: int) -> bool:
@@ -18,12 +18,12 @@ def port_is_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-async def test_tiny_engine_full_lifecycle(alice: Api, gateway: RunningGateway) -> None:
+async def test_tiny_engine_full_lifecycle(alice: Api, admin: Api, gateway: RunningGateway) -> None:
     inst = await alice.create("tiny", name="mine")
     assert inst["state"] in ("pending", "starting")
     inst = await alice.wait_state(inst["id"], "running", "failed")
     assert inst["state"] == "running", inst["reason"]
-    engine = inst["engine_url"]
+    engine = await engine_url(admin, inst["id"])
     async with httpx.AsyncClient(base_url=engine) as direct:
         assert (await direct.get("/")).text == "ok"
         await direct.get("/write", params={"name": "out.txt", "content": "made before pause"})
@@ -34,15 +34,15 @@ async def test_tiny_engine_full_lifecycle(alice: Api, gateway: RunningGateway) -
     assert psutil.pid_exists(engine_pid)
 
     await alice.act(inst["id"], "pause")
-    paused = await alice.wait_state(inst["id"], "paused")
-    assert paused["engine_url"] is None
+    await alice.wait_state(inst["id"], "paused")
+    assert (await admin.get(inst["id"]))["engine_url"] is None
     assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == "zombie"
     assert port_is_free(port)
 
     await alice.act(inst["id"], "resume")
     resumed = await alice.wait_state(inst["id"], "running", "failed")
     assert resumed["state"] == "running", resumed["reason"]
-    async with httpx.AsyncClient(base_url=resumed["engine_url"]) as direct:
+    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as direct:
         assert (await direct.get("/read", params={"name": "out.txt"})).text == "made before pause"
 
     r = await alice.client.delete(f"/api/instances/{inst['id']}")
@@ -56,7 +56,7 @@ async def test_tiny_engine_full_lifecycle(alice: Api, gateway: RunningGateway) -
 
     # A new instance of the same family sees the kept data.
     again = await alice.wait_state((await alice.create("tiny"))["id"], "running")
-    async with httpx.AsyncClient(base_url=again["engine_url"]) as direct:
+    async with httpx.AsyncClient(base_url=await engine_url(admin, again["id"])) as direct:
         assert (await direct.get("/read", params={"name": "out.txt"})).text == "made before pause"
     r = await alice.client.delete(f"/api/instances/{again['id']}", params={"delete_data": "true"})
     await alice.wait_state(again["id"], "deleted")
@@ -94,10 +94,12 @@ async def test_restart_launches_a_new_process(alice: Api) -> None:
 
 
 @pytest.mark.parametrize("template", ["demo"])
-async def test_demo_engine_generates_into_user_data(alice: Api, template: str) -> None:
+async def test_demo_engine_generates_into_user_data(alice: Api, admin: Api, template: str) -> None:
     inst = await alice.wait_state((await alice.create(template))["id"], "running", "failed")
     assert inst["state"] == "running", inst["reason"]
-    async with httpx.AsyncClient(base_url=inst["engine_url"], timeout=30) as engine:
+    async with httpx.AsyncClient(
+        base_url=await engine_url(admin, inst["id"]), timeout=30
+    ) as engine:
         job = (await engine.post("/api/generate", json={"prompt": "a red fox", "seed": 1})).json()
         async with engine.stream("GET", f"/api/jobs/{job['job']}/events") as events:
             kinds = [
@@ -112,7 +114,7 @@ async def test_demo_engine_generates_into_user_data(alice: Api, template: str) -
     await alice.wait_state(inst["id"], "paused")
     await alice.act(inst["id"], "resume")
     inst = await alice.wait_state(inst["id"], "running")
-    async with httpx.AsyncClient(base_url=inst["engine_url"]) as engine:
+    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as engine:
         assert [o["name"] for o in (await engine.get("/api/outputs")).json()] == [
             o["name"] for o in outputs
         ]

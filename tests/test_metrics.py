@@ -7,6 +7,7 @@ clock (as tests/test_accounting.py does), so GPU-seconds and cost are known to t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
-from aigc_gateway.api.metrics import check_scraper, is_loopback
+from aigc_gateway.api.metrics import check_scraper, client_address
 from aigc_gateway.errors import Forbidden, Unauthorized
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.metrics import Metrics, ProxyKind
@@ -66,25 +67,24 @@ async def scrape(url: str, **headers: str) -> Scrape:
 
 # -- who may read -----------------------------------------------------------------------------
 
+LOOPBACK = [ipaddress.ip_network("127.0.0.1"), ipaddress.ip_network("::1")]
+
 
 @pytest.mark.parametrize(
-    ("host", "local"),
+    ("host", "address"),
     [
-        ("127.0.0.1", True),
-        ("127.8.9.10", True),
-        ("::1", True),
-        ("::ffff:127.0.0.1", True),
-        ("10.0.0.1", False),
-        ("192.168.1.20", False),
-        ("::ffff:10.0.0.1", False),
-        ("2001:db8::1", False),
-        ("testclient", False),
-        ("", False),
-        (None, False),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),  # an IPv4 client of a dual-stack socket
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("testclient", None),
+        ("", None),
+        (None, None),
     ],
 )
-def test_only_this_hosts_addresses_are_loopback(host: str | None, local: bool) -> None:
-    assert is_loopback(host) is local
+def test_client_addresses_are_read_as_ip_addresses(host: str | None, address: str | None) -> None:
+    assert client_address(host) == (None if address is None else ipaddress.ip_address(address))
 
 
 def request(client: str | None, **headers: str) -> Request:
@@ -99,22 +99,31 @@ def request(client: str | None, **headers: str) -> Request:
     )
 
 
-def test_without_a_token_only_direct_local_clients_may_scrape() -> None:
-    check_scraper(request("127.0.0.1"), None)
-    check_scraper(request("::1"), None)
+def test_without_a_token_only_trusted_addresses_may_scrape() -> None:
+    trusted = [ipaddress.ip_network("10.0.0.0/24"), *LOOPBACK]
+    for allowed in ("10.0.0.7", "127.0.0.1", "::1", "::ffff:10.0.0.9"):
+        check_scraper(request(allowed), token=None, trusted=trusted)
     for refused in (
-        request("10.1.2.3"),
+        request("10.0.1.7"),
+        request("127.0.0.2"),  # loopback, but not listed: an engine on this host
         request(None),
         request("127.0.0.1", x_forwarded_for="203.0.113.9"),  # came through a reverse proxy
         request("127.0.0.1", forwarded="for=203.0.113.9"),
     ):
+        with pytest.raises(Forbidden, match="AIGC_METRICS_TRUSTED_ADDRESSES"):
+            check_scraper(refused, token=None, trusted=trusted)
+
+
+def test_by_default_no_address_is_trusted_not_even_loopback() -> None:
+    for host in ("127.0.0.1", "::1"):
         with pytest.raises(Forbidden, match="AIGC_METRICS_TOKEN"):
-            check_scraper(refused, None)
+            check_scraper(request(host), token=None, trusted=[])
 
 
 def test_with_a_token_any_address_with_the_token_may_scrape() -> None:
-    check_scraper(request("10.1.2.3", authorization="Bearer s3cret"), "s3cret")
-    check_scraper(request("10.1.2.3", authorization="bearer  s3cret "), "s3cret")
+    for sent in ("Bearer s3cret", "bearer  s3cret "):
+        check_scraper(request("10.1.2.3", authorization=sent), token="s3cret", trusted=[])
+    check_scraper(request("127.0.0.1"), token="s3cret", trusted=LOOPBACK)  # listed: no token needed
     for refused in (
         request("127.0.0.1"),  # the token is needed from this host too
         request("10.1.2.3", authorization="Bearer wrong"),
@@ -123,13 +132,13 @@ def test_with_a_token_any_address_with_the_token_may_scrape() -> None:
         request("10.1.2.3", authorization="Bearer sécret"),
     ):
         with pytest.raises(Unauthorized):
-            check_scraper(refused, "s3cret")
+            check_scraper(refused, token="s3cret", trusted=[])
 
 
 @pytest.mark.parametrize("gateway_settings", [{"metrics_token": "s3cret"}], indirect=True)
 async def test_a_configured_token_is_required(gateway: RunningGateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url) as client:
-        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics")).status_code == 401  # from loopback, too
         wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["code"] == "unauthorized"
         # A user's (even an admin's) API token is not the metrics token.
@@ -141,7 +150,18 @@ async def test_a_configured_token_is_required(gateway: RunningGateway) -> None:
     assert found["aigc_queue_length", {}] == 0
 
 
-async def test_loopback_clients_read_it_without_a_token(gateway: RunningGateway) -> None:
+async def test_loopback_is_no_credential_by_default(gateway: RunningGateway) -> None:
+    """Every engine on this host is a loopback client: without a token or a listed address,
+    none of them reads the metrics."""
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        refused = await client.get("/metrics")
+    assert refused.status_code == 403 and "AIGC_METRICS_TOKEN" in refused.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "gateway_settings", [{"metrics_trusted_addresses": ["127.0.0.1"]}], indirect=True
+)
+async def test_a_trusted_address_reads_it_without_a_token(gateway: RunningGateway) -> None:
     found = await scrape(gateway.url)
     # Every state of every template is reported, zeros included.
     assert found["aigc_instances", {"state": "running", "template": "tiny"}] == 0
@@ -293,7 +313,11 @@ class TestEndToEnd:
         (tmp_path / "prices.yaml").write_text(PRICES)
         program, _ = install_fake_mps(tmp_path / "mps-bin")
         return make_settings(
-            tmp_path, pricebook=tmp_path / "prices.yaml", gpus=ONE_CARD, mps_control=str(program)
+            tmp_path,
+            pricebook=tmp_path / "prices.yaml",
+            gpus=ONE_CARD,
+            mps_control=str(program),
+            metrics_token="s3cret",
         )
 
     async def test_metrics_follow_instances_the_proxy_and_the_ledger(
@@ -307,7 +331,7 @@ async def follow(metered: Metered, alice: Api, bob: Api, admin: Api) -> None:
     alice_id = (await alice.client.get("/api/me")).json()["id"]
     assert (await admin.client.put(f"/api/teams/{team['id']}/members/{alice_id}")).is_success
     ok = {"kind": "http", "status_class": "2xx"}
-    before = await scrape(metered.url)
+    before = await scrape(metered.url, Authorization="Bearer s3cret")
     card = {"pool": "onprem", "type": "rtx4090"}
     assert before["aigc_gpus", card] == 1 and before["aigc_gpu_memory_gib", card] == 24
 
@@ -317,7 +341,7 @@ async def follow(metered: Metered, alice: Api, bob: Api, admin: Api) -> None:
     host = httpx.URL(inst["url"]).host
     async with browser_for(metered.url) as stranger:  # refused by the proxy: not relayed
         assert (await stranger.get(f"http://{host}/")).status_code == 401
-    running = await scrape(metered.url)
+    running = await scrape(metered.url, Authorization="Bearer s3cret")
     tiny_gpu = {"template": "tiny-gpu"}
     assert running["aigc_instances", {"state": "running", **tiny_gpu}] == 1
     assert running["aigc_instances", {"state": "queued", **tiny_gpu}] == 1
@@ -339,7 +363,8 @@ async def follow(metered: Metered, alice: Api, bob: Api, admin: Api) -> None:
     metered.clock.at += timedelta(hours=2)
     await alice.act(inst["id"], "pause")
     await alice.wait_state(inst["id"], "paused")
-    paused = await scrape(metered.url)  # at once: the pause closed the ledger rows
+    # At once: the pause closed the ledger rows.
+    paused = await scrape(metered.url, Authorization="Bearer s3cret")
     assert paused["aigc_gpu_seconds_total", {"team": "lab"}] == 7200
     assert paused["aigc_cost_micros_total", {"team": "lab", "currency": "EUR"}] == 4_000_000
     assert paused["aigc_instances", {"state": "paused", **tiny_gpu}] == 2

@@ -17,7 +17,7 @@ from tests.support.process import free_port, gateway_process
 async def test_sigkill_gateway_then_restart_readopts_engines(tmp_path: Path) -> None:
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
-    token = await add_user(settings, "alice")
+    token = await add_user(settings, "alice", admin=True)  # an operator: sees engine addresses
     try:
         await _kill_and_readopt(data, templates, token)
     finally:
@@ -77,7 +77,7 @@ async def _kill_and_readopt(data: Path, templates: Path, token: str) -> None:
 async def test_engine_crash_while_gateway_is_down_is_reported_after_restart(tmp_path: Path) -> None:
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
-    token = await add_user(settings, "alice")
+    token = await add_user(settings, "alice", admin=True)  # an operator: sees engine addresses
     try:
         await _crash_while_down(data, templates, token)
     finally:

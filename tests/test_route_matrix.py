@@ -1,11 +1,23 @@
-"""Every route of the real app, for every role: anonymous, another user, the owner, an admin.
+"""Every route of the real app, for every role (anonymous, another user, the owner, an admin) and
+every credential a signed-in role may act with: a browser session, and API tokens with the
+``read``, ``read,manage`` and all scopes (``admin`` included, which only an admin user's token
+acts on).
 
 The rules below are the access policy written down. A route the app serves without a rule here
-fails the suite, so no new route ships without deciding who may use it.
+fails the suite, so no new route ships without deciding who may use it. A rule states what each
+role gets with all of its rights (a session, or a token with every scope); what a narrower token
+gets follows from the scope policy in :func:`expected`, the same for every route:
+
+- ``read`` only reads: any other method is 403, whoever asks;
+- a credential without the ``admin`` scope never acts as an administrator: an admin user with
+  it gets what another user gets;
+- a session has all of its user's rights; ``Rule.session`` notes where a route answers a browser
+  session differently (sign-in page, password change).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +33,9 @@ from tests.conftest import RunningGateway
 
 OK = {200, 201, 202, 204}
 ROLES = ("anon", "other", "owner", "admin")
+CREDENTIALS = ("session", "read", "manage", "all")
+TOKEN_SCOPES = {"read": ["read"], "manage": ["read", "manage"]}
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 @dataclass(frozen=True)
@@ -32,9 +47,26 @@ class Rule:
     body: dict[str, Any] | None = None
     form: dict[str, str] | None = None
     query: dict[str, str] | None = None
+    session: set[int] | None = None
+    """What a signed-in browser session gets, where it differs from a full token."""
+    ends_session: bool = False
+    """The request signs the session out (it is signed in again afterwards)."""
 
     def expected(self, role: str) -> set[int]:
         return getattr(self, role)  # type: ignore[no-any-return]
+
+
+def expected(rule: Rule, method: str, role: str, credential: str) -> set[int]:
+    """What ``role`` acting with ``credential`` gets (see the module's docstring)."""
+    if role == "anon":
+        return rule.anon
+    if credential == "session" and rule.session is not None:
+        return rule.session
+    if credential == "read" and method not in READ_METHODS and rule.other != rule.anon:
+        return {403}  # a route anyone may call (sign-in) asks for no credential at all
+    if role == "admin" and credential in ("read", "manage"):
+        return rule.other
+    return rule.expected(role)
 
 
 def public(codes: set[int] = OK, **kw: Any) -> Rule:
@@ -74,12 +106,17 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/docs/oauth2-redirect"): public(),
     ("GET", "/redoc"): public(),
     ("GET", "/healthz"): public(),
-    # No metrics token is set here, so loopback clients (these tests) may read the metrics;
-    # tests/test_metrics.py checks the token and other addresses.
-    ("GET", "/metrics"): public({200}),
+    # No metrics token and no trusted address are set here, so nobody may read the metrics (a
+    # user's API token is no metrics token); tests/test_metrics.py checks the token and addresses.
+    ("GET", "/metrics"): public({403}),
     ("GET", "/api/me"): signed_in(),
     ("POST", "/api/me/password"): Rule(
-        {401}, {403}, {403}, {403}, body={"current_password": "x", "new_password": "long-enough"}
+        {401},
+        {403},
+        {403},
+        {403},
+        body={"current_password": "x", "new_password": "long-enough"},
+        session={400},  # the current password is wrong
     ),  # tokens may not change passwords: only a signed-in browser session
     ("GET", "/api/me/sessions"): signed_in(),
     ("DELETE", "/api/me/sessions/{session_id}"): Rule({401}, {404}, OK, {404}),
@@ -122,14 +159,17 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/gpus/{gpu_id}/cordon"): Rule({401}, {403}, {403}, {404}),
     ("POST", "/api/gpus/{gpu_id}/drain"): Rule({401}, {403}, {403}, {404}),
     ("POST", "/api/gpus/{gpu_id}/uncordon"): Rule({401}, {403}, {403}, {404}),
-    ("GET", "/auth/login"): public({200}),
+    ("GET", "/auth/login"): public({200}, session={303}),  # signed in already: go on
     ("POST", "/auth/login"): public({400}, form={"username": "alice", "password": "wrong"}),
-    ("POST", "/auth/logout"): Rule({401}, {303}, {303}, {303}),  # a token has no session to end
+    ("POST", "/auth/logout"): Rule({401}, {303}, {303}, {303}, ends_session=True),
     ("GET", "/auth/logged-out"): public({200}),
     ("GET", "/auth/oidc/login"): public({404}),  # single sign-on is not configured here
     ("GET", "/auth/oidc/callback"): public({404}),
     ("GET", "/auth/forward"): public({403}),  # not an instance host: never allowed
-    ("GET", "/auth/instance-login"): public({303}, query={"rd": "http://x.localhost/"}),
+    # Sent to sign in first; a signed-in browser is told that `rd` names no instance here.
+    ("GET", "/auth/instance-login"): public(
+        {303}, query={"rd": "http://x.localhost/"}, session={400}
+    ),
     ("GET", "/_aigc/handover"): public({404}, query={"token": "forged"}),  # not an instance host
     ("GET", "/_aigc/status"): public({404}),  # only on instance hosts, with the instance cookie
     ("GET", "/_aigc/events"): public({404}),
@@ -246,39 +286,126 @@ class Fixtures:
         return template
 
 
-@pytest.mark.parametrize("gateway_settings", [{"max_instances_per_user": 1000}], indirect=True)
-async def test_route_role_matrix(gateway: RunningGateway) -> None:
-    tokens = {"other": gateway.bob, "owner": gateway.alice, "admin": gateway.admin_token}
-    clients = {
-        role: httpx.AsyncClient(
-            base_url=gateway.url,
-            headers={"Authorization": f"Bearer {tokens[role]}"} if role != "anon" else {},
+PASSWORDS = {"other": "pw-bob", "owner": "pw-alice", "admin": "pw-admin-matrix"}
+
+
+class Credentials:
+    """One client per (role, credential): anonymous; per signed-in role a browser session (its
+    CSRF token sent with every request) and its tokens. The ``all`` tokens are the fixtures'
+    (every scope; ``admin`` only counts for the admin); the narrower ones are minted by each
+    role's session."""
+
+    def __init__(self, gw: RunningGateway) -> None:
+        self.gw = gw
+        self.names = {"other": "bob", "owner": "alice"}
+        full = {"other": gw.bob, "owner": gw.alice, "admin": gw.admin_token}
+        self.clients = {"anon": {"none": httpx.AsyncClient(base_url=gw.url)}}
+        for role, token in full.items():
+            self.clients[role] = {"all": self._bearer(token)}
+
+    def _bearer(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.gw.url, headers={"Authorization": f"Bearer {token}"})
+
+    async def open(self) -> None:
+        root = self.clients["admin"]["all"]
+        me = (await root.get("/api/me")).json()
+        self.names["admin"] = me["name"]
+        reset = await root.post(
+            f"/api/users/{me['id']}/password", json={"password": PASSWORDS["admin"]}
         )
-        for role in ROLES
-    }
+        assert reset.status_code == 204, reset.text
+        for role in PASSWORDS:
+            session = self.clients[role]["session"] = httpx.AsyncClient(base_url=self.gw.url)
+            await self.sign_in(role)
+            for credential, scopes in TOKEN_SCOPES.items():
+                made = await session.post(
+                    "/api/tokens", json={"name": credential, "scopes": scopes}
+                )
+                assert made.status_code == 201, made.text
+                self.clients[role][credential] = self._bearer(made.json()["token"])
+
+    async def sign_in(self, role: str) -> None:
+        browser = self.clients[role]["session"]
+        form = {"username": self.names[role], "password": PASSWORDS[role]}
+        assert (await browser.post("/auth/login", data=form)).status_code == 303
+        browser.headers["X-CSRF-Token"] = (await browser.get("/api/me")).json()["csrf_token"]
+
+    def each(self) -> Iterator[tuple[str, str, httpx.AsyncClient]]:
+        for role in ROLES:
+            for credential, client in self.clients[role].items():
+                yield role, credential, client
+
+    async def aclose(self) -> None:
+        for _, _, client in self.each():
+            await client.aclose()
+
+
+# Every caller tries the wrong password once (POST /auth/login): no rate limit may lock alice out.
+LIMITS = {
+    "max_instances_per_user": 1000,
+    "login_max_failures_per_account": 1000,
+    "login_max_failures_per_address": 1000,
+}
+
+
+@pytest.mark.timeout(360)  # about 1,200 requests: a few seconds' CPU, minutes on a busy machine
+@pytest.mark.parametrize("gateway_settings", [LIMITS], indirect=True)
+async def test_route_role_credential_matrix(gateway: RunningGateway) -> None:
+    creds = Credentials(gateway)
     try:
-        await clients["admin"].post("/api/users", json={"name": "carol", "password": "long-enough"})
-        await clients["admin"].post("/api/teams", json={"name": "matrix"})
-        fx = Fixtures(gateway, clients["admin"], clients["owner"])
+        await creds.open()
+        admin, owner = creds.clients["admin"]["all"], creds.clients["owner"]["all"]
+        await admin.post("/api/users", json={"name": "carol", "password": "long-enough"})
+        await admin.post("/api/teams", json={"name": "matrix"})
+        fx = Fixtures(gateway, admin, owner)
         failures = []
         for (method, template), rule in sorted(RULES.items()):
-            for role in ROLES:
-                path = await fx.path(
-                    template
-                )  # fresh objects: one role's DELETE cannot hide another's answer
-                body = rule.body and {
-                    k: (f"x{next(fx.counter)}" if v == "{fresh}" else v)
-                    for k, v in rule.body.items()
-                }
-                status = await _status(clients[role], method, path, body, rule)
-                if status not in rule.expected(role):
+            ask = _read if method in READ_METHODS else _change
+            for role, credential, status in await ask(creds, fx, method, template, rule):
+                want = expected(rule, method, role, credential)
+                if status not in want:
                     failures.append(
-                        f"{method} {template} as {role}: {status}, expected {sorted(rule.expected(role))}"
+                        f"{method} {template} as {role} with {credential}: {status}, "
+                        f"expected {sorted(want)}"
                     )
         assert not failures, "\n".join(failures)
     finally:
-        for client in clients.values():
-            await client.aclose()
+        await creds.aclose()
+
+
+Answers = list[tuple[str, str, int]]
+
+
+async def _read(
+    creds: Credentials, fx: Fixtures, method: str, template: str, rule: Rule
+) -> Answers:
+    """Every caller reads the same objects, all at once (a read changes nothing)."""
+    path = await fx.path(template)
+    callers = list(creds.each())
+    statuses = await asyncio.gather(
+        *(_status(client, method, path, None, rule) for _, _, client in callers)
+    )
+    return [(role, cred, status) for (role, cred, _), status in zip(callers, statuses, strict=True)]
+
+
+async def _change(
+    creds: Credentials, fx: Fixtures, method: str, template: str, rule: Rule
+) -> Answers:
+    """Every caller in turn; after a change that went through, fresh objects for the next one, so
+    that one caller's DELETE cannot hide another's answer."""
+    answers = []
+    path = await fx.path(template)
+    for role, credential, client in creds.each():
+        body = rule.body and {
+            k: (f"x{next(fx.counter)}" if v == "{fresh}" else v) for k, v in rule.body.items()
+        }
+        status = await _status(client, method, path, body, rule)
+        answers.append((role, credential, status))
+        if status < 400:
+            path = await fx.path(template)
+        if rule.ends_session and credential == "session":
+            await creds.sign_in(role)
+    return answers
 
 
 async def _status(client: httpx.AsyncClient, method: str, path: str, body: Any, rule: Rule) -> int:

@@ -45,7 +45,8 @@ from aigc_gateway.web.i18n import LanguageMiddleware
 log = logging.getLogger(__name__)
 
 LIVE_SOCKET_CHECK_S = 60.0
-"""How often open WebSockets are decided again without a change seen here (another replica's)."""
+"""How often open WebSockets and event streams are decided again without a change seen here
+(another replica's)."""
 
 
 @asynccontextmanager
@@ -54,7 +55,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
     app.state.gateway = gw
     app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
-    live = app.state.live_sockets = LiveSockets()  # open WebSockets, closed when access ends
+    live = app.state.live_sockets = (
+        LiveSockets()
+    )  # WebSockets, event streams: closed when access ends
     gw.access_cache.on_clear(lambda: live.check_soon(gw))
     rechecks = asyncio.create_task(live.every(gw, LIVE_SOCKET_CHECK_S), name="websocket-access")
     await gw.controller.start()

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     field_validator,
     model_validator,
@@ -94,7 +95,11 @@ class Settings(BaseSettings):
     """The price book (YAML; see deploy/pricebook.example.yaml). None: everything costs 0 USD,
     and usage is still recorded in hours."""
     metrics_token: str | None = None
-    """Bearer token that ``/metrics`` requires; without one, only loopback clients may read it."""
+    """Bearer token that ``/metrics`` requires from every client not in
+    ``metrics_trusted_addresses``."""
+    metrics_trusted_addresses: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Client addresses (``10.0.0.5``) or networks (``10.0.0.0/24``) that may read ``/metrics``
+    without the token. Default none: every engine runs on this host, so "loopback" trusts them all."""
     secret_key: str = DEV_SECRET
     """Signs sessions and one-time tokens. Must be set (32+ characters) outside dev mode."""
     public_url: str | None = None

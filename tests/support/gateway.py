@@ -254,6 +254,14 @@ class Api:
         return await self.wait_state(instance_id, *want[current["desired_state"]], timeout=timeout)
 
 
+async def engine_url(admin: Api, instance_id: str) -> str:
+    """Where an instance's engine listens on this host, for tests that talk to it directly: only
+    administrators are told (users reach engines through the gateway)."""
+    found = (await admin.get(instance_id))["engine_url"]
+    assert found is not None, "the engine is not running"
+    return str(found)
+
+
 async def stop_engines_async(settings: Settings) -> None:
     """Engines outlive the gateway by design; a test must not leave any behind."""
     from aigc_gateway.runtime.local import LocalRuntime

@@ -3,6 +3,11 @@
 The proxy would otherwise ask the store twice per request. Any change to access made through
 this gateway (sign-out, disabled user, share revoked, password reset, …) clears the cache at once;
 the TTL bounds how long another gateway replica's change can take to be seen.
+
+Clearing wins over a lookup in flight: a load that began before a ``clear`` may have read the
+store before the change, so its answer is handed to the requests that waited for it but never
+stored (each ``clear`` moves a generation on; an answer is kept only if the generation it was
+loaded in is still current).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class AccessCache:
         self._entries: dict[tuple[str, str], tuple[float, Decision]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[Decision]] = {}
         self._on_clear: list[Callable[[], None]] = []
+        self._generation = 0
 
     async def get_or_load(
         self, slug: str, cookie: str, load: Callable[[], Awaitable[Decision]]
@@ -54,6 +60,7 @@ class AccessCache:
             return await asyncio.shield(pending)
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
+        generation = self._generation  # taken before the store is read
         try:
             decision = await load()
         except BaseException as exc:
@@ -61,8 +68,10 @@ class AccessCache:
             future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
             raise
         finally:
-            self._loading.pop(key, None)
-        self.put(slug, cookie, decision)
+            if self._loading.get(key) is future:
+                del self._loading[key]
+        if generation == self._generation:
+            self.put(slug, cookie, decision)
         future.set_result(decision)
         return decision
 
@@ -77,9 +86,18 @@ class AccessCache:
             self._entries.clear()
         self._entries[(slug, cookie)] = (time.monotonic() + self._ttl, decision)
 
+    @property
+    def generation(self) -> int:
+        """Moves on at every ``clear``: a holder of an older answer knows access may have
+        changed since."""
+        return self._generation
+
     def clear(self) -> None:
-        """Access changed: forget every answer, and tell those who asked to know."""
+        """Access changed: forget every answer (including those being loaded now, which may
+        predate the change), and tell those who asked to know."""
+        self._generation += 1
         self._entries.clear()
+        self._loading.clear()  # a request from now on loads afresh instead of joining a stale load
         for listener in self._on_clear:
             listener()
 

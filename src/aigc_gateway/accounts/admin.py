@@ -142,8 +142,13 @@ class AdminService:
     # -- teams ----------------------------------------------------------------------------------
 
     async def list_teams(self, who: Principal) -> Sequence[tuple[Team, int]]:
+        """Every team with its member count for an administrator; anyone else sees only the
+        teams they belong to (the directory of teams is not theirs to browse)."""
         async with self._db.read() as session:
-            return await acl.list_teams(session)
+            teams = await acl.list_teams(session)
+        if who.acts_as_admin:
+            return teams
+        return [(team, n) for team, n in teams if team.id in who.team_ids]
 
     async def create_team(self, who: Principal, name: str, client: Client) -> Team:
         require_admin(who)

@@ -15,7 +15,14 @@ from typing import Any
 from sqlalchemy import select
 
 from aigc_gateway.auth.oidc import Identity
-from aigc_gateway.auth.principal import Principal, Scope, Via, parse_scopes, require_admin
+from aigc_gateway.auth.principal import (
+    Principal,
+    Scope,
+    Via,
+    parse_scopes,
+    require_admin,
+    require_scopes,
+)
 from aigc_gateway.auth.secrets import hash_token, verify_password
 from aigc_gateway.errors import Forbidden, NotFound, UserError
 from aigc_gateway.settings import Settings
@@ -297,10 +304,9 @@ class AccountService:
         expires_in_days: int | None,
         client: Client,
     ) -> tuple[ApiToken, str]:
-        if Scope.ADMIN in scopes and not who.is_admin:
-            raise Forbidden("only administrators may create admin tokens", code="admin_required")
         if who.via is Via.TOKEN and not who.may_write:
-            raise Forbidden("a read-only token cannot create tokens")
+            raise Forbidden("a read-only token cannot create tokens", code="token_scope")
+        require_scopes(who, frozenset(scopes))
         at = now()
         expires = at + timedelta(days=expires_in_days) if expires_in_days else None
         async with self._db.write() as session:
@@ -328,6 +334,7 @@ class AccountService:
                 await self._audit(
                     session, who, "token.revoke", client, "token", token.id, {"name": token.name}
                 )
+        self._on_access_change()  # what the token opened (an event stream) ends with it
 
     # -- sessions -------------------------------------------------------------------------------
 

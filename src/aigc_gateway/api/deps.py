@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 
 from aigc_gateway.accounts.service import Client
 from aigc_gateway.auth.credentials import bearer_secret
-from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.auth.principal import Principal, Via, authorize_method
 from aigc_gateway.errors import Forbidden, Unauthorized
 from aigc_gateway.gateway import Gateway
 
@@ -55,6 +55,7 @@ async def optional_principal(request: Request) -> Principal | None:
             raise Unauthorized(
                 "this API token is not valid (unknown, expired, revoked or disabled user)"
             )
+        authorize_method(who, request.method)  # the token's scope, on every route
         return who
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:

@@ -14,9 +14,11 @@ from starlette.responses import JSONResponse, Response
 from aigc_gateway.accounts.access_cache import Allowed
 from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie
 from aigc_gateway.api.deps import GatewayDep
+from aigc_gateway.api.streams import until_revoked, watched
 from aigc_gateway.auth.principal import Principal, Via
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
+from aigc_gateway.proxy.live import instance_access
 
 router = APIRouter(prefix="/_aigc", tags=["instance host"], include_in_schema=False)
 
@@ -64,22 +66,21 @@ async def instance_status(request: Request, gw: GatewayDep) -> Response:
 
 @router.get("/events")
 async def instance_events(request: Request, gw: GatewayDep) -> Response:
-    """Live events of this instance (progress, transitions) for the "starting" page."""
+    """Live events of this instance (progress, transitions) for the "starting" page; the stream
+    ends when the instance cookie no longer gives access (as the engine's WebSockets do)."""
+    generation = gw.access_cache.generation  # read before access is decided
     found = await _allowed(request, gw)
     if found is None:
         return JSONResponse({"code": "not_found", "message": "no such instance"}, status_code=404)
     route, who = found
+    allowed = instance_access(route.slug, request.cookies.get(INSTANCE_COOKIE) or "", None)
 
     async def events() -> AsyncIterator[dict[str, str]]:
         yield {"event": "status", "data": json.dumps(_status(route))}
-        with gw.hub.subscribe(route.instance_id) as queue:
-            while True:
-                record = await queue.get()
-                yield {
-                    "id": str(record.id),
-                    "event": record.kind,
-                    "data": json.dumps(record.public()),
-                }
+        watching = watched(request, allowed, generation=generation)
+        with watching as watch, gw.hub.subscribe(route.instance_id) as queue:
+            async for record in until_revoked(queue, watch):
+                data = json.dumps(record.public(internal=who.acts_as_admin))
+                yield {"id": str(record.id), "event": record.kind, "data": data}
 
-    del who
     return EventSourceResponse(events(), ping=15)

@@ -7,14 +7,19 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
+from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep, optional_principal
 from aigc_gateway.api.schemas import InstanceCreate, InstancePublic
+from aigc_gateway.api.streams import until_revoked, watched
+from aigc_gateway.errors import Forbidden, NotFound, Unauthorized
+from aigc_gateway.gateway import Gateway
+from aigc_gateway.lifecycle.events import EventRecord
 from aigc_gateway.lifecycle.service import Action, CreateRequest
+from aigc_gateway.proxy.live import StillAllowed
 
 router = APIRouter(prefix="/api/instances", tags=["instances"])
 
@@ -26,7 +31,9 @@ async def list_instances(
     """Your instances; with ``all=true`` an admin sees everyone's."""
     found = await gw.instances.list_visible(who, all_users=all)
     usage = await gw.gpu_usage.by_session() if any(i.gpu_ids for i in found) else {}
-    return [InstancePublic.of(i, gw.settings, gw.gpus, usage) for i in found]
+    return [
+        InstancePublic.of(i, gw.settings, gw.gpus, usage, internal=who.acts_as_admin) for i in found
+    ]
 
 
 @router.post("", status_code=201)
@@ -49,14 +56,14 @@ async def create_instance(
             target_id=inst.id,
             detail={"template": inst.template_id},
         )
-    return InstancePublic.of(inst, gw.settings, gw.gpus)
+    return InstancePublic.of(inst, gw.settings, gw.gpus, internal=who.acts_as_admin)
 
 
 @router.get("/{instance_id}")
 async def get_instance(instance_id: str, gw: GatewayDep, who: CurrentUser) -> InstancePublic:
     inst = await gw.instances.get(who, instance_id)
     usage = await gw.gpu_usage.by_session() if inst.gpu_ids else {}
-    return InstancePublic.of(inst, gw.settings, gw.gpus, usage)
+    return InstancePublic.of(inst, gw.settings, gw.gpus, usage, internal=who.acts_as_admin)
 
 
 @router.delete("/{instance_id}", status_code=202)
@@ -77,18 +84,20 @@ async def delete_instance(
         target_id=inst.id,
         detail={"delete_data": delete_data},
     )
-    return InstancePublic.of(inst, gw.settings, gw.gpus)
+    return InstancePublic.of(inst, gw.settings, gw.gpus, internal=who.acts_as_admin)
 
 
 @router.get("/{instance_id}/events")
 async def list_events(
     instance_id: str, gw: GatewayDep, who: CurrentUser, after: Annotated[int, Query(ge=0)] = 0
 ) -> list[dict[str, Any]]:
-    return [e.public() for e in await gw.instances.events(who, instance_id, after)]
+    internal = who.acts_as_admin
+    return [e.public(internal=internal) for e in await gw.instances.events(who, instance_id, after)]
 
 
 @router.get("/{instance_id}/events/stream", response_class=EventSourceResponse)
 async def stream_events(
+    request: Request,
     instance_id: str,
     gw: GatewayDep,
     who: CurrentUser,
@@ -96,32 +105,45 @@ async def stream_events(
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> EventSourceResponse:
     """Server-Sent Events: the stored backlog after ``Last-Event-ID`` (or ``after``), then live
-    events as they happen. Event types: ``transition``, ``progress``, ``action``, ``exit``."""
+    events as they happen. Event types: ``transition``, ``progress``, ``action``, ``exit``. The
+    stream ends when the caller may no longer see the instance (a share taken back, signed
+    out, a revoked session or token, a disabled user)."""
+    generation = gw.access_cache.generation  # read before access is decided
     await gw.instances.get(who, instance_id)  # authorise before streaming anything
     start = last_event_id if last_event_id is not None else after
 
+    def sse(record: EventRecord) -> dict[str, str]:
+        data = json.dumps(record.public(internal=who.acts_as_admin))
+        return {"id": str(record.id), "event": record.kind, "data": data}
+
     async def events() -> AsyncIterator[dict[str, str]]:
         seen = start
-        with gw.hub.subscribe(instance_id) as queue:
+        still = _still_viewing(request, instance_id)
+        watching = watched(request, still, generation=generation)
+        with watching as watch, gw.hub.subscribe(instance_id) as queue:
             for record in await gw.instances.events(who, instance_id, seen):
                 seen = record.id
-                yield {
-                    "id": str(record.id),
-                    "event": record.kind,
-                    "data": json.dumps(record.public()),
-                }
-            while True:
-                record = await queue.get()
-                if record.id <= seen:
-                    continue
-                seen = record.id
-                yield {
-                    "id": str(record.id),
-                    "event": record.kind,
-                    "data": json.dumps(record.public()),
-                }
+                yield sse(record)
+            async for record in until_revoked(queue, watch):
+                if record.id > seen:
+                    seen = record.id
+                    yield sse(record)
 
     return EventSourceResponse(events(), ping=15)
+
+
+def _still_viewing(request: Request, instance_id: str) -> StillAllowed:
+    """Whether the credential that opened a stream still sees the instance: the same check as
+    a new request with it, made again on every access change."""
+
+    async def allowed(gw: Gateway) -> bool:
+        try:
+            who = await optional_principal(request)
+            return who is not None and bool(await gw.instances.get(who, instance_id))
+        except (Unauthorized, Forbidden, NotFound):
+            return False
+
+    return allowed
 
 
 @router.get("/{instance_id}/logs", response_class=PlainTextResponse)
@@ -208,4 +230,4 @@ async def act(
     await gw.accounts.record(
         who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
     )
-    return InstancePublic.of(inst, gw.settings, gw.gpus)
+    return InstancePublic.of(inst, gw.settings, gw.gpus, internal=who.acts_as_admin)

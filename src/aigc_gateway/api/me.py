@@ -44,7 +44,11 @@ class SessionPublic(BaseModel):
 
 class TokenCreate(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=128)]
-    scopes: list[Scope] = Field(default_factory=lambda: [Scope.READ, Scope.MANAGE])
+    scopes: list[Scope] = Field(
+        default_factory=lambda: [Scope.READ, Scope.MANAGE],
+        min_length=1,
+        description="read, manage, admin; at most those of the credential creating it",
+    )
     expires_in_days: int | None = Field(
         default=90, ge=1, le=3650, description="null: never expires"
     )

@@ -1,15 +1,16 @@
 """``GET /metrics``: the gateway's metrics for Prometheus (see :mod:`aigc_gateway.metrics`).
 
-With ``AIGC_METRICS_TOKEN`` set, a scraper sends ``Authorization: Bearer <token>``. Without it,
-only this host may read the metrics: a loopback client that did not come through a reverse
-proxy (a request carrying forwarding headers did). A reverse proxy on the same host that adds
-no such header looks local, so set the token whenever one is in front of the gateway.
+A scraper sends ``Authorization: Bearer <AIGC_METRICS_TOKEN>``, or reads from an address the
+admin listed in ``AIGC_METRICS_TRUSTED_ADDRESSES`` (default none). Being on this host is no
+credential: every engine runs here too, and each one is a loopback client. A request carrying
+forwarding headers came through a reverse proxy, from somewhere else: it needs the token.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -22,38 +23,49 @@ router = APIRouter(tags=["metrics"])
 
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-def is_loopback(host: str | None) -> bool:
-    """Whether a client address is this host's own (127.0.0.0/8, ::1, or ::ffff:127.x.y.z)."""
-    if not host:
-        return False
+
+def client_address(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's IP address (an IPv4-mapped IPv6 one as IPv4), or None for no address (a Unix
+    socket, a test client's made-up name)."""
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host or "")
     except ValueError:
-        return False  # a Unix socket path or a test client's made-up name
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
 
 
-def check_scraper(request: Request, token: str | None) -> None:
-    """Raise unless ``request`` may read the metrics (see the module's docstring)."""
-    if token:
-        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            sent.strip().encode(), token.encode()
-        ):
-            raise Unauthorized("send `Authorization: Bearer <AIGC_METRICS_TOKEN>`")
+def _is_trusted(request: Request, trusted: Sequence[Network]) -> bool:
+    if any(h in request.headers for h in FORWARDING_HEADERS):
+        return False
+    address = client_address(request.client.host if request.client else None)
+    return address is not None and any(address in network for network in trusted)
+
+
+def _sent_token(request: Request, token: str) -> bool:
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.encode())
+
+
+def check_scraper(request: Request, *, token: str | None, trusted: Sequence[Network]) -> None:
+    """Raise unless ``request`` may read the metrics: it sends the metrics token, or comes
+    straight from a trusted address. 401 when a token is set (send it), 403 when none is."""
+    if (token and _sent_token(request, token)) or _is_trusted(request, trusted):
         return
-    local = is_loopback(request.client.host if request.client else None)
-    if not local or any(h in request.headers for h in FORWARDING_HEADERS):
-        raise Forbidden(
-            "/metrics is only served to this host: set AIGC_METRICS_TOKEN to let a scraper "
-            "elsewhere read it with `Authorization: Bearer <token>`"
-        )
+    if token:
+        raise Unauthorized("send `Authorization: Bearer <AIGC_METRICS_TOKEN>`")
+    raise Forbidden(
+        "/metrics needs a credential: set AIGC_METRICS_TOKEN and send it as "
+        "`Authorization: Bearer <token>`, or list the scraper's address in "
+        "AIGC_METRICS_TRUSTED_ADDRESSES"
+    )
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request, gw: GatewayDep) -> Response:
-    check_scraper(request, gw.settings.metrics_token)
+    settings = gw.settings
+    check_scraper(request, token=settings.metrics_token, trusted=settings.metrics_trusted_addresses)
     return Response(await gw.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -55,7 +55,8 @@ class InstancePublic(BaseModel):
     reason: str
     exit_code: int | None
     engine_url: str | None
-    """The engine's own address on the gateway host (for the gateway and operators)."""
+    """The engine's own address on the gateway host: for administrators only (None for anyone
+    else, and while the engine is not running)."""
     url: str
     """Where users open the instance: its own host, through the gateway."""
     last_activity_at: datetime | None
@@ -73,8 +74,12 @@ class InstancePublic(BaseModel):
         settings: Settings,
         gpus: GpuBroker | None = None,
         memory_by_session: dict[int, int] | None = None,
+        *,
+        internal: bool = False,
     ) -> InstancePublic:
-        running = inst.state == "running" and inst.host and inst.port
+        """The instance as its viewer sees it; ``internal`` (administrators only) adds the
+        engine's own address, which users never need (they open ``url``)."""
+        running = internal and inst.state == "running" and inst.host and inst.port
         gpu = queue = None
         if inst.gpu_ids:
             known = [g for g in (gpus.gpu(i) for i in inst.gpu_ids) if g] if gpus else []

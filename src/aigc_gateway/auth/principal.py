@@ -55,12 +55,15 @@ class Access(enum.StrEnum):
     """Start, pause, resume, restart."""
     DELETE = "delete"
     SHARE = "share"
+    """Share it, or take a share back."""
+    SEE_SHARES = "see_shares"
+    """List whom it is shared with (the owner's and admins' business, readable with ``read``)."""
 
 
 SHARED_MAY = frozenset({Access.VIEW, Access.USE, Access.OPERATE})
 """What a user an instance is shared with (directly or through a team) may do: not delete, not
 reshare."""
-READ_SCOPE_MAY = frozenset({Access.VIEW, Access.USE})
+READ_SCOPE_MAY = frozenset({Access.VIEW, Access.USE, Access.SEE_SHARES})
 
 
 def authorize_instance(
@@ -76,6 +79,35 @@ def authorize_instance(
         raise Forbidden(f"only the owner may {access.value} this instance", code="owner_only")
     if access not in READ_SCOPE_MAY and not who.may_write:
         raise Forbidden("this token may only read; create a token with the manage scope")
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""What the ``read`` scope allows on any route: reading, never a change."""
+
+
+def authorize_method(who: Principal, method: str) -> None:
+    """The acting credential's scope, checked for every request before any route runs: a
+    credential without ``manage`` (or ``admin``) may only read. A session has all of its user's
+    rights; admin routes check ``require_admin`` (the ``admin`` scope) on top."""
+    if method.upper() not in READ_METHODS and not who.may_write:
+        raise Forbidden(
+            "this token may only read (GET); use a token with the manage scope",
+            code="token_scope",
+        )
+
+
+def require_scopes(who: Principal, wanted: frozenset[Scope]) -> None:
+    """A credential may hand on only the rights it has: a token creates tokens within its own
+    scopes, and only an administrator's credential may create ``admin`` ones."""
+    if Scope.ADMIN in wanted and not who.is_admin:
+        raise Forbidden("only administrators may create admin tokens", code="admin_required")
+    beyond = wanted - who.scopes
+    if beyond:
+        raise Forbidden(
+            "a token cannot create a token with more rights than its own; it lacks "
+            + ", ".join(sorted(beyond)),
+            code="token_scope",
+        )
 
 
 def require_admin(who: Principal) -> None:

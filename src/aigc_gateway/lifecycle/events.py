@@ -15,6 +15,9 @@ from typing import Any
 
 from aigc_gateway.store.tables import Event
 
+INTERNAL = frozenset({"url", "host", "port", "upstream"})
+"""Event data only administrators see: where the engine listens on the gateway host."""
+
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
@@ -40,7 +43,11 @@ class EventRecord:
             data=dict(ev.data or {}),
         )
 
-    def public(self) -> dict[str, Any]:
+    def public(self, *, internal: bool = False) -> dict[str, Any]:
+        """The event as users see it; ``internal`` (administrators only) keeps the engine's own
+        address, which nobody else needs: users reach engines through the gateway, and an
+        address on the gateway host is a way around it."""
+        data = self.data if internal else {k: v for k, v in self.data.items() if k not in INTERNAL}
         return {
             "id": self.id,
             "instance_id": self.instance_id,
@@ -49,7 +56,7 @@ class EventRecord:
             "message": self.message,
             "from": self.source_state,
             "to": self.target_state,
-            "data": self.data,
+            "data": data,
         }
 
 

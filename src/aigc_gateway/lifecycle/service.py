@@ -228,7 +228,7 @@ class InstanceService:
 
     async def shares(self, who: Principal, instance_id: str) -> Sequence[tuple[InstanceShare, str]]:
         async with self._db.read() as session:
-            await self._visible(session, who, instance_id, Access.SHARE)
+            await self._visible(session, who, instance_id, Access.SEE_SHARES)
             return await acl.shares_of(session, instance_id)
 
     async def share(

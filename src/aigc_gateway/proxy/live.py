@@ -1,11 +1,12 @@
-"""The WebSockets open through the proxy, and what happens to them when access changes.
+"""The long connections open through the gateway, and what happens to them when access changes.
 
-Access is decided when a WebSocket opens (the handshake); afterwards it is one long connection
-that no per-request check sees. So every open WebSocket is kept here with the access it was
+Access is decided when a WebSocket opens (the handshake) or an event stream starts; afterwards it
+is one long connection that no per-request check sees. So every open WebSocket and event stream
+(``/api/instances/{id}/events/stream``, ``/_aigc/events``) is kept here with the access it was
 opened with, and decided again whenever access changes on this gateway (sign-out, a revoked
-session, a share taken back, a disabled user: the access cache's ``clear``) and every
-``every_s`` seconds (changes made through another replica). One no longer allowed is closed:
-an open socket is not a way around a revocation.
+session or token, a share taken back, a disabled user: the access cache's ``clear``) and every
+``every_s`` seconds (changes made through another replica). One no longer allowed is closed: an
+open connection is not a way around a revocation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,15 +27,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+StillAllowed = Callable[["Gateway"], Awaitable[bool]]
+"""Decides again whether an open connection's credential may still have it (reads the store)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Live:
-    slug: str
-    cookie: str
-    prefix: str | None
+    allowed: StillAllowed
     close: Callable[[], None]
 
 
+def instance_access(slug: str, cookie: str, prefix: str | None) -> StillAllowed:
+    """May the holder of ``cookie`` still use instance ``slug`` (the proxy's own decision)?"""
+
+    async def allowed(gw: Gateway) -> bool:
+        route = gw.controller.routes.get(slug)
+        return route is not None and isinstance(
+            await decide_access(gw, route, cookie, prefix), Allowed
+        )
+
+    return allowed
+
+
 class LiveSockets:
+    """The open long connections (WebSockets and event streams), each with how to decide it."""
+
     def __init__(self) -> None:
         self._open: dict[int, _Live] = {}
         self._tokens = itertools.count(1)
@@ -44,15 +61,20 @@ class LiveSockets:
     def add(self, slug: str, cookie: str, prefix: str | None, close: Callable[[], None]) -> int:
         """Keep a socket opened on ``(slug, cookie, prefix)``; ``close()`` ends it. Returns the
         token to ``discard`` it with when it ends by itself."""
+        return self.watch(instance_access(slug, cookie, prefix), close)
+
+    def watch(self, allowed: StillAllowed, close: Callable[[], None]) -> int:
+        """Keep an open connection that ``allowed(gw)`` decides; ``close()`` (quick, no I/O) ends
+        it once that answers False. Returns the token to ``discard`` it with when it ends."""
         token = next(self._tokens)
-        self._open[token] = _Live(slug, cookie, prefix, close)
+        self._open[token] = _Live(allowed, close)
         return token
 
     def discard(self, token: int) -> None:
         self._open.pop(token, None)
 
     def check_soon(self, gw: Gateway) -> None:
-        """Decide every open socket again, in the background (one check at a time; a change
+        """Decide every open connection again, in the background (one check at a time; a change
         during a check starts another after it)."""
         if not self._open:
             return
@@ -72,22 +94,18 @@ class LiveSockets:
             try:
                 await self.check(gw)
             except Exception:  # the store may be unreachable: the next change or tick retries
-                log.exception("checking open WebSockets failed")
+                log.exception("checking open connections failed")
                 return
 
     async def check(self, gw: Gateway) -> int:
-        """Close the open sockets whose access no longer holds; how many were closed."""
+        """Close the open connections whose access no longer holds; how many were closed."""
         closed = 0
         for token, live in list(self._open.items()):
-            route = gw.controller.routes.get(live.slug)
-            allowed = route is not None and isinstance(
-                await decide_access(gw, route, live.cookie, live.prefix), Allowed
-            )
-            if not allowed and self._open.pop(token, None) is not None:
+            if not await live.allowed(gw) and self._open.pop(token, None) is not None:
                 live.close()
                 closed += 1
         if closed:
-            log.info("closed %d WebSocket(s) whose access was revoked", closed)
+            log.info("closed %d connection(s) whose access was revoked", closed)
         return closed
 
     async def every(self, gw: Gateway, every_s: float) -> None:
@@ -97,7 +115,7 @@ class LiveSockets:
             try:
                 await self.check(gw)
             except Exception:
-                log.exception("checking open WebSockets failed")
+                log.exception("checking open connections failed")
 
     def close(self) -> None:
         if self._checking is not None:
