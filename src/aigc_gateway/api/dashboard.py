@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from aigc_gateway import __version__
 from aigc_gateway.api.deps import GatewayDep, MaybeUser
 from aigc_gateway.api.files import file_service
-from aigc_gateway.api.schemas import InstancePublic
+from aigc_gateway.api.schemas import InstancePublic, instance_actions
 from aigc_gateway.api.usage import build_report
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.domain.hosts import safe_next
@@ -209,6 +209,7 @@ def _card(
         after=after.get(inst.id, 0),
         created_at=inst.created_at,
         shares=shares.get(inst.id, []),
+        actions=instance_actions(inst),
     )
 
 
@@ -398,3 +399,10 @@ async def set_language(request: Request, code: str, next: str = "/") -> Response
 async def static(request: Request, path: str) -> Response:
     """The dashboard's script and stylesheet (served by the gateway: no CDN, no build step)."""
     return await static_response(path, request.scope)
+
+
+@router.get("/_aigc/favicon.svg")
+async def favicon(request: Request) -> Response:
+    """The gateway's icon on every host: the sign-in page and the wake pages link it here,
+    since on an instance host everything outside ``/_aigc/`` (``/static/`` too) is the engine's."""
+    return await static_response("favicon.svg", request.scope)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aigc_gateway.domain.actions import allowed_actions
+from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.tables import Instance
@@ -65,6 +67,10 @@ class InstancePublic(BaseModel):
     ready_at: datetime | None
     gpu: GpuHeld | None = None
     queue: QueuePlace | None = None
+    actions: list[str] = Field(default_factory=list)
+    """What the state allows now, in page order (``open``, ``resume``, ``pause``,
+    ``leave_queue``, ``restart``, ``delete``); others answer 409 ``action_not_allowed``. Only
+    the owner or an admin may delete a shared instance."""
 
     @classmethod
     def of(
@@ -116,7 +122,18 @@ class InstancePublic(BaseModel):
             ready_at=inst.ready_at,
             gpu=gpu,
             queue=queue,
+            actions=list(instance_actions(inst)),
         )
+
+
+def instance_actions(inst: Instance) -> tuple[str, ...]:
+    """The actions :func:`~aigc_gateway.domain.actions.allowed_actions` offers for ``inst``."""
+    offered = allowed_actions(
+        state=InstanceState(inst.state),
+        desired=DesiredState(inst.desired_state),
+        restart_pending=inst.generation > inst.launched_generation,
+    )
+    return tuple(a.value for a in offered)
 
 
 class TemplatePublic(BaseModel):

@@ -97,6 +97,8 @@ class InstanceCard:
     shares: list[ShareView] = field(default_factory=list)
     gpu: CardGpu | None = None
     queue: CardQueue | None = None
+    actions: tuple[str, ...] = ()
+    """What the state allows (``domain.actions``); the card shows only these buttons."""
 
     @property
     def progress(self) -> int:
@@ -133,6 +135,8 @@ class AdminInstanceRow:
     reason: str
     url: str
     created_at: datetime
+    actions: tuple[str, ...] = ()
+    """What the state allows: the batch buttons act only on rows that allow their action."""
 
 
 @dataclass(frozen=True, slots=True)
