@@ -184,6 +184,15 @@ async def test_catalog_has_a_card_and_a_create_button_per_template(
     assert button and "disabled" in button.group(0)
     zh = (await browser.get("/catalog", headers=ZH)).text
     assert "演示引擎" in zh and "无需 GPU" in zh
+    # Icons are SVGs the gateway serves, not emoji (empty boxes without an emoji font).
+    icons = re.findall(r'<img class="icon" src="([^"]+)"', html)
+    assert "/static/icons/demo.svg" in icons
+    assert len(icons) == html.count('data-testid="template-')
+    for src in set(icons):
+        served = await browser.get(src)
+        assert served.status_code == 200
+        assert served.headers["content-type"].startswith("image/svg+xml")
+    assert not re.search("[\U0001f300-\U0001faff\u2728]", html)
 
 
 async def test_my_instances_cards_follow_the_contract(

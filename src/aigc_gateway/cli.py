@@ -53,7 +53,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default 8080).")
+@click.option("--port", type=int, help="Port (default 8080; 0: any free port).")
 @data_dir_option
 @config_option
 @dev_option
@@ -69,9 +69,10 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.proxy.front import http_protocol
 
     configure(log_level)
-    settings = _settings(**options)
-    listener = _listen(settings.host, settings.port)
-    # The port as bound (``--port 0`` picks a free one): links and messages use the real one.
+    any_port = options.get("port") == 0  # --port 0: any free port, as the system picks it
+    settings = _settings(**{**options, "port": None} if any_port else options)
+    listener = _listen(settings.host, 0 if any_port else settings.port)
+    # The port as bound: the links and messages below use the real one.
     settings = settings.model_copy(update={"port": listener.getsockname()[1]})
     first = _run(bootstrap(settings))
     url = served_url(settings)

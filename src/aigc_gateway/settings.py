@@ -61,8 +61,7 @@ class Settings(BaseSettings):
     dev: bool = False
     """Demo/dev mode: allows default secrets, creates a first admin with a printed password."""
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    """0: any free port (``serve`` binds first and prints the address it serves)."""
+    port: int = Field(default=8080, ge=1, le=65535)
     data_dir: Path = Path("var")
     """Root of everything the gateway writes: the SQLite store, user volumes, runtime state."""
     database_url: str | None = None

@@ -488,3 +488,26 @@ def test_port_env_must_be_a_variable_name() -> None:
     [problem] = parse_bad(minimal(launch="launch: {command: [a], port_env: 'PORT=1'}"))
     assert problem.field == "launch.port_env"
     assert "'PORT=1' is not a valid environment variable name" in problem.message
+
+
+def test_icons_are_served_svgs_named_by_the_templates() -> None:
+    from aigc_gateway.web import icons
+
+    catalog = load_dir(SHIPPED)
+    families = {t.template.family for t in catalog.templates.values()}
+    assert families <= icons.shipped() and {"default", "invokeai"} <= icons.shipped()
+    for loaded in catalog.templates.values():
+        t = loaded.template
+        assert t.display.icon == t.family  # a name, not an emoji
+        assert (icons.ICONS_DIR / f"{t.family}.svg").read_text().startswith("<svg ")
+    assert icons.icon_url(None, "demo") == "/static/icons/demo.svg"  # the family's by default
+    assert icons.icon_url(None, "my-engine") == "/static/icons/default.svg"
+    assert parse_ok(minimal()).template.display.icon is None
+
+
+def test_an_emoji_or_unknown_icon_is_refused_with_the_names() -> None:
+    [emoji] = parse_bad(minimal(display="display: {name: {en: T}, icon: '🧩'}"))
+    assert emoji.field == "display.icon" and "empty boxes" in emoji.message
+    assert "comfyui" in emoji.message and "default" in emoji.message
+    [typo] = parse_bad(minimal(display="display: {name: {en: T}, icon: comfyiu}"))
+    assert "did you mean 'comfyui'?" in typo.message

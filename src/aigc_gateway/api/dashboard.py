@@ -33,6 +33,7 @@ from aigc_gateway.templates.loader import LoadedTemplate
 from aigc_gateway.web import costs
 from aigc_gateway.web import views as v
 from aigc_gateway.web.i18n import LANG_COOKIE, negotiate, normalize
+from aigc_gateway.web.icons import icon_url
 from aigc_gateway.web.pages import page, static_response, translator
 
 router = APIRouter(include_in_schema=False, tags=["dashboard"])
@@ -116,7 +117,7 @@ def template_card(loaded: LoadedTemplate, lang: str) -> v.TemplateCard:
         id=t.id,
         name=t.display.name.get(lang),
         description=t.display.description.get(lang) if t.display.description else "",
-        icon=t.display.icon,
+        icon=icon_url(t.display.icon, t.family),
         version=t.version,
         family=t.family,
         installed=loaded.installed,
@@ -202,7 +203,7 @@ def _card(
         url=gw.settings.instance_url(inst.slug),
         template_id=inst.template_id,
         template_name=display.name.get(lang) if display else inst.template_id,
-        icon=display.icon if display else "🧩",
+        icon=icon_url(display.icon if display else None, inst.family),
         family=inst.family,
         owner_name=owner_names.get(inst.owner_id, who.name),
         is_owner=inst.owner_id == who.user_id,

@@ -13,6 +13,7 @@ from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
+from aigc_gateway.web import icons
 
 
 class InstanceCreate(BaseModel):
@@ -143,6 +144,9 @@ class TemplatePublic(BaseModel):
     name: dict[str, str]
     description: dict[str, str]
     icon: str
+    """The icon's name (see ``icon_url``)."""
+    icon_url: str
+    """Where the gateway serves the icon (an SVG)."""
     installed: bool
     install_problem: str
     resources: dict[str, Any]
@@ -158,7 +162,8 @@ class TemplatePublic(BaseModel):
             version=t.version,
             name={"en": t.display.name.get("en"), "zh-CN": t.display.name.get("zh-CN")},
             description={"en": desc.get("en"), "zh-CN": desc.get("zh-CN")} if desc else {},
-            icon=t.display.icon,
+            icon=icons.icon_name(t.display.icon, t.family),
+            icon_url=icons.icon_url(t.display.icon, t.family),
             installed=loaded.installed,
             install_problem=loaded.install_problem,
             resources=t.resources.model_dump(mode="json"),

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aigc_gateway.web import icons
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -61,8 +63,23 @@ class Localized(Strict):
 class Display(Strict):
     name: Localized
     description: Localized | None = None
-    icon: str = "🧩"
-    """An emoji or a short image URL path served by the gateway."""
+    icon: str | None = None
+    """The name of an icon the gateway serves (``web/static/icons/<name>.svg``: ``demo``,
+    ``jupyterlab``, ``comfyui``, …); default: the family's icon if there is one, else
+    ``default``."""
+
+    @field_validator("icon")
+    @classmethod
+    def _shipped_icon(cls, v: str | None) -> str | None:
+        if v is None or v in icons.shipped():
+            return v
+        close = difflib.get_close_matches(v, sorted(icons.shipped()), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        names = ", ".join(sorted(icons.shipped()))
+        raise ValueError(
+            f"{v!r} is not an icon the gateway serves{hint}; name one of: {names} "
+            "(emoji are not used: they show as empty boxes without an emoji font)"
+        )
 
 
 class Launch(Strict):

@@ -88,6 +88,7 @@ class InstanceCard:
     template_id: str
     template_name: str
     icon: str
+    """The URL of the engine's icon (``web.icons``)."""
     family: str
     owner_name: str
     is_owner: bool
@@ -111,6 +112,7 @@ class TemplateCard:
     name: str
     description: str
     icon: str
+    """The URL of the engine's icon (``web.icons``)."""
     version: str
     family: str
     installed: bool
