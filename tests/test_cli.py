@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -146,10 +148,49 @@ async def test_instance_commands_through_the_api(gateway: RunningGateway, alice:
     paused = cli("instance", "pause", inst["id"], env=env)
     assert paused.returncode == 0 and "wants paused" in paused.stdout
     await alice.wait_state(inst["id"], "paused")
+    logs = cli("instance", "logs", inst["id"], "--tail", "1", env=env)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.startswith("tiny engine starting, pid ") and logs.stdout.count("\n") == 1
     missing = cli("instance", "pause", "0" * 32, env=env)
     assert missing.returncode == 1 and "instance_not_found" in missing.stderr
     unreachable = cli("instance", "ls", env={**env, "AIGC_URL": "http://127.0.0.1:9"})
     assert unreachable.returncode == 1 and "cannot reach the gateway" in unreachable.stderr
+
+
+def test_serve_prints_the_address_it_serves(tmp_path: Path) -> None:
+    """Not ``http://HOST:PORT``: the address bound (any free port here), usable as printed even
+    when listening on every address."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+    args = ["serve", "--dev", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aigc_gateway", *args, "--templates-dir", str(REPO / "templates")],
+        env={**base, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        printed = [next(proc.stdout)]
+        while "try: curl" not in printed[-1]:
+            printed.append(next(proc.stdout))
+        text = "".join(printed)
+        assert "HOST:PORT" not in text
+        url = printed[0].split(" on ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), text
+        token = next(line.split()[-1] for line in printed if "API token:" in line)
+        assert f"Bearer {token}' {url}/api/instances" in printed[-1]
+        for line in proc.stderr:  # uvicorn says so once the app's startup has completed
+            if "Application startup complete" in line:
+                break
+        drain = threading.Thread(target=proc.stderr.read, daemon=True)
+        drain.start()
+        r = httpx.get(f"{url}/api/instances", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json() == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        proc.stdout.close()
 
 
 def test_serve_refuses_default_secret_outside_dev_mode(tmp_path: Path) -> None:

@@ -70,11 +70,22 @@ async def test_user_journey(browser: Browser, gateway: RunningGateway, lang: str
         await shot(engine, f"user-{lang}-4-engine-output")
         await engine.close()
 
-        # Pause, resume: the output is still in My files.
-        await page.get_by_test_id(f"pause-{instance_id}").click()
+        # Pause, resume: the output is still in My files. The card offers only what the state
+        # allows, live: a running one no Resume, a paused one no Pause, Open or Restart.
+        pause, resume = (
+            page.get_by_test_id(f"pause-{instance_id}"),
+            page.get_by_test_id(f"resume-{instance_id}"),
+        )
+        await expect(resume).to_be_hidden()
+        await pause.click()
         await expect(card).to_have_attribute("data-state", "paused", timeout=30_000)
-        await page.get_by_test_id(f"resume-{instance_id}").click()
+        await expect(resume).to_be_visible()
+        for hidden in ("pause", "open", "restart", "leave-queue"):
+            await expect(page.get_by_test_id(f"{hidden}-{instance_id}")).to_be_hidden()
+        await resume.click()
         await expect(card).to_have_attribute("data-state", "running", timeout=60_000)
+        await expect(pause).to_be_visible()
+        await expect(resume).to_be_hidden()
         await page.goto(f"{gateway.url}/files/demo?path=outputs")
         await expect(page.locator("[data-testid^=file-][data-testid$='.png']")).to_have_count(1)
         await expect(page.get_by_test_id("quota")).to_be_visible()
@@ -105,8 +116,12 @@ async def test_admin_journey(browser: Browser, gateway: RunningGateway, lang: st
             for iid in ids:
                 await page.get_by_test_id(f"select-{iid}").check()
             await shot(page, f"admin-{lang}-1-instances")
+            # Running instances allow no resume: the batch skips them and says so.
+            await page.get_by_test_id("batch-resume").click()
+            await expect(page.locator("[data-testid=batch-result] li.skipped")).to_have_count(2)
             await page.get_by_test_id("batch-pause").click()
             await expect(page.get_by_test_id("batch-result")).to_be_visible()
+            await expect(page.locator("[data-testid=batch-result] li.ok")).to_have_count(2)
             for api, iid in zip((alice, bob), ids, strict=True):
                 assert (await api.wait_state(iid, "paused"))["state"] == "paused"
             await page.goto(f"{gateway.url}/admin/users")
@@ -182,6 +197,8 @@ async def test_gpu_queue_live_and_the_admin_gpu_page(
             await expect(card.locator("[data-role=state]")).to_have_text("排队中")
             await expect(page.get_by_test_id(f"queue-{wid}")).to_contain_text("排第 1 位")
             await expect(page.get_by_test_id(f"leave-queue-{wid}")).to_be_visible()
+            for hidden in ("open", "pause", "resume", "restart"):
+                await expect(page.get_by_test_id(f"{hidden}-{wid}")).to_be_hidden()
             await shot(page, "gpu-zh-CN-1-queued")
             # The GPU frees: the card starts live, and the next refresh shows its GPU.
             await alice.act(holder["id"], "pause")
@@ -189,6 +206,9 @@ async def test_gpu_queue_live_and_the_admin_gpu_page(
             await expect(card.locator("[data-role=state]")).to_have_text("运行中")
             await expect(page.get_by_test_id(f"queue-{wid}")).to_be_hidden()
             await expect(page.get_by_test_id(f"leave-queue-{wid}")).to_be_hidden()
+            for shown in ("open", "pause", "restart"):
+                await expect(page.get_by_test_id(f"{shown}-{wid}")).to_be_visible()
+            await expect(page.get_by_test_id(f"resume-{wid}")).to_be_hidden()
             await expect(page.get_by_test_id(f"gpu-{wid}")).to_contain_text("1 块整卡")
 
             admin = await admin_ctx.new_page()
@@ -205,6 +225,8 @@ async def test_gpu_queue_live_and_the_admin_gpu_page(
             await expect(admin.get_by_test_id("gpu-notice")).to_contain_text("drained")
             await expect(card).to_have_attribute("data-state", "queued", timeout=60_000)
             await expect(page.get_by_test_id(f"queue-{wid}")).to_contain_text("排第 1 位")
+            await expect(page.get_by_test_id(f"leave-queue-{wid}")).to_be_visible()
+            await expect(page.get_by_test_id(f"pause-{wid}")).to_be_hidden()
             await admin.reload()
             await expect(admin.get_by_test_id(f"queued-{wid}")).to_contain_text("bob")
             await shot(admin, "gpu-en-2-admin")

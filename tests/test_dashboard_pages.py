@@ -184,6 +184,15 @@ async def test_catalog_has_a_card_and_a_create_button_per_template(
     assert button and "disabled" in button.group(0)
     zh = (await browser.get("/catalog", headers=ZH)).text
     assert "演示引擎" in zh and "无需 GPU" in zh
+    # Icons are SVGs the gateway serves, not emoji (empty boxes without an emoji font).
+    icons = re.findall(r'<img class="icon" src="([^"]+)"', html)
+    assert "/static/icons/demo.svg" in icons
+    assert len(icons) == html.count('data-testid="template-')
+    for src in set(icons):
+        served = await browser.get(src)
+        assert served.status_code == 200
+        assert served.headers["content-type"].startswith("image/svg+xml")
+    assert not re.search("[\U0001f300-\U0001faff\u2728]", html)
 
 
 async def test_my_instances_cards_follow_the_contract(
@@ -212,7 +221,8 @@ async def test_my_instances_cards_follow_the_contract(
     assert re.search(rf'data-testid="instance-{i}"[^>]*data-state="failed"', html)
     for testid in ("progress", "open", "pause", "resume", "restart", "delete", "share", "reason"):
         assert has_testid(html, f"{testid}-{i}"), testid
-    assert f'data-testid="open-{i}" href="{inst["url"]}"' in html
+    assert f'href="{inst["url"]}"' in opening_tag(html, f"open-{i}")
+    assert offered(html, i) == {"restart", "delete"}  # a failed card: no open, pause or resume
     reason = re.search(rf'data-testid="reason-{i}"[^>]*>\s*<p[^>]*>([^<]*)<', html)
     assert reason and failed["reason"] in reason.group(1) and "exit code" in reason.group(1)
     assert has_testid(html, "delete-data") and has_testid(html, "confirm-delete")
@@ -220,7 +230,7 @@ async def test_my_instances_cards_follow_the_contract(
     # An instance shared with alice: she may operate it, not delete or reshare it.
     s = theirs["id"]
     assert has_testid(html, f"instance-{s}") and "shared by bob" in html
-    assert has_testid(html, f"pause-{s}") and not has_testid(html, f"delete-{s}")
+    assert "pause" in offered(html, s) and not has_testid(html, f"delete-{s}")
     assert not has_testid(html, f"share-{s}")
     # Bob's page lists the share.
     bob_browser = await signed_in(gateway.url, "bob", "pw-bob")
@@ -298,6 +308,9 @@ async def test_admin_instances_filters_and_batch_actions(
     await alice.wait_state(a2["id"], "failed")
     assert {a1["id"], a2["id"]} <= await shown(state="failed")
     assert b1["id"] not in await shown(state="failed", user="bob")
+    # Each row says what its state allows: the batch buttons act on those rows only.
+    failed_rows = (await root.get("/admin/instances", params={"state": "failed"})).text
+    assert 'data-actions="restart delete"' in opening_tag(failed_rows, f"row-{a1['id']}")
     # What the batch buttons do: the existing API, per id, with the session's CSRF token.
     token = {"X-CSRF-Token": await csrf(root)}
     results = {
@@ -368,6 +381,20 @@ async def test_static_files_are_served_by_the_gateway(gateway: RunningGateway) -
             assert (await anon.get(bad)).status_code == 404, bad
 
 
+async def test_every_page_links_a_served_favicon(
+    gateway: RunningGateway, browser: httpx.AsyncClient
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as anon:
+        pages = [(anon, "/auth/login"), (browser, "/"), (browser, "/catalog"), (browser, "/nope")]
+        for client, path in pages:
+            html = (await client.get(path)).text
+            link = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', html)
+            assert link, path
+            icon = await anon.get(link.group(1))
+            assert icon.status_code == 200, (path, link.group(1))
+            assert icon.headers["content-type"].startswith("image/svg+xml")
+
+
 @contextmanager
 def counting_queries() -> Iterator[list[str]]:
     seen: list[str] = []
@@ -422,6 +449,19 @@ def text_of(html: str, testid: str) -> str:
     found = re.search(rf'data-testid="{re.escape(testid)}"[^>]*>(.*?)</(?:p|tr|li)>', html, re.S)
     assert found, testid
     return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
+
+
+CARD_BUTTONS = ("open", "leave-queue", "pause", "resume", "restart", "delete")
+
+
+def offered(html: str, instance_id: str) -> set[str]:
+    """The buttons a card shows (the others are there, hidden, for the live updates)."""
+    return {
+        b
+        for b in CARD_BUTTONS
+        if has_testid(html, f"{b}-{instance_id}")
+        and " hidden" not in opening_tag(html, f"{b}-{instance_id}")
+    }
 
 
 def opening_tag(html: str, testid: str) -> str:
@@ -494,13 +534,14 @@ class TestGpuPages:
             rf'data-testid="instance-{waiter["id"]}".*?data-role="message">([^<]*)<', home, re.S
         )
         assert message and message.group(1) == ""  # the scheduler's English is not repeated
-        assert "hidden" not in opening_tag(home, f"leave-queue-{waiter['id']}")
         assert 'data-action="pause"' in opening_tag(home, f"leave-queue-{waiter['id']}")
+        # Queued: leave the queue or delete; not open, pause, resume or restart.
+        assert offered(home, waiter["id"]) == {"leave-queue", "delete"}
+        assert offered(home, whole["id"]) == {"open", "pause", "restart", "delete"}
         assert re.search(r'data-state="queued"[^>]*>.*?>Queued<', home, re.S)
         gpu = text_of(home, f"gpu-{whole['id']}")
         assert gpu.startswith("GPU: 1 whole card(s), rtx4090")
         assert "Placement: placed on GPU-aaaa (onprem, rtx4090)" in gpu
-        assert "hidden" in opening_tag(home, f"leave-queue-{whole['id']}")
         assert "hidden" in opening_tag(home, f"queue-{whole['id']}")
         assert "hidden" in opening_tag(home, f"gpu-{waiter['id']}")
         zh_home = (await browser.get("/", headers=ZH)).text
@@ -525,8 +566,12 @@ class TestGpuPages:
         assert text_of((await root.get("/admin/gpus")).text, f"queued-{waiter['id']}").endswith(
             "about 1 min"
         )
-        # "Leave queue" is the pause action.
+        # "Leave queue" is the pause action; a restart of a queued instance is refused.
         token = {"X-CSRF-Token": await csrf(browser)}
+        assert (await alice.get(waiter["id"]))["actions"] == ["leave_queue", "delete"]
+        refused = await browser.post(f"/api/instances/{waiter['id']}/restart", headers=token)
+        assert refused.status_code == 409 and refused.json()["code"] == "action_not_allowed"
+        assert "waiting for a GPU" in refused.json()["message"]
         assert (
             await browser.post(f"/api/instances/{waiter['id']}/pause", headers=token)
         ).is_success

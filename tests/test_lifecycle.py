@@ -93,6 +93,51 @@ async def test_restart_launches_a_new_process(alice: Api) -> None:
     assert len([e for e in events if e["kind"] == "transition" and e["to"] == "starting"]) == 2
 
 
+async def test_an_action_answers_the_state_after_it(alice: Api) -> None:
+    """A restart's answer is not the old snapshot (running, the old engine address): a client
+    polling for running would be fooled. It shows the controller's first step."""
+    inst = await alice.wait_state((await alice.create("tiny"))["id"], "running")
+    assert inst["actions"] == ["open", "pause", "restart", "delete"]
+    restarted = await alice.act(inst["id"], "restart")
+    assert restarted["state"] == "stopping" and restarted["desired_state"] == "running"
+    assert restarted["engine_url"] is None
+    assert restarted["actions"] == ["open", "pause", "delete"]
+    again = await alice.settled(inst["id"])
+    assert again["state"] == "running" and again["started_at"] != inst["started_at"]
+    paused = await alice.act(inst["id"], "pause")
+    assert paused["state"] == "stopping" and paused["desired_state"] == "paused"
+    await alice.wait_state(inst["id"], "paused")
+    resumed = await alice.act(inst["id"], "resume")
+    assert resumed["state"] == "starting"
+
+
+async def test_actions_the_state_does_not_allow_are_refused(alice: Api) -> None:
+    inst = await alice.wait_state((await alice.create("tiny"))["id"], "running")
+    await alice.act(inst["id"], "pause")
+    paused = await alice.wait_state(inst["id"], "paused")
+    assert paused["actions"] == ["resume", "delete"]
+    r = await alice.client.post(f"/api/instances/{inst['id']}/restart")
+    assert r.status_code == 409
+    assert r.json()["code"] == "action_not_allowed"
+    assert r.json()["message"] == "cannot restart: this instance is paused; resume it instead"
+    await alice.act(inst["id"], "pause")  # a repeated pause is still a no-op, not a refusal
+    assert (await alice.get(inst["id"]))["state"] == "paused"
+    events = (await alice.client.get(f"/api/instances/{inst['id']}/events")).json()
+    assert [e["message"] for e in events if e["kind"] == "action"] == ["created", "pause"]
+
+
+async def test_logs_tail_counts_lines(alice: Api) -> None:
+    inst = await alice.wait_state((await alice.create("crash"))["id"], "failed")
+    logs = f"/api/instances/{inst['id']}/logs"
+    last = (await alice.client.get(logs, params={"tail": 1})).text
+    assert last == "tiny engine: cannot load model weights, giving up\n"
+    two = (await alice.client.get(logs, params={"tail": 2})).text
+    assert two.startswith("tiny engine starting, pid ") and two.endswith(last)
+    assert two.count("\n") == 2
+    refused = await alice.client.get(logs, params={"tail": 0})
+    assert refused.status_code == 422 and "tail" in refused.text
+
+
 @pytest.mark.parametrize("template", ["demo"])
 async def test_demo_engine_generates_into_user_data(alice: Api, admin: Api, template: str) -> None:
     inst = await alice.wait_state((await alice.create(template))["id"], "running", "failed")

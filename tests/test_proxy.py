@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from typing import Any
 
 import httpx
@@ -255,6 +256,11 @@ async def test_a_paused_instance_wakes_on_request(
         page = await browser.get(demo["url"], headers=HTML)
         assert page.status_code == 503
         assert "Starting your engine" in page.text and page.headers["retry-after"] == "2"
+        assert "State: Starting" in page.text  # the state after the wake-up, not "Paused"
+        icon = re.search(r'<link rel="icon" href="([^"]+)"', page.text)
+        assert icon and icon.group(1).startswith("/_aigc/")  # the gateway's, on this host too
+        served = await browser.get(f"{demo['url']}{icon.group(1).lstrip('/')}")
+        assert served.headers["content-type"].startswith("image/svg+xml")
         browser.cookies.set("lang", "zh-CN", domain=httpx.URL(demo["url"]).host)
         zh = await browser.get(demo["url"], headers=HTML)  # the language the visitor chose
         assert zh.status_code == 503 and "正在启动您的引擎" in zh.text
@@ -269,6 +275,12 @@ async def test_a_paused_instance_wakes_on_request(
         # The starting page's live status on the instance host.
         status = (await browser.get(f"{demo['url']}_aigc/status")).json()
         assert status["state"] == "running"
+        # An API client waking it gets the state after the wake-up too.
+        await alice.act(demo["id"], "pause")
+        await alice.wait_state(demo["id"], "paused")
+        api = await browser.get(f"{demo['url']}api/outputs")
+        assert api.status_code == 503 and api.json()["state"] == "starting"
+        await alice.wait_state(demo["id"], "running")
     finally:
         await browser.aclose()
 

@@ -198,6 +198,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/gpus/{gpu_id}/uncordon"): Rule({303}, {403}, {403}, {404}),
     ("GET", "/lang/{code}"): public({303}, query={"next": "/"}),
     ("GET", "/static/{path:path}"): public({404}),  # the literal path names no file
+    ("GET", "/_aigc/favicon.svg"): public({200}),
 }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -52,7 +53,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port (default 8080).")
+@click.option("--port", type=int, help="Port (default 8080; 0: any free port).")
 @data_dir_option
 @config_option
 @dev_option
@@ -68,14 +69,18 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.proxy.server import server_options
 
     configure(log_level)
-    settings = _settings(**options)
+    any_port = options.get("port") == 0  # --port 0: any free port, as the system picks it
+    settings = _settings(**{**options, "port": None} if any_port else options)
+    listener = _listen(settings.host, 0 if any_port else settings.port)
+    # The port as bound: the links and messages below use the real one.
+    settings = settings.model_copy(update={"port": listener.getsockname()[1]})
     first = _run(bootstrap(settings))
-    url = f"http://{settings.host}:{settings.port}"
+    url = served_url(settings)
     click.echo(
         f"AIGC Gateway {'(dev mode) ' if settings.dev else ''}on {url}  (API docs: {url}/docs)"
     )
     if first is not None:
-        _print_first_admin(first)
+        _print_first_admin(first, url)
     # The start-up heap (imports, catalog) lives as long as the process: keep the collector from
     # re-scanning it, and collect young objects less often (measured in bench/proxy).
     gc.collect()
@@ -83,29 +88,50 @@ def serve(log_level: str, **options: Any) -> None:
     gc.set_threshold(50_000, 20, 100)
     app = create_app(settings)
     try:
-        options = server_options(app)  # the HTTP protocol, whose forwarding headers to believe
+        server = server_options(app)  # the HTTP protocol, whose forwarding headers to believe
     except GatewayError as exc:  # e.g. a uvicorn the connection-level proxy was not tested with
         raise click.ClickException(exc.message) from exc
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        **options,
-        host=settings.host,
-        port=settings.port,
+        **server,
         log_level=log_level.lower(),
         log_config=None,  # uvicorn logs through the root handler and its redaction
         timeout_graceful_shutdown=5,
     )
+    uvicorn.Server(config).run(sockets=[listener])
 
 
-def _print_first_admin(first: Any, url: str | None = None) -> None:
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound before anything is printed, so the printed
+    address is the one served (and a taken port is a clear error, not a traceback)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def served_url(settings: Any) -> str:
+    """The gateway's address for people: ``public_url`` if set, else the bound host and port,
+    with a wildcard address (``0.0.0.0``, ``::``) shown as this host's loopback address."""
+    if settings.public_url:
+        return str(settings.base_url)
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{settings.port}"
+
+
+def _print_first_admin(first: Any, url: str) -> None:
     click.echo("First start: created the administrator account (shown only this once):")
     click.echo(f"  user:     {first.name}")
     click.echo(f"  password: {first.password}")
     if first.token:
         click.echo(f"  API token: {first.token}")
-        click.echo(
-            f"  try: curl -H 'Authorization: Bearer {first.token}' http://HOST:PORT/api/instances"
-        )
+        click.echo(f"  try: curl -H 'Authorization: Bearer {first.token}' {url}/api/instances")
 
 
 @main.command()
@@ -116,11 +142,12 @@ def init(**options: Any) -> None:
     """Create the store and the first administrator (idempotent)."""
     from aigc_gateway.bootstrap import bootstrap
 
-    first = _run(bootstrap(_settings(**options)))
+    settings = _settings(**options)
+    first = _run(bootstrap(settings))
     if first is None:
         click.echo("already initialised")
     else:
-        _print_first_admin(first)
+        _print_first_admin(first, served_url(settings))
 
 
 @main.command()
@@ -422,7 +449,17 @@ def instance_delete(instance_id: str, delete_data: bool, url: str, token: str) -
 
 @instance.command("logs")
 @click.argument("instance_id")
+@click.option(
+    "--tail",
+    "-n",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="How many of the last lines to show.",
+)
 @url_option
 @token_option
-def instance_logs(instance_id: str, url: str, token: str) -> None:
-    click.echo(_api(url, token, "GET", f"/api/instances/{instance_id}/logs"), nl=False)
+def instance_logs(instance_id: str, tail: int, url: str, token: str) -> None:
+    """The engine's last lines of output."""
+    path = f"/api/instances/{instance_id}/logs"
+    click.echo(_api(url, token, "GET", path, params={"tail": tail}), nl=False)

@@ -152,6 +152,7 @@ async def open_gateway(
         on_access_change=access_cache.clear,
         gpus=gpus,
         budgets=budgets,
+        hub=hub,
     )
     http = httpx.AsyncClient(timeout=15, trust_env=False)
     oidc = None

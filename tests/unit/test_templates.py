@@ -159,6 +159,34 @@ INVALID: list[tuple[str, str, str]] = [
     ("bad env name", minimal(launch="launch: {command: [a], env: {'1BAD': x}}"), "launch.env"),
     ("env value not text", minimal(launch="launch: {command: [a], env: {A: [1]}}"), "launch.env.A"),
     ("schema version 2", minimal(schema_version="schema_version: 2"), "schema_version"),
+    (
+        "misspelt placeholder in the command",
+        minimal(launch="launch: {command: [a, '--port={prot}']}"),
+        "launch.command",
+    ),
+    (
+        "placeholder in env",
+        minimal(launch="launch: {command: [a], env: {D: '{dir}'}}"),
+        "launch.env",
+    ),
+    (
+        "placeholder in working_dir",
+        minimal(launch="launch: {command: [a], working_dir: '{data}'}"),
+        "launch.working_dir",
+    ),
+    (
+        "placeholder in requires",
+        minimal(launch="launch: {command: [a], requires: ['{instal_dir}/x']}"),
+        "launch.requires",
+    ),
+    ("placeholder in readiness", minimal(readiness="readiness: {http: '/{port}/'}"), "readiness"),
+    ("install_dir unset", minimal(launch="launch: {command: ['{install_dir}/x']}"), "launch"),
+    (
+        "bad port_env",
+        minimal(launch="launch: {command: [a], port_env: 'MY-PORT'}"),
+        "launch.port_env",
+    ),
+    ("bad data_env", minimal(storage="storage: {data_env: '1DATA'}"), "storage.data_env"),
     ("empty version", minimal(version='version: ""'), "version"),
 ]
 
@@ -435,3 +463,51 @@ def test_expand_fills_python_and_install_dir() -> None:
         expand("{python} {install_dir}/a {port}", with_dir) == f"{sys.executable} /opt/x/a {{port}}"
     )
     assert expand("{install_dir}/a", without) == "{install_dir}/a"
+
+
+def test_a_misspelt_placeholder_is_named_with_the_close_match() -> None:
+    [problem] = parse_bad(minimal(launch="launch: {command: [a, '--port', '{prot}']}"), "x.yaml")
+    assert problem.file == "x.yaml" and problem.field == "launch.command"
+    assert "unknown placeholder {prot}" in problem.message
+    assert "did you mean {port}?" in problem.message
+    [far] = parse_bad(minimal(launch="launch: {command: [a, '{model_path}']}"))
+    assert "{model_path}" in far.message and "did you mean" not in far.message
+    assert "{data_dir}" in far.message  # the known ones are listed
+
+
+def test_known_placeholders_and_other_braces_are_accepted() -> None:
+    text = minimal(
+        launch="launch:\n  install_dir: /opt/x\n  command: ['{install_dir}/run', '--port={port}',"
+        " '{data_dir}', '{instance_id}', '{python}', '{\"json\": 1}']\n  port_env: ENGINE_PORT"
+    )
+    launch = parse_ok(text).template.launch
+    assert launch.port_env == "ENGINE_PORT" and launch.command[-1] == '{"json": 1}'
+
+
+def test_port_env_must_be_a_variable_name() -> None:
+    [problem] = parse_bad(minimal(launch="launch: {command: [a], port_env: 'PORT=1'}"))
+    assert problem.field == "launch.port_env"
+    assert "'PORT=1' is not a valid environment variable name" in problem.message
+
+
+def test_icons_are_served_svgs_named_by_the_templates() -> None:
+    from aigc_gateway.web import icons
+
+    catalog = load_dir(SHIPPED)
+    families = {t.template.family for t in catalog.templates.values()}
+    assert families <= icons.shipped() and {"default", "invokeai"} <= icons.shipped()
+    for loaded in catalog.templates.values():
+        t = loaded.template
+        assert t.display.icon == t.family  # a name, not an emoji
+        assert (icons.ICONS_DIR / f"{t.family}.svg").read_text().startswith("<svg ")
+    assert icons.icon_url(None, "demo") == "/static/icons/demo.svg"  # the family's by default
+    assert icons.icon_url(None, "my-engine") == "/static/icons/default.svg"
+    assert parse_ok(minimal()).template.display.icon is None
+
+
+def test_an_emoji_or_unknown_icon_is_refused_with_the_names() -> None:
+    [emoji] = parse_bad(minimal(display="display: {name: {en: T}, icon: '🧩'}"))
+    assert emoji.field == "display.icon" and "empty boxes" in emoji.message
+    assert "comfyui" in emoji.message and "default" in emoji.message
+    [typo] = parse_bad(minimal(display="display: {name: {en: T}, icon: comfyiu}"))
+    assert "did you mean 'comfyui'?" in typo.message

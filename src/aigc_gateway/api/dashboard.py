@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from aigc_gateway import __version__
 from aigc_gateway.api.deps import GatewayDep, MaybeUser
 from aigc_gateway.api.files import file_service
-from aigc_gateway.api.schemas import InstancePublic
+from aigc_gateway.api.schemas import InstancePublic, instance_actions
 from aigc_gateway.api.usage import build_report
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.domain.hosts import safe_next
@@ -33,6 +33,7 @@ from aigc_gateway.templates.loader import LoadedTemplate
 from aigc_gateway.web import costs
 from aigc_gateway.web import views as v
 from aigc_gateway.web.i18n import LANG_COOKIE, negotiate, normalize
+from aigc_gateway.web.icons import icon_url
 from aigc_gateway.web.pages import page, static_response, translator
 
 router = APIRouter(include_in_schema=False, tags=["dashboard"])
@@ -116,7 +117,7 @@ def template_card(loaded: LoadedTemplate, lang: str) -> v.TemplateCard:
         id=t.id,
         name=t.display.name.get(lang),
         description=t.display.description.get(lang) if t.display.description else "",
-        icon=t.display.icon,
+        icon=icon_url(t.display.icon, t.family),
         version=t.version,
         family=t.family,
         installed=loaded.installed,
@@ -202,13 +203,14 @@ def _card(
         url=gw.settings.instance_url(inst.slug),
         template_id=inst.template_id,
         template_name=display.name.get(lang) if display else inst.template_id,
-        icon=display.icon if display else "🧩",
+        icon=icon_url(display.icon if display else None, inst.family),
         family=inst.family,
         owner_name=owner_names.get(inst.owner_id, who.name),
         is_owner=inst.owner_id == who.user_id,
         after=after.get(inst.id, 0),
         created_at=inst.created_at,
         shares=shares.get(inst.id, []),
+        actions=instance_actions(inst),
     )
 
 
@@ -398,3 +400,10 @@ async def set_language(request: Request, code: str, next: str = "/") -> Response
 async def static(request: Request, path: str) -> Response:
     """The dashboard's script and stylesheet (served by the gateway: no CDN, no build step)."""
     return await static_response(path, request.scope)
+
+
+@router.get("/_aigc/favicon.svg")
+async def favicon(request: Request) -> Response:
+    """The gateway's icon on every host: the sign-in page and the wake pages link it here,
+    since on an instance host everything outside ``/_aigc/`` (``/static/`` too) is the engine's."""
+    return await static_response("favicon.svg", request.scope)

@@ -28,6 +28,7 @@ from aigc_gateway.api.dashboard import (
 )
 from aigc_gateway.api.deps import ClientDep, GatewayDep, MaybeUser
 from aigc_gateway.api.gpus import gpu_inventory, set_cordon
+from aigc_gateway.api.schemas import instance_actions
 from aigc_gateway.api.usage import Report, build_report
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.doctor import gpu_summary
@@ -85,6 +86,7 @@ async def admin_instances(
             reason=i.reason,
             url=gw.settings.instance_url(i.slug),
             created_at=i.created_at,
+            actions=instance_actions(i),
         )
         for i, owner in found[:PAGE_SIZE]
     ]

@@ -151,9 +151,10 @@ async def get_logs(
     instance_id: str,
     gw: GatewayDep,
     who: CurrentUser,
-    tail: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 65536,
+    tail: Annotated[int, Query(ge=1, le=100_000, description="how many lines")] = 1000,
 ) -> PlainTextResponse:
-    return PlainTextResponse(await gw.instances.logs(who, instance_id, tail))
+    """The engine's last ``tail`` lines of output (at most its last MiB)."""
+    return PlainTextResponse(await gw.instances.logs(who, instance_id, lines=tail))
 
 
 class ShareCreate(BaseModel):

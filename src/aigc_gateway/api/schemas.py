@@ -7,10 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aigc_gateway.domain.actions import allowed_actions
+from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
+from aigc_gateway.web import icons
 
 
 class InstanceCreate(BaseModel):
@@ -66,6 +69,10 @@ class InstancePublic(BaseModel):
     ready_at: datetime | None
     gpu: GpuHeld | None = None
     queue: QueuePlace | None = None
+    actions: list[str] = Field(default_factory=list)
+    """What the state allows now, in page order (``open``, ``resume``, ``pause``,
+    ``leave_queue``, ``restart``, ``delete``); others answer 409 ``action_not_allowed``. Only
+    the owner or an admin may delete a shared instance."""
 
     @classmethod
     def of(
@@ -121,7 +128,18 @@ class InstancePublic(BaseModel):
             ready_at=inst.ready_at,
             gpu=gpu,
             queue=queue,
+            actions=list(instance_actions(inst)),
         )
+
+
+def instance_actions(inst: Instance) -> tuple[str, ...]:
+    """The actions :func:`~aigc_gateway.domain.actions.allowed_actions` offers for ``inst``."""
+    offered = allowed_actions(
+        state=InstanceState(inst.state),
+        desired=DesiredState(inst.desired_state),
+        restart_pending=inst.generation > inst.launched_generation,
+    )
+    return tuple(a.value for a in offered)
 
 
 class TemplatePublic(BaseModel):
@@ -131,6 +149,9 @@ class TemplatePublic(BaseModel):
     name: dict[str, str]
     description: dict[str, str]
     icon: str
+    """The icon's name (see ``icon_url``)."""
+    icon_url: str
+    """Where the gateway serves the icon (an SVG)."""
     installed: bool
     install_problem: str
     resources: dict[str, Any]
@@ -146,7 +167,8 @@ class TemplatePublic(BaseModel):
             version=t.version,
             name={"en": t.display.name.get("en"), "zh-CN": t.display.name.get("zh-CN")},
             description={"en": desc.get("en"), "zh-CN": desc.get("zh-CN")} if desc else {},
-            icon=t.display.icon,
+            icon=icons.icon_name(t.display.icon, t.family),
+            icon_url=icons.icon_url(t.display.icon, t.family),
             installed=loaded.installed,
             install_problem=loaded.install_problem,
             resources=t.resources.model_dump(mode="json"),

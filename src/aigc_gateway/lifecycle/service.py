@@ -7,6 +7,8 @@ the same ``request_id``, changes nothing and is not an error.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import re
 from collections.abc import Callable, Sequence
@@ -21,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
 from aigc_gateway.auth.secrets import new_id, new_slug
-from aigc_gateway.domain.states import DesiredState, InstanceState
+from aigc_gateway.domain.actions import Outcome, api_action, effect, judge
+from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
+from aigc_gateway.domain.states import HOLDS_PROCESS, STABLE, DesiredState, InstanceState
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.lifecycle.budgets import Budgets, BudgetStatus
 from aigc_gateway.lifecycle.controller import Controller
-from aigc_gateway.lifecycle.events import EventRecord
+from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.runtime.base import Runtime
@@ -37,6 +41,10 @@ from aigc_gateway.store.tables import GpuCordon, Instance, InstanceShare, User
 from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
 
+LOG_TAIL_MAX_BYTES = 1024 * 1024
+"""At most this much of an engine's log is read for a tail, however long its lines."""
+SETTLE_S = 5.0
+"""How long an action's answer waits for the controller's first step (see :meth:`act`)."""
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -69,8 +77,12 @@ class InstanceService:
         on_access_change: Callable[[], None] = lambda: None,
         gpus: GpuBroker | None = None,
         budgets: Budgets | None = None,
+        hub: EventHub | None = None,
+        settle_s: float = SETTLE_S,
     ) -> None:
         self._db = db
+        self._hub = hub if hub is not None else EventHub()
+        self._settle_s = settle_s
         self._registry = registry
         self._controller = controller
         self._runtime = runtime
@@ -284,30 +296,48 @@ class InstanceService:
         self._on_access_change()
 
     async def act(self, who: Principal, instance_id: str, action: Action) -> Instance:
+        """Ask for ``action``; refuse what the state does not allow (409 ``action_not_allowed``,
+        see :mod:`aigc_gateway.domain.actions`); a repeat changes nothing. When the action makes
+        the controller move the instance, the answer waits (up to ``settle_s``) for that first
+        move, so it shows the state after the action (``stopping`` after a restart, ``starting``
+        after a resume), never the snapshot from before it."""
         warnings: list[BudgetStatus] = []
         if action is not Action.PAUSE:
             current = await self.get(who, instance_id)
             loaded = self._registry.get(current.template_id)
             if loaded is not None and current.desired_state != DesiredState.RUNNING:
                 warnings = await self._check_budget(current.owner_id, loaded.template)
-        async with self._db.write() as session:
-            inst = await self._visible(session, who, instance_id, Access.OPERATE)
-            if inst.desired_state == DesiredState.DELETED:
-                raise Conflict("this instance is being deleted", code="instance_deleting")
-            changed = _apply(inst, action)
-            if changed:
-                inst.updated_at = datetime.now(UTC)
-                await repo.add_event(
-                    session,
-                    instance_id=inst.id,
-                    kind="action",
-                    message=action.value,
-                    actor=who.user_id,
-                )
-        await self._warn(inst.id, warnings)
-        self._controller.routes.put(Route.of(inst))
-        self._controller.kick(inst.id)
+        with self._hub.subscribe(instance_id) as moves:  # before the write: no move is missed
+            async with self._db.write() as session:
+                inst = await self._visible(session, who, instance_id, Access.OPERATE)
+                if inst.desired_state == DesiredState.DELETED:
+                    raise Conflict("this instance is being deleted", code="instance_deleting")
+                changed = _apply(inst, action)
+                if changed:
+                    inst.updated_at = datetime.now(UTC)
+                    await repo.add_event(
+                        session,
+                        instance_id=inst.id,
+                        kind="action",
+                        message=action.value,
+                        actor=who.user_id,
+                    )
+            await self._warn(inst.id, warnings)
+            self._controller.routes.put(Route.of(inst))
+            self._controller.kick(inst.id)
+            if changed and _moves_at_once(inst):
+                return await self._settled(inst, moves)
         return inst
+
+    async def _settled(self, inst: Instance, moves: asyncio.Queue[EventRecord]) -> Instance:
+        """``inst`` as it is after the controller's first transition (or ``settle_s``)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settle_s):
+                while (await moves.get()).kind != "transition":
+                    pass
+        async with self._db.read() as session:
+            fresh = await repo.get(session, inst.id)
+        return fresh if fresh is not None else inst
 
     async def _check_budget(self, owner_id: str, template: Template) -> list[BudgetStatus]:
         """Refuse a start past a hard limit or a team's GPU limit; return soft-limit warnings."""
@@ -351,9 +381,10 @@ class InstanceService:
             await self._visible(session, who, instance_id, Access.VIEW)
             return [EventRecord.of(e) for e in await repo.events_after(session, instance_id, after)]
 
-    async def logs(self, who: Principal, instance_id: str, tail_bytes: int) -> str:
+    async def logs(self, who: Principal, instance_id: str, *, lines: int) -> str:
+        """The engine's last ``lines`` lines of output, within its last ``LOG_TAIL_MAX_BYTES``."""
         await self.get(who, instance_id)
-        return await self._runtime.logs(instance_id, tail_bytes=tail_bytes)
+        return await self._runtime.logs(instance_id, lines=lines, tail_bytes=LOG_TAIL_MAX_BYTES)
 
     async def _visible(
         self, session: AsyncSession, who: Principal, instance_id: str, access: Access
@@ -392,14 +423,33 @@ def _free_name(family: str, taken: set[str]) -> str:
 
 
 def _apply(inst: Instance, action: Action) -> bool:
-    """Set desired state for ``action``; return whether anything changed (pure on the row)."""
-    restart_pending = inst.generation > inst.launched_generation
-    before = (inst.desired_state, inst.generation)
-    if action is Action.PAUSE:
-        inst.desired_state = DesiredState.PAUSED.value
-    else:
-        inst.desired_state = DesiredState.RUNNING.value
-        wants_new_launch = action is Action.RESTART or inst.state == InstanceState.FAILED
-        if wants_new_launch and not restart_pending:
-            inst.generation += 1
-    return before != (inst.desired_state, inst.generation)
+    """Set desired state for ``action``; return whether anything changed (pure on the row).
+    Raises :class:`Conflict` (``action_not_allowed``) when the state does not allow it."""
+    state, desired = InstanceState(inst.state), DesiredState(inst.desired_state)
+    pending = inst.generation > inst.launched_generation
+    wanted = api_action(action.value, state)
+    verdict = judge(wanted, state=state, desired=desired, restart_pending=pending)
+    if not verdict.accepted:
+        raise Conflict(f"cannot {action.value}: {verdict.reason}", code="action_not_allowed")
+    if verdict.outcome is Outcome.REPEAT:
+        return False
+    new_desired, new_pending = effect(wanted, state=state, desired=desired, restart_pending=pending)
+    inst.desired_state = new_desired.value
+    if new_pending and not pending:
+        inst.generation += 1
+    return True
+
+
+def _moves_at_once(inst: Instance) -> bool:
+    """Whether the controller's next step for ``inst`` records a transition right away (not a
+    wait for readiness or for an engine already being stopped)."""
+    state = InstanceState(inst.state)
+    if state not in STABLE and state is not InstanceState.PENDING:
+        return False
+    situation = Situation(
+        desired=DesiredState(inst.desired_state),
+        state=state,
+        phase=Phase.READY if state in HOLDS_PROCESS else Phase.ABSENT,
+        restart_pending=inst.generation > inst.launched_generation,
+    )
+    return decide(situation) not in (Step.NOTHING, Step.AWAIT_READY)

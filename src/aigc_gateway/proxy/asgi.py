@@ -247,6 +247,7 @@ class InstanceProxy:
         template allows, then show a live "starting" page (browsers) or 503 + Retry-After."""
         loaded = gw.registry.get(route.template_id)
         may_wake = loaded is not None and loaded.template.access.wake_on_request and who.may_operate
+        state = route.state
         if route.desired_state != "running":
             if not may_wake:
                 await self._refuse(scope, receive, send, 409, PAUSED)
@@ -259,7 +260,8 @@ class InstanceProxy:
                 via=Via.INSTANCE_COOKIE,
             )
             try:
-                await gw.instances.act(principal, route.instance_id, Action.RESUME)
+                # The state after the resume (e.g. starting), not the paused one before it.
+                state = (await gw.instances.act(principal, route.instance_id, Action.RESUME)).state
             except GatewayError as exc:
                 await self._refuse(scope, receive, send, exc.status, exc.message)
                 return
@@ -275,7 +277,7 @@ class InstanceProxy:
                 lang=request_lang(scope),
                 title="Starting",
                 events_url=events,
-                state=route.state,
+                state=state,
             )
             await _respond(send, 503, "text/html; charset=utf-8", page.encode(), retry_after=2)
         else:
@@ -283,7 +285,7 @@ class InstanceProxy:
                 {
                     "code": "instance_starting",
                     "message": "the instance is starting; retry shortly",
-                    "state": route.state,
+                    "state": state,
                 }
             ).encode()
             await _respond(send, 503, "application/json", body, retry_after=2)

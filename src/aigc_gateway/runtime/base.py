@@ -28,7 +28,8 @@ Contract, for every method:
   seen is phase ``ABSENT``.
 - ``list()`` returns every workload the runtime knows about, including ones started by an earlier
   gateway process: this is how a restarted gateway re-adopts running engines.
-- ``logs(instance_id, tail_bytes=...)`` returns the end of the engine's captured output ("" if none).
+- ``logs(instance_id, lines=..., tail_bytes=...)`` returns the end of the engine's captured output
+  ("" if none): its last ``lines`` lines (all when None) within its last ``tail_bytes`` bytes.
 - ``forget(instance_id)`` drops the runtime's own records of a stopped workload (after delete).
 - GPUs: ``spec.gpu`` names the devices granted to the workload by the scheduler. The runtime makes
   exactly those visible to the engine (and no others), and for a memory share (``memory_mib``
@@ -201,7 +202,9 @@ class Runtime(Protocol):
 
     async def list(self) -> list[Workload]: ...
 
-    async def logs(self, instance_id: str, *, tail_bytes: int = 8192) -> str: ...
+    async def logs(
+        self, instance_id: str, *, lines: int | None = None, tail_bytes: int = 8192
+    ) -> str: ...
 
     async def forget(self, instance_id: str) -> None: ...
 

@@ -285,9 +285,11 @@ class LocalRuntime:
                 found.append((record, paths))
         return list(await asyncio.gather(*(self._observe(r, p) for r, p in found)))
 
-    async def logs(self, instance_id: str, *, tail_bytes: int = 8192) -> str:
+    async def logs(
+        self, instance_id: str, *, lines: int | None = None, tail_bytes: int = 8192
+    ) -> str:
         paths = self._paths(instance_id)
-        return procs.read_log_tail(paths.log, paths.log1, tail_bytes)
+        return procs.read_log_tail(paths.log, paths.log1, tail_bytes, lines=lines)
 
     async def forget(self, instance_id: str) -> None:
         paths = self._paths(instance_id)

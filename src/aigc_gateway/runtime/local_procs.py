@@ -42,6 +42,7 @@ __all__ = [
     "group_is_ours",
     "group_members",
     "kill_group_but",
+    "last_lines",
     "pick_free_port",
     "process_alive",
     "process_create_time",
@@ -368,8 +369,10 @@ def describe_exit(code: int) -> str:
     return message
 
 
-def read_log_tail(log: Path, rotated: Path, tail_bytes: int) -> str:
-    """The last ``tail_bytes`` of an engine's output, over ``rotated`` (older) and ``log``."""
+def read_log_tail(log: Path, rotated: Path, tail_bytes: int, *, lines: int | None = None) -> str:
+    """The end of an engine's output, over ``rotated`` (older) and ``log``: its last ``lines``
+    lines (all lines when None) within its last ``tail_bytes`` bytes, the cap that bounds what is
+    read whatever the lines' length."""
     chunks: list[bytes] = []
     need = tail_bytes
     for path in (log, rotated):
@@ -384,7 +387,16 @@ def read_log_tail(log: Path, rotated: Path, tail_bytes: int) -> str:
             continue
         chunks.append(data)
         need -= len(data)
-    return b"".join(reversed(chunks)).decode("utf-8", errors="replace")
+    text = b"".join(reversed(chunks)).decode("utf-8", errors="replace")
+    return text if lines is None else last_lines(text, lines)
+
+
+def last_lines(text: str, n: int) -> str:
+    """The last ``n`` lines of ``text`` (a final line without a newline counts as one)."""
+    if n <= 0:
+        return ""
+    kept = text.splitlines(keepends=True)[-n:]
+    return "".join(kept)
 
 
 def rotate_log(log: Path, rotated: Path, max_bytes: int) -> None:

@@ -5,12 +5,45 @@ Validation errors name the file, the field and the problem; see :mod:`.loader`.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aigc_gateway.web import icons
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLACEHOLDERS = ("port", "data_dir", "instance_id", "python", "install_dir")
+"""What ``{…}`` may name in a launch command, env value, working_dir or requirement: the runtime
+fills the first three when it starts the engine, the loader the last two. Anything else would
+reach the engine as text, so it is refused."""
+
+
+def check_placeholders(text: str, *, known: tuple[str, ...] = PLACEHOLDERS) -> str:
+    """Raise ``ValueError`` naming the first placeholder in ``text`` that is not ``known``
+    (with the close match, if any); return ``text``."""
+    for name in PLACEHOLDER.findall(text):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+        allowed = ", ".join(f"{{{k}}}" for k in known) or "none"
+        raise ValueError(
+            f"unknown placeholder {{{name}}} in {text!r}{hint}; the known ones are: {allowed}"
+        )
+    return text
+
+
+def check_env_name(name: str) -> str:
+    if not ENV_NAME.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a valid environment variable name (letters, digits and _, "
+            "not starting with a digit)"
+        )
+    return name
 
 
 class Strict(BaseModel):
@@ -30,8 +63,23 @@ class Localized(Strict):
 class Display(Strict):
     name: Localized
     description: Localized | None = None
-    icon: str = "🧩"
-    """An emoji or a short image URL path served by the gateway."""
+    icon: str | None = None
+    """The name of an icon the gateway serves (``web/static/icons/<name>.svg``: ``demo``,
+    ``jupyterlab``, ``comfyui``, …); default: the family's icon if there is one, else
+    ``default``."""
+
+    @field_validator("icon")
+    @classmethod
+    def _shipped_icon(cls, v: str | None) -> str | None:
+        if v is None or v in icons.shipped():
+            return v
+        close = difflib.get_close_matches(v, sorted(icons.shipped()), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        names = ", ".join(sorted(icons.shipped()))
+        raise ValueError(
+            f"{v!r} is not an icon the gateway serves{hint}; name one of: {names} "
+            "(emoji are not used: they show as empty boxes without an emoji font)"
+        )
 
 
 class Launch(Strict):
@@ -56,10 +104,34 @@ class Launch(Strict):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(f"{name!r} is not a valid environment variable name")
+        for name, value in v.items():
+            check_env_name(name)
+            check_placeholders(value)
         return v
+
+    @field_validator("command", "requires")
+    @classmethod
+    def _list_placeholders(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            check_placeholders(arg)
+        return v
+
+    @field_validator("working_dir")
+    @classmethod
+    def _text_placeholders(cls, v: str) -> str:
+        return check_placeholders(v)
+
+    @field_validator("port_env")
+    @classmethod
+    def _port_env_name(cls, v: str | None) -> str | None:
+        return None if v is None else check_env_name(v)
+
+    @model_validator(mode="after")
+    def _install_dir_set(self) -> Launch:
+        texts = [*self.command, *self.env.values(), self.working_dir, *self.requires]
+        if self.install_dir is None and any("{install_dir}" in t for t in texts):
+            raise ValueError("{install_dir} is used but launch.install_dir is not set")
+        return self
 
 
 class Readiness(Strict):
@@ -75,6 +147,8 @@ class Readiness(Strict):
             raise ValueError("set exactly one of `http: <path>` or `tcp: true`")
         if self.http is not None and not self.http.startswith("/"):
             raise ValueError("`http` must be a path starting with '/'")
+        if self.http is not None:
+            check_placeholders(self.http, known=())  # nothing fills them in a readiness path
         return self
 
 
@@ -112,6 +186,11 @@ class Storage(Strict):
     quota_gib: float = Field(default=20.0, gt=0)
     data_env: str | None = None
     """An environment variable that receives the data folder, for engines that read one."""
+
+    @field_validator("data_env")
+    @classmethod
+    def _data_env_name(cls, v: str | None) -> str | None:
+        return None if v is None else check_env_name(v)
 
 
 class AccessPolicy(Strict):

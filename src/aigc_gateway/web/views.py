@@ -88,6 +88,7 @@ class InstanceCard:
     template_id: str
     template_name: str
     icon: str
+    """The URL of the engine's icon (``web.icons``)."""
     family: str
     owner_name: str
     is_owner: bool
@@ -97,6 +98,8 @@ class InstanceCard:
     shares: list[ShareView] = field(default_factory=list)
     gpu: CardGpu | None = None
     queue: CardQueue | None = None
+    actions: tuple[str, ...] = ()
+    """What the state allows (``domain.actions``); the card shows only these buttons."""
 
     @property
     def progress(self) -> int:
@@ -109,6 +112,7 @@ class TemplateCard:
     name: str
     description: str
     icon: str
+    """The URL of the engine's icon (``web.icons``)."""
     version: str
     family: str
     installed: bool
@@ -133,6 +137,8 @@ class AdminInstanceRow:
     reason: str
     url: str
     created_at: datetime
+    actions: tuple[str, ...] = ()
+    """What the state allows: the batch buttons act only on rows that allow their action."""
 
 
 @dataclass(frozen=True, slots=True)

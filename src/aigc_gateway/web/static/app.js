@@ -112,13 +112,36 @@
     if (state === "running") { bar.value = bar.max; }
     if (state === "paused" || state === "deleted") { bar.value = 0; }
     if (state !== "failed") { part(card, "reason").hidden = true; }
-    part(card, "leave-queue").hidden = state !== "queued";
     if (state !== "queued") { part(card, "queue").hidden = true; }
     if (state === "deleted") {
       card.classList.add("gone");
       all("button", card).forEach(function (b) { b.dataset.off = "1"; b.disabled = true; });
       closeStream(card.dataset.id);
     }
+  }
+
+  /* Show only the buttons the state allows: `actions` as the API reports it (domain.actions). */
+  function showActions(card, actions) {
+    if (!Array.isArray(actions) || card.dataset.state === "deleted") { return; }
+    all("[data-role=actions] [data-offer]", card).forEach(function (b) {
+      b.hidden = actions.indexOf(b.dataset.offer) < 0;
+    });
+  }
+
+  /* After a transition: the instance as the API reports it now (its state and actions). Only
+   * the newest answer counts, so a slow answer cannot bring back an older state's buttons. */
+  function ask(card) {
+    var asked = (Number(card.dataset.asked) || 0) + 1;
+    card.dataset.asked = asked;
+    return function newest() { return Number(card.dataset.asked) === asked; };
+  }
+
+  async function refresh(card) {
+    var newest = ask(card);
+    var r = await call("GET", "/api/instances/" + card.dataset.id);
+    if (!r.ok || !r.data || !newest()) { return; }
+    setState(card, r.data.state);
+    showActions(card, r.data.actions);
   }
 
   function showReason(card, text, code) {
@@ -132,6 +155,7 @@
     var message = part(card, "message");
     if (event.kind === "transition" && event.to) {
       setState(card, event.to);
+      refresh(card);
       message.textContent = event.message || "";
       if (event.to === "failed") { showReason(card, event.message, null); }
     } else if (event.kind === "progress" && event.data) {
@@ -197,6 +221,7 @@
         part(card, "message").textContent = now.reason || "";
         if (now.state === "failed") { showReason(card, now.reason, now.exit_code); }
       }
+      showActions(card, now.actions);
     });
     cards.forEach(function (card) {
       var now = byId[card.dataset.id];
@@ -233,7 +258,7 @@
 
   async function showLog(card) {
     var pre = part(card, "log");
-    var response = await fetch("/api/instances/" + card.dataset.id + "/logs?tail=2000", { credentials: "same-origin" });
+    var response = await fetch("/api/instances/" + card.dataset.id + "/logs?tail=200", { credentials: "same-origin" });
     pre.textContent = response.ok ? ((await response.text()) || tr("js.log_empty")) : tr("js.failed", { status: response.status });
     pre.hidden = false;
   }
@@ -254,10 +279,11 @@
       return;
     }
     await guarded(card, buttons, async function () {
+      subscribe(card);  // before the answer: it comes after the controller's first step
+      var newest = ask(card);
       var r = await call("POST", "/api/instances/" + id + "/" + action);
       if (!r.ok) { toast(r.message, true); return; }
-      subscribe(card);
-      if (r.data && r.data.state) { setState(card, r.data.state); }
+      if (r.data && r.data.state && newest()) { setState(card, r.data.state); showActions(card, r.data.actions); }
     });
   }
 
@@ -448,6 +474,19 @@
         ? call("DELETE", "/api/instances/" + id + "?delete_data=" + (withData ? "true" : "false"))
         : call("POST", "/api/instances/" + id + "/" + action);
     }
+    /* The row's allowed actions (domain.actions); a queued row's pause is its leave_queue. */
+    function allows(row, action) {
+      var offered = row ? (row.dataset.actions || "").split(" ") : [];
+      return offered.indexOf(action) >= 0 || (action === "pause" && offered.indexOf("leave_queue") >= 0);
+    }
+    function skip(row, id) {
+      var item = document.createElement("li");
+      item.dataset.id = id;
+      item.className = "skipped";
+      var label = row.querySelector("[data-role=state]").textContent;
+      item.textContent = tr("js.batch_skipped", { name: row.dataset.name, state: label });
+      result.appendChild(item);
+    }
     function report(row, id, answer) {
       var item = document.createElement("li");
       item.dataset.id = id;
@@ -461,6 +500,7 @@
         var label = row.querySelector("[data-role=state]");
         label.textContent = tr("state." + answer.data.state);
         label.className = "state state-" + answer.data.state;
+        row.dataset.actions = (answer.data.actions || []).join(" ");
       }
     }
     batchButtons.forEach(function (button) {
@@ -479,7 +519,9 @@
           async function worker() {
             while (queue.length) {
               var id = queue.shift();
-              report(document.querySelector('tr[data-id="' + id + '"]'), id, await apply(action, id, withData));
+              var row = document.querySelector('tr[data-id="' + id + '"]');
+              if (row && !allows(row, action)) { skip(row, id); continue; }
+              report(row, id, await apply(action, id, withData));
             }
           }
           await Promise.all([worker(), worker(), worker(), worker()]);
