@@ -114,7 +114,8 @@ def model_free_graph(color: dict[str, int]) -> dict[str, Any]:
 async def run_graph(eng: Engine, sio: SocketIO) -> list[tuple[str, dict[str, Any]]]:
     """Enqueue the model-free graph and collect this item's events until it ends."""
     r = await eng.client.post(
-        "api/v1/queue/default/enqueue_batch", json=model_free_graph({"r": 200, "g": 30, "b": 30})
+        "api/v1/queue/default/enqueue_batch",
+        json=model_free_graph({"r": 200, "g": 30, "b": 30, "a": 255}),
     )
     assert r.status_code == 200, r.text
     [item_id] = r.json()["item_ids"]
@@ -148,12 +149,14 @@ async def test_ui_loads_in_chromium_with_no_failed_request(
             failed.append(f"{response.request.method} {response.url}: HTTP {response.status}")
 
     async with chromium() as browser, context(browser) as ctx:
-        page: Page = await ctx.new_page()
-        await sign_in(page, gateway, "alice", "pw-alice")
+        dashboard = await ctx.new_page()
+        await sign_in(dashboard, gateway, "alice", "pw-alice")
+        await dashboard.close()  # its own event stream ends here, aborted by design
+        page: Page = await ctx.new_page()  # the browser is signed in: the cookie is shared
         page.on("requestfailed", on_failed)
         page.on("response", on_response)
         page.on("websocket", lambda ws: sockets.append(ws))
-        async with page.expect_websocket(re.compile(r"/ws/socket\.io/"), timeout=120_000):
+        async with page.expect_websocket(lambda ws: "/ws/socket.io/" in ws.url, timeout=120_000):
             await page.goto(invokeai["url"])
         # The app's launchpad and its boards panel, both filled from the REST API.
         await expect(page.get_by_text("Generate images from text prompts")).to_be_visible(
@@ -245,7 +248,9 @@ async def test_model_free_graph_reports_progress_over_socketio(
         result = await fetch_image(eng, done["blur"]["image"]["image_name"])
         size, rgb = pixels(result)
         assert size == (32, 24)
-        assert rgb[:3] == bytes((200, 30, 30))  # a uniform colour stays itself when blurred
+        # blank_image's red, through img_resize and img_blur (both shift it by a unit or two).
+        red = [rgb[i : i + 3] for i in range(0, len(rgb), 3)]
+        assert all(r > 190 and g < 40 and b < 40 for r, g, b in red), red[:4]
 
 
 # --- pause and resume ----------------------------------------------------------------------
