@@ -24,14 +24,14 @@ test: $(STAMP) system-deps
 	$(BIN)/pytest -q -ra
 
 format:
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests tests_engines bench
+	$(BIN)/ruff check --fix src tests tests_engines bench
 
 format-check: $(STAMP)
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff format --check src tests tests_engines bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests tests_engines bench
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -58,3 +58,22 @@ bench-proxy: $(STAMP)
 .PHONY: bench-accounting
 bench-accounting: $(STAMP)
 	$(BIN)/python bench/accounting/run.py
+
+# check-engines: real third-party engines driven through the gateway's proxy (tests_engines/, not
+# part of `make check`: the install is several GB). InvokeAI goes into its own venv under
+# .engines/; torch 2.14.1 is pinned because it satisfies InvokeAI (>=2.7, <3) and torchvision
+# 0.29.1 pairs with it (a CUDA build; it runs on the CPU where there is no GPU).
+.PHONY: check-engines
+ENGINES          ?= .engines
+INVOKEAI_VERSION ?= 6.14.2
+INVOKEAI_VENV    := $(ENGINES)/invokeai/venv
+INVOKEAI_STAMP   := $(INVOKEAI_VENV)/.installed-$(INVOKEAI_VERSION)
+
+$(INVOKEAI_STAMP):
+	$(PYTHON) -m venv $(INVOKEAI_VENV)
+	$(INVOKEAI_VENV)/bin/pip install -q --disable-pip-version-check \
+	  torch==2.14.1 torchvision==0.29.1 invokeai==$(INVOKEAI_VERSION)
+	touch $@
+
+check-engines: $(STAMP) system-deps $(INVOKEAI_STAMP)
+	AIGC_TEST_ENGINES=$(CURDIR)/$(ENGINES) $(BIN)/pytest -q -ra tests_engines

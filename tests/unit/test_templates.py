@@ -26,6 +26,7 @@ INSTALL_DIRS = {
     "sd-webui": "/opt/stable-diffusion-webui",
     "comfyui": "/opt/ComfyUI",
     "fooocus": "/opt/Fooocus",
+    "invokeai": "/opt/invokeai",
 }
 
 
@@ -67,7 +68,14 @@ def parse_bad(text: str, name: str = "t.yaml") -> list[TemplateProblem]:
 def test_shipped_templates_load_without_problems() -> None:
     catalog = load_dir(SHIPPED)
     assert catalog.problems == ()
-    assert set(catalog.templates) == {"demo", "jupyterlab", "sd-webui", "comfyui", "fooocus"}
+    assert set(catalog.templates) == {
+        "demo",
+        "jupyterlab",
+        "sd-webui",
+        "comfyui",
+        "fooocus",
+        "invokeai",
+    }
     for tid, loaded in catalog.templates.items():
         assert loaded.id == tid
         assert loaded.source == str(SHIPPED / f"{tid}.yaml")
@@ -107,6 +115,46 @@ def test_shipped_sd_webui_keeps_its_version_text() -> None:
     loaded = load_dir(SHIPPED).get("sd-webui")
     assert loaded is not None
     assert loaded.template.version == "1.10"
+
+
+def shipped_invokeai(install_dir: Path) -> LoadedTemplate:
+    """The shipped InvokeAI template, parsed with ``launch.install_dir`` set to ``install_dir``."""
+    path = SHIPPED / "invokeai.yaml"
+    text = path.read_text(encoding="utf-8").replace(
+        "install_dir: /opt/invokeai", f"install_dir: {install_dir}"
+    )
+    assert str(install_dir) in text
+    return parse_ok(text, name=str(path))
+
+
+def test_shipped_invokeai_missing_install_dir_is_reported_as_not_installed(
+    tmp_path: Path,
+) -> None:
+    loaded = shipped_invokeai(tmp_path / "nowhere")
+    assert not loaded.installed
+    assert loaded.install_problem == (
+        f"InvokeAI is not installed on this host: {tmp_path / 'nowhere'} not found. "
+        "Install it there, or change launch.install_dir in the template."
+    )
+
+
+def test_shipped_invokeai_without_its_venv_names_the_missing_program(tmp_path: Path) -> None:
+    loaded = shipped_invokeai(tmp_path)  # the folder exists, the install in it does not
+    assert not loaded.installed
+    assert f"{tmp_path}/venv/bin/invokeai-web not found" in loaded.install_problem
+    program = tmp_path / "venv" / "bin" / "invokeai-web"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    assert shipped_invokeai(tmp_path).installed
+
+
+def test_shipped_invokeai_keeps_its_root_in_the_data_folder() -> None:
+    launch = shipped_invokeai(Path("/opt/invokeai")).template.launch
+    assert launch.command == ["{install_dir}/venv/bin/invokeai-web", "--root", "{data_dir}"]
+    assert launch.port_env == "INVOKEAI_PORT"
+    assert launch.env["INVOKEAI_HOST"] == "127.0.0.1"
+    # Its gzip middleware breaks its socket.io long-polling under current Starlette.
+    assert launch.env["INVOKEAI_HTTP_COMPRESSION_LEVEL"] == "0"
 
 
 def test_catalog_get_unknown_is_none() -> None:
