@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from aigc_gateway.app import create_app
 from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, make_settings, stop_engines
+from tests.support.leaks import leaked_task_check, no_leaked_tasks  # noqa: F401 - fixtures
 from tests.support.pg import postgres_server
 from tests.support.server import bound_socket, serve_in_thread
 from tests.support.tools import apply_needs_markers, require_tool
@@ -55,6 +57,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
     base: str = request.getfixturevalue("pg_base_url")
     return asyncio.run(_create_database(base))
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A socket bound to a free port of 127.0.0.1 for the test's gateway process
+    (:func:`~tests.support.process.gateway_process`); the port stays the test's across restarts."""
+    with bound_socket() as sock:
+        yield sock
 
 
 @dataclass
