@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -53,12 +54,18 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8080).")
+@click.option(
+    "--fd",
+    type=int,
+    help="Serve on this already bound, inherited TCP socket (socket activation); "
+    "its address replaces --host and --port.",
+)
 @data_dir_option
 @config_option
 @dev_option
 @click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--log-level", default="info", show_default=True)
-def serve(log_level: str, **options: Any) -> None:
+def serve(log_level: str, fd: int | None, **options: Any) -> None:
     """Run the gateway."""
     import uvicorn
 
@@ -68,6 +75,9 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.proxy.front import http_protocol
 
     configure(log_level)
+    listening = _inherited_socket(fd) if fd is not None else None
+    if listening is not None:
+        options["host"], options["port"] = listening.getsockname()[:2]
     settings = _settings(**options)
     first = _run(bootstrap(settings))
     url = f"http://{settings.host}:{settings.port}"
@@ -82,7 +92,7 @@ def serve(log_level: str, **options: Any) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         http=http_protocol(app),
         host=settings.host,
@@ -91,6 +101,23 @@ def serve(log_level: str, **options: Any) -> None:
         log_config=None,  # uvicorn logs through the root handler and its redaction
         timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=None if listening is None else [listening])
+    if not server.started:
+        sys.exit(3)  # uvicorn's start-up failure status
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    """The listening TCP socket inherited as ``fd`` (its family read from the socket itself, so
+    that accepted connections get TCP_NODELAY as on a socket uvicorn binds)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise click.BadParameter(f"{fd} is not an open socket: {exc}", param_hint="--fd") from exc
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise click.BadParameter(f"{fd} is not a TCP socket", param_hint="--fd")
+    return sock
 
 
 def _print_first_admin(first: Any, url: str | None = None) -> None:
