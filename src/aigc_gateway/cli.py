@@ -113,7 +113,9 @@ def _inherited_socket(fd: int) -> socket.socket:
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
-        raise click.BadParameter(f"{fd} is not an open socket: {exc}", param_hint="--fd") from exc
+        raise click.BadParameter(
+            f"{fd} is not a TCP socket ({exc.strerror})", param_hint="--fd"
+        ) from exc
     if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
         sock.detach()
         raise click.BadParameter(f"{fd} is not a TCP socket", param_hint="--fd")
