@@ -167,7 +167,8 @@ async def test_admin_group_makes_an_admin_and_leaving_it_unmakes(
         f"{sso.url}/api/teams", json={"name": "video"}, headers={"X-CSRF-Token": csrf}
     )
     assert made.status_code == 201
-    dave = await sign_in(httpx.AsyncClient(timeout=30), sso, "dave", "dave-pw")
+    async with httpx.AsyncClient(timeout=30) as other:  # closed: no connection left to the GC
+        dave = await sign_in(other, sso, "dave", "dave-pw")
     assert dave.json()["is_admin"] is False and dave.json()["teams"] == []
 
 
