@@ -21,6 +21,12 @@ one shutdown watcher per loop, which ends when the uvicorn server of the *main t
 a server run in a thread (tests/support/server.py) never tells it, and the loop's closing ends
 it (a 0.5 s poll, nothing else)."""
 
+GRACE_S = 1.0
+"""How long tasks still finishing on their own are given to end before they count as leaked: the
+loop closing an async generator dropped before its end (httpx's ``aiter_lines`` closes none of
+the generators it reads from), SQLAlchemy's shielded close of a connection whose user was
+cancelled. A bound, not a wait: the check goes on as soon as they are done."""
+
 
 def _qualified(task: asyncio.Task[object]) -> str:
     """``module.function`` of the task's coroutine (while it is suspended)."""
@@ -28,13 +34,6 @@ def _qualified(task: asyncio.Task[object]) -> str:
     frame = getattr(coro, "cr_frame", None)
     module = frame.f_globals.get("__name__", "") if frame is not None else ""
     return f"{module}.{getattr(coro, '__qualname__', '')}"
-
-
-GRACE_S = 1.0
-"""How long tasks still finishing on their own are given to end before they count as leaked: the
-loop closing an async generator dropped before its end (httpx's ``aiter_lines`` closes none of
-the generators it reads from), SQLAlchemy's shielded close of a connection whose user was
-cancelled. A bound, not a wait: the check goes on as soon as they are done."""
 
 
 async def leaked_tasks() -> list[asyncio.Task[object]]:
