@@ -77,3 +77,9 @@ $(INVOKEAI_STAMP):
 
 check-engines: $(STAMP) system-deps $(INVOKEAI_STAMP)
 	AIGC_TEST_ENGINES=$(CURDIR)/$(ENGINES) $(BIN)/pytest -q -ra tests_engines
+
+# bench/runtime: readiness time-out, stop and SIGKILL escalation, OIDC provider start (the speed
+# goals that were once wall-clock bounds in tests).
+.PHONY: bench-runtime
+bench-runtime: $(STAMP)
+	$(BIN)/python bench/runtime/run.py

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,8 +15,10 @@ from aigc_gateway.app import create_app
 from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, make_settings, stop_engines
-from tests.support.pg import pg_bin, postgres_server
+from tests.support.leaks import leaked_task_check, no_leaked_tasks  # noqa: F401 - fixtures
+from tests.support.pg import postgres_server
 from tests.support.server import bound_socket, serve_in_thread
+from tests.support.tools import apply_needs_markers, require_tool
 
 # Python 3.11.7 corrupts its AST recursion counter when two threads convert ASTs at once
 # (CPython gh-106905, fixed in 3.11.8). pytest rewrites the hypothesis plugin's modules with
@@ -24,12 +26,14 @@ from tests.support.server import bound_socket, serve_in_thread
 # single-threaded, keeps that from racing the gateway's server thread.
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``pytest.mark.needs(*tools)``: skip here, fail under CI, before any fixture runs."""
+    apply_needs_markers(item)
+
+
 @pytest.fixture(scope="session")
 def pg_base_url() -> Iterator[str]:
-    if pg_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL must be installed in CI (scripts/system-deps.sh)")
-        pytest.skip("PostgreSQL is not installed here: run scripts/system-deps.sh")
+    require_tool("postgresql")
     with postgres_server() as url:
         yield url
 
@@ -53,6 +57,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
     base: str = request.getfixturevalue("pg_base_url")
     return asyncio.run(_create_database(base))
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A socket bound to a free port of 127.0.0.1 for the test's gateway process
+    (:func:`~tests.support.process.gateway_process`); the port stays the test's across restarts."""
+    with bound_socket() as sock:
+        yield sock
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +30,7 @@ from tests.support.gateway import (
     stop_engines_async,
     write_templates,
 )
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 PRICES = """
 currency: EUR
@@ -265,16 +266,18 @@ async def test_pause_when_over_budget_and_team_gpu_limit(ledger: Ledger) -> None
     assert [(r["label"], r["cost_micros"]) for r in team_report["rows"]] == [("design", 4_000_000)]
 
 
-async def test_a_killed_gateway_leaves_no_gap_and_no_double_count(tmp_path: Path) -> None:
+async def test_a_killed_gateway_leaves_no_gap_and_no_double_count(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     """SIGKILL the gateway with two engines running; one engine dies while no gateway runs.
     After a restart the survivor's interval continues (one row, no gap), and the dead one's
     closes when it really ended (its exit time), not when the gateway came back."""
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     token = await add_user(settings, "alice")
-    port = free_port()
+    port = listener.getsockname()[1]
     try:
-        with gateway_process(data, templates, port) as gw:
+        with gateway_process(data, templates, listener) as gw:
             api = Api(f"http://127.0.0.1:{port}", token)
             survivor = await api.wait_state((await api.create("tiny", name="a"))["id"], "running")
             victim = await api.wait_state((await api.create("tiny", name="b"))["id"], "running")
@@ -288,7 +291,7 @@ async def test_a_killed_gateway_leaves_no_gap_and_no_double_count(tmp_path: Path
         died = datetime.fromtimestamp(
             (data / "runtime" / "local" / victim["id"] / "exit_code").stat().st_mtime, UTC
         )
-        with gateway_process(data, templates, port):
+        with gateway_process(data, templates, listener):
             restarted = datetime.now(UTC)
             api = Api(f"http://127.0.0.1:{port}", token)
             try:

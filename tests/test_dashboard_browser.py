@@ -10,11 +10,11 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.conftest import RunningGateway
-from tests.support.browser import chromium, chromium_available, context, shot
+from tests.support.browser import chromium, context, shot
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not chromium_available(), reason="Debian chromium (scripts/system-deps.sh)"),
+    pytest.mark.needs("chromium"),
 ]
 
 LOCALES = {"en": "en-US", "zh-CN": "zh-CN"}

@@ -9,6 +9,7 @@ fake_mps.py): no NVIDIA driver runs here; ``bench/gpu/check.sh`` drives the real
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ from tests.support.gateway import (
     stop_engines_async,
     write_templates,
 )
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 RTX = {
     "type": "rtx4090",
@@ -195,7 +196,9 @@ async def test_two_gpus_on_one_host_or_a_clear_refusal(alice: Api, admin: Api) -
     assert (await engine_env(admin, pair))["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-bbbb"
 
 
-async def test_a_killed_gateway_keeps_gpu_allocations_and_the_queue(tmp_path: Path) -> None:
+async def test_a_killed_gateway_keeps_gpu_allocations_and_the_queue(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     """SIGKILL with one engine holding the only GPU and two instances queued: after a restart
     the holder still holds it (nobody else is placed on it), the queue keeps its order, and a
     release starts the first waiter."""
@@ -203,9 +206,9 @@ async def test_a_killed_gateway_keeps_gpu_allocations_and_the_queue(tmp_path: Pa
     env = {"AIGC_GPUS": json.dumps(ONE_CARD)}
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     token = await add_user(settings, "alice")
-    port = free_port()
+    port = listener.getsockname()[1]
     try:
-        with gateway_process(data, templates, port, **env) as gw:
+        with gateway_process(data, templates, listener, **env) as gw:
             async with api_for(port, token) as api:
                 holder = await api.wait_state((await api.create("tiny-gpu"))["id"], "running")
                 first = await api.wait_state(
@@ -216,7 +219,7 @@ async def test_a_killed_gateway_keeps_gpu_allocations_and_the_queue(tmp_path: Pa
                 )
             gw.kill()  # SIGKILL: no shutdown code runs
             gw.wait(10)
-        with gateway_process(data, templates, port, **env):
+        with gateway_process(data, templates, listener, **env):
             async with api_for(port, token) as api:
                 again = await api.get(holder["id"])
                 assert again["state"] == "running" and again["gpu"]["gpu_ids"] == ["GPU-aaaa"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import httpx
 import pytest
 
@@ -11,9 +9,7 @@ from tests.support.gateway import Api, engine_url
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("jupyterlab") is None, reason="jupyterlab is a dev dependency"
-    ),
+    pytest.mark.needs("jupyterlab"),
 ]
 
 

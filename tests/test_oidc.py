@@ -17,11 +17,12 @@ from aigc_gateway.app import create_app
 from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings, signing_secret
 from tests.support.gateway import make_settings, stop_engines
-from tests.support.oidc import oidc_provider, provider_available
+from tests.support.oidc import oidc_provider
 from tests.support.oidc_browser import login_via_provider, provider_error_text, submit_logout
 from tests.support.server import bound_socket, serve_in_thread
+from tests.support.tools import require_tool
 
-pytestmark = pytest.mark.skipif(not provider_available(), reason="npm ci --prefix tests/oidc")
+pytestmark = pytest.mark.needs("oidc-provider")
 
 USERS = [
     {
@@ -166,7 +167,8 @@ async def test_admin_group_makes_an_admin_and_leaving_it_unmakes(
         f"{sso.url}/api/teams", json={"name": "video"}, headers={"X-CSRF-Token": csrf}
     )
     assert made.status_code == 201
-    dave = await sign_in(httpx.AsyncClient(timeout=30), sso, "dave", "dave-pw")
+    async with httpx.AsyncClient(timeout=30) as other:  # closed: no connection left to the GC
+        dave = await sign_in(other, sso, "dave", "dave-pw")
     assert dave.json()["is_admin"] is False and dave.json()["teams"] == []
 
 
@@ -267,10 +269,9 @@ async def test_sign_in_with_the_provider_in_a_real_browser(sso: SsoGateway) -> N
 
     from playwright.async_api import expect
 
-    from tests.support.browser import chromium, chromium_available, context, shot
+    from tests.support.browser import chromium, context, shot
 
-    if not chromium_available():
-        pytest.skip("Debian chromium (scripts/system-deps.sh)")
+    require_tool("chromium")
     async with chromium() as browser, context(browser) as ctx:
         page = await ctx.new_page()
         await page.goto(f"{sso.url}/auth/login")

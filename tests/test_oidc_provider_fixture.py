@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.support.oidc import OidcProvider, oidc_provider, provider_available
+from tests.support.oidc import OidcProvider, oidc_provider
 from tests.support.oidc_browser import (
     follow_until,
     login_via_provider,
@@ -35,6 +34,8 @@ from tests.support.oidc_browser import (
     submit_logout,
 )
 from tests.support.server import serve_in_thread
+
+pytestmark = pytest.mark.needs("oidc-provider")
 
 CLIENT_ID = "aigc-gateway"
 CLIENT_SECRET = "s3cret-" + "x" * 24
@@ -477,15 +478,12 @@ async def test_end_session(start_provider: Any) -> None:
         assert "Signed out" in page_text(done.text)
 
 
-def test_provider_starts_fast_and_stops_cleanly() -> None:
-    assert provider_available()
-    started = time.monotonic()
+def test_provider_starts_and_stops_cleanly() -> None:
+    """(How fast it starts is bench/runtime's figure.)"""
     with oidc_provider(clients=[_client("http://127.0.0.1:9")], users=[ALICE]) as op:
-        elapsed = time.monotonic() - started
         assert op.issuer == f"http://127.0.0.1:{op.port}"
         assert op.discovery_url == f"{op.issuer}/.well-known/openid-configuration"
         assert httpx.get(op.discovery_url, timeout=10).status_code == 200
-    assert elapsed < 5, f"provider took {elapsed:.2f} s to start"
     with pytest.raises(httpx.ConnectError):
         httpx.get(op.discovery_url, timeout=10)
 

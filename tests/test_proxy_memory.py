@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
 from tests.support.hosts import browser_for
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 MiB = 2**20
 GiB = 2**30
@@ -24,16 +25,18 @@ ALLOWED_GROWTH = 200 * MiB  # generous: buffering a body whole would add > 1 GiB
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
-async def test_one_gib_each_way_with_flat_gateway_memory(tmp_path: Path, framing: str) -> None:
+async def test_one_gib_each_way_with_flat_gateway_memory(
+    tmp_path: Path, framing: str, listener: socket.socket
+) -> None:
     """A body with a length is relayed at the connection level; a chunked one is handed to the
     ASGI proxy (``proxy/front.py``): both must stream."""
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     token = await add_user(settings, "alice")
-    port = free_port()
+    port = listener.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     try:
-        with gateway_process(data, templates, port, AIGC_PUBLIC_URL=url) as gw:
+        with gateway_process(data, templates, listener, AIGC_PUBLIC_URL=url) as gw:
             await _transfer(url, token, psutil.Process(gw.pid), framing)
     finally:
         await stop_engines_async(settings)

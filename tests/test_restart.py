@@ -3,6 +3,7 @@ re-adopted (same process, still reachable, state correct), and nothing is orphan
 
 from __future__ import annotations
 
+import socket
 from contextlib import suppress
 from pathlib import Path
 
@@ -11,22 +12,26 @@ import psutil
 
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 
-async def test_sigkill_gateway_then_restart_readopts_engines(tmp_path: Path) -> None:
+async def test_sigkill_gateway_then_restart_readopts_engines(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     token = await add_user(settings, "alice", admin=True)  # an operator: sees engine addresses
     try:
-        await _kill_and_readopt(data, templates, token)
+        await _kill_and_readopt(data, templates, token, listener)
     finally:
         await stop_engines_async(settings)
 
 
-async def _kill_and_readopt(data: Path, templates: Path, token: str) -> None:
-    port = free_port()
-    with gateway_process(data, templates, port) as gw:
+async def _kill_and_readopt(
+    data: Path, templates: Path, token: str, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    with gateway_process(data, templates, listener) as gw:
         api = Api(f"http://127.0.0.1:{port}", token)
         running = [
             await api.wait_state((await api.create("tiny", name=f"n{i}"))["id"], "running")
@@ -45,7 +50,7 @@ async def _kill_and_readopt(data: Path, templates: Path, token: str) -> None:
 
     # Engines kept running without their gateway.
     assert all(psutil.pid_exists(pid) for pid in pids.values())
-    with gateway_process(data, templates, port):
+    with gateway_process(data, templates, listener):
         api = Api(f"http://127.0.0.1:{port}", token)
         try:
             for inst in running:
@@ -74,19 +79,23 @@ async def _kill_and_readopt(data: Path, templates: Path, token: str) -> None:
             await api.aclose()
 
 
-async def test_engine_crash_while_gateway_is_down_is_reported_after_restart(tmp_path: Path) -> None:
+async def test_engine_crash_while_gateway_is_down_is_reported_after_restart(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     token = await add_user(settings, "alice", admin=True)  # an operator: sees engine addresses
     try:
-        await _crash_while_down(data, templates, token)
+        await _crash_while_down(data, templates, token, listener)
     finally:
         await stop_engines_async(settings)
 
 
-async def _crash_while_down(data: Path, templates: Path, token: str) -> None:
-    port = free_port()
-    with gateway_process(data, templates, port) as gw:
+async def _crash_while_down(
+    data: Path, templates: Path, token: str, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    with gateway_process(data, templates, listener) as gw:
         api = Api(f"http://127.0.0.1:{port}", token)
         inst = await api.wait_state((await api.create("tiny"))["id"], "running")
         await api.aclose()
@@ -95,7 +104,7 @@ async def _crash_while_down(data: Path, templates: Path, token: str) -> None:
     async with httpx.AsyncClient(base_url=inst["engine_url"]) as engine:
         with suppress(httpx.HTTPError):
             await engine.get("/crash", params={"code": "9"})
-    with gateway_process(data, templates, port):
+    with gateway_process(data, templates, listener):
         api = Api(f"http://127.0.0.1:{port}", token)
         try:
             failed = await api.wait_state(inst["id"], "failed", timeout=30)

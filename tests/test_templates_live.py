@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import RunningGateway
 from tests.support.gateway import Api, add_user, tiny_template, write_templates
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 
 async def _template_ids(api: Api) -> set[str]:
@@ -34,15 +35,15 @@ async def test_a_new_template_file_is_picked_up_without_a_restart(
     assert inst["template_id"] == "fresh"
 
 
-async def test_sighup_reloads_the_templates(tmp_path: Path) -> None:
+async def test_sighup_reloads_the_templates(tmp_path: Path, listener: socket.socket) -> None:
     from aigc_gateway.settings import Settings
 
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     token = await add_user(Settings(dev=True, data_dir=data, templates_dir=templates), "alice")
-    port = free_port()
+    port = listener.getsockname()[1]
     # With the file watcher off (as on network file systems without inotify), only the signal
     # can reveal the new file.
-    with gateway_process(data, templates, port, AIGC_WATCH_TEMPLATES="false") as gw:
+    with gateway_process(data, templates, listener, AIGC_WATCH_TEMPLATES="false") as gw:
         api = Api(f"http://127.0.0.1:{port}", token)
         try:
             (templates / "hup.yaml").write_text(tiny_template("hup"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import importlib.util
 import json
 import threading
 import uuid
@@ -33,13 +32,8 @@ from tests.test_proxy import cookie_for, open_through_gateway, signed_in_browser
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("localhost_subdomains")]
 
-needs_gradio = pytest.mark.skipif(
-    importlib.util.find_spec("gradio") is None or importlib.util.find_spec("gradio_client") is None,
-    reason="gradio and gradio_client are dev dependencies",
-)
-needs_jupyterlab = pytest.mark.skipif(
-    importlib.util.find_spec("jupyterlab") is None, reason="jupyterlab is a dev dependency"
-)
+needs_gradio = pytest.mark.needs("gradio")
+needs_jupyterlab = pytest.mark.needs("jupyterlab")
 
 
 async def running(api: Api, template: str, timeout: float = 90) -> dict[str, Any]:

@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates  # noqa: E402
-from tests.support.process import free_port, gateway_process  # noqa: E402
+from tests.support.process import gateway_process  # noqa: E402
+from tests.support.server import bound_socket  # noqa: E402
 
 from aigc_gateway.settings import Settings  # noqa: E402
 
@@ -87,8 +88,9 @@ def measure_baseline(data: Path, starts: int) -> tuple[list[float], list[float]]
     """Bare Popen of the same engine, and a bare readiness loop at the same 10 ms interval."""
     spawn, detect = [], []
     data.mkdir(parents=True, exist_ok=True)
+    listening = data / "listen.json"
     for _ in range(starts):
-        port = free_port()
+        listening.unlink(missing_ok=True)
         t0 = time.time()
         proc = subprocess.Popen(
             [
@@ -97,12 +99,15 @@ def measure_baseline(data: Path, starts: int) -> tuple[list[float], list[float]]
                 "--data-dir",
                 str(data),
                 "--port",
-                str(port),
+                "0",  # it binds a free one and writes it in listen.json
             ],
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
         spawn.append((time.time() - t0) * 1000)
+        while not listening.exists() or not listening.read_text():
+            time.sleep(0.01)  # the same 10 ms polling as the gateway's readiness loop
+        port = json.loads(listening.read_text())["port"]
         with httpx.Client() as client:
             while True:
                 try:
@@ -111,7 +116,7 @@ def measure_baseline(data: Path, starts: int) -> tuple[list[float], list[float]]
                 except httpx.HTTPError:
                     time.sleep(0.01)
         seen = time.time()
-        detect.append((seen - json.loads((data / "listen.json").read_text())["t"]) * 1000)
+        detect.append((seen - json.loads(listening.read_text())["t"]) * 1000)
         proc.terminate()
         proc.wait()
     return spawn, detect
@@ -126,16 +131,18 @@ async def main() -> None:
         data, templates = root / "data", write_templates(root / "templates")
         settings = Settings(dev=True, data_dir=data, templates_dir=templates)
         token = await add_user(settings, "bench")
-        port = free_port()
+        listener = bound_socket()
+        port = listener.getsockname()[1]
         try:
             # The default resync period, as in production (the tests' helper uses a short one).
-            with gateway_process(data, templates, port, AIGC_RECONCILE_INTERVAL_S="5"):
+            with gateway_process(data, templates, listener, AIGC_RECONCILE_INTERVAL_S="5"):
                 api = Api(f"http://127.0.0.1:{port}", token)
                 try:
                     spawn, detect = await measure_gateway(api, settings.volumes_dir, args.starts)
                 finally:
                     await api.aclose()
         finally:
+            listener.close()
             await stop_engines_async(settings)
         base_spawn, base_detect = measure_baseline(root / "baseline", args.starts)
 

@@ -66,6 +66,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,33 @@ end
 """
 
 
-def free_port() -> int:
+def bound_socket() -> socket.socket:
+    """A socket bound to a free port of 127.0.0.1, handed to the gateway (``serve --fd``)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def unused_port() -> int:
+    """A port free at this moment, for programs that bind it themselves (see
+    :func:`start_on_a_free_port`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_on_a_free_port(procs: Processes, name: str, start: Callable[[int], Target]) -> Target:
+    """``start(port)`` on a free port, again on another if the port was taken before the
+    program bound it (it exits saying so)."""
+    for attempt in range(1, 6):
+        try:
+            return start(unused_port())
+        except SystemExit:
+            tail = procs.log_tail(name).lower()
+            if attempt == 5 or ("address already in use" not in tail and "eaddrinuse" not in tail):
+                raise
+    raise AssertionError("unreachable")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -187,7 +211,13 @@ class Processes:
         self.logs = logs
         self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Any:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> Any:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
@@ -196,6 +226,7 @@ class Processes:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                pass_fds=pass_fds,
                 start_new_session=True,
             )
         self.started.append((name, proc))
@@ -351,7 +382,8 @@ def write_templates(folder: Path, www: Path, cpus: Cpus) -> Path:
 def start_gateway(
     procs: Processes, data: Path, templates: Path, cpus: Cpus, extra_env: dict[str, str]
 ) -> tuple[int, int]:
-    port = free_port()
+    listener = bound_socket()
+    port = listener.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
     env.update(extra_env)
     argv = [
@@ -360,8 +392,8 @@ def start_gateway(
         "aigc_gateway",
         "serve",
         "--dev",
-        "--port",
-        str(port),
+        "--fd",
+        str(listener.fileno()),
         "--data-dir",
         str(data),
         "--templates-dir",
@@ -369,7 +401,10 @@ def start_gateway(
         "--log-level",
         "warning",
     ]
-    proc = procs.start("gateway", pinned(argv, cpus.proxy), env=env)
+    with listener:  # the gateway has its own copy
+        proc = procs.start(
+            "gateway", pinned(argv, cpus.proxy), env=env, pass_fds=(listener.fileno(),)
+        )
     # At warning level uvicorn does not say "Application startup complete": ask /healthz.
     wait_http(
         f"http://127.0.0.1:{port}/healthz", lambda: procs.check_alive("gateway", proc), timeout=60
@@ -439,7 +474,13 @@ async def gateway_target(
 
 
 def start_chp(procs: Processes, http_up: str, ws_up: str, cpus: Cpus) -> Target:
-    port, api_port = free_port(), free_port()
+    return start_on_a_free_port(
+        procs, "chp", lambda port: _start_chp(procs, port, http_up, ws_up, cpus)
+    )
+
+
+def _start_chp(procs: Processes, port: int, http_up: str, ws_up: str, cpus: Cpus) -> Target:
+    api_port = unused_port()
     token = secrets.token_hex(16)
     argv = [
         "node",
@@ -503,9 +544,16 @@ http {{
 
 
 def start_nginx_proxy(procs: Processes, root: Path, http_up: str, ws_up: str, cpus: Cpus) -> Target:
-    port = free_port()
+    return start_on_a_free_port(
+        procs, "nginx", lambda port: _start_nginx_proxy(procs, port, root, http_up, ws_up, cpus)
+    )
+
+
+def _start_nginx_proxy(
+    procs: Processes, port: int, root: Path, http_up: str, ws_up: str, cpus: Cpus
+) -> Target:
     prefix = root / "nginx-proxy"
-    prefix.mkdir(parents=True)
+    prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_proxy_conf(port, prefix, http_up, ws_up))
     proc = procs.start("nginx", pinned(nginx_argv(conf, prefix), cpus.proxy))

@@ -54,12 +54,18 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (default 8080; 0: any free port).")
+@click.option(
+    "--fd",
+    type=int,
+    help="Serve on this already bound, inherited TCP socket (socket activation); "
+    "its address replaces --host and --port.",
+)
 @data_dir_option
 @config_option
 @dev_option
 @click.option("--templates-dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--log-level", default="info", show_default=True)
-def serve(log_level: str, **options: Any) -> None:
+def serve(log_level: str, fd: int | None, **options: Any) -> None:
     """Run the gateway."""
     import uvicorn
 
@@ -69,9 +75,14 @@ def serve(log_level: str, **options: Any) -> None:
     from aigc_gateway.proxy.server import server_options
 
     configure(log_level)
-    any_port = options.get("port") == 0  # --port 0: any free port, as the system picks it
-    settings = _settings(**{**options, "port": None} if any_port else options)
-    listener = _listen(settings.host, 0 if any_port else settings.port)
+    if fd is not None:
+        listener = _inherited_socket(fd)
+        options["host"], options["port"] = listener.getsockname()[:2]
+        settings = _settings(**options)
+    else:
+        any_port = options.get("port") == 0  # --port 0: any free port, as the system picks it
+        settings = _settings(**{**options, "port": None} if any_port else options)
+        listener = _listen(settings.host, 0 if any_port else settings.port)
     # The port as bound: the links and messages below use the real one.
     settings = settings.model_copy(update={"port": listener.getsockname()[1]})
     first = _run(bootstrap(settings))
@@ -98,7 +109,25 @@ def serve(log_level: str, **options: Any) -> None:
         log_config=None,  # uvicorn logs through the root handler and its redaction
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    served = uvicorn.Server(config)
+    served.run(sockets=[listener])
+    if not served.started:
+        sys.exit(3)  # uvicorn's start-up failure status
+
+
+def _inherited_socket(fd: int) -> socket.socket:
+    """The listening TCP socket inherited as ``fd`` (its family read from the socket itself, so
+    that accepted connections get TCP_NODELAY as on a socket uvicorn binds)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{fd} is not a TCP socket ({exc.strerror})", param_hint="--fd"
+        ) from exc
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise click.BadParameter(f"{fd} is not a TCP socket", param_hint="--fd")
+    return sock
 
 
 def _listen(host: str, port: int) -> socket.socket:

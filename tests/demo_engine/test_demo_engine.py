@@ -526,42 +526,54 @@ def test_cli_defaults_come_from_the_environment(
     assert (options.port, options.data_dir, options.steps) == (9000, str(tmp_path), 3)
 
 
-def _free_port() -> int:
+def _unused_port() -> int:
+    """A port free at this moment; the engine binds it itself (see :func:`_start_engine`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _wait_healthy(process: subprocess.Popen[bytes], base: str, log: Path) -> None:
+def _healthy(process: subprocess.Popen[bytes], base: str, log: Path) -> bool:
+    """Whether the engine became healthy; False if it exited because its port was taken."""
     with httpx.Client(base_url=base, timeout=1.0) as http:
         for _ in range(200):  # 200 x 50 ms: generous for a slow CI machine
             if process.poll() is not None:
+                if "address already in use" in log.read_text().lower():
+                    return False
                 pytest.fail(f"demo engine exited early:\n{log.read_text()}")
             try:
                 if http.get("/healthz").json() == {"ok": True}:
-                    return
+                    return True
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
     pytest.fail(f"demo engine never became healthy:\n{log.read_text()}")
 
 
+def _start_engine(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The demo engine as a real process on a free port; started again on another port if the
+    one picked was taken before the engine bound it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PORT", None)
+    for _ in range(5):
+        port = _unused_port()
+        command = [sys.executable, "-m", "aigc_gateway.demo_engine", "--port", str(port)]
+        command += ["--data-dir", str(data_dir), "--steps", "5", "--step-delay", "0.01"]
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        if _healthy(process, f"http://127.0.0.1:{port}", log):
+            return process, port
+    pytest.fail(f"demo engine found no free port:\n{log.read_text()}")
+
+
 def test_real_process(tmp_path: Path) -> None:
     from websockets.sync.client import connect
 
-    port = _free_port()
     data_dir = tmp_path / "data"
-    log = tmp_path / "engine.log"
+    process, port = _start_engine(data_dir, tmp_path / "engine.log")
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PORT", None)
-    command = [sys.executable, "-m", "aigc_gateway.demo_engine", "--port", str(port)]
-    command += ["--data-dir", str(data_dir), "--steps", "5", "--step-delay", "0.01"]
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_healthy(process, base, log)
         with httpx.Client(base_url=base, timeout=10.0) as http:
             job = http.post("/api/generate", json={"prompt": "from a real process", "seed": 9})
             assert job.status_code == 202

@@ -1,6 +1,7 @@
 """A tiny real engine for tests and benchmarks (standard library only, starts fast).
 
-Listens on $PORT (or --port); records the moment it started listening in ``<data>/listen.json``;
+Listens on $PORT (or --port; 0: a free one); records the moment it started listening and its port
+in ``<data>/listen.json``;
 ``GET /`` answers ok; ``GET /write?name=N&content=C`` writes a file in the data folder;
 ``GET /read?name=N`` reads it back; ``GET /setcookie`` tries to set the gateway's cookie; ``GET /stream`` streams until the reader goes away and then writes ``stream-closed``;
 ``GET /crash?code=K`` prints a line and exits with code K; ``GET /env`` answers the GPU-related
@@ -108,7 +109,8 @@ def main() -> None:
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    (data / "listen.json").write_text(json.dumps({"t": time.time(), "pid": os.getpid()}))
+    listening = {"t": time.time(), "pid": os.getpid(), "port": server.server_address[1]}
+    (data / "listen.json").write_text(json.dumps(listening))
     server.serve_forever()
 
 

@@ -256,8 +256,8 @@ async def test_readiness_timeout(runtime: LocalRuntime, tmp_path: Path) -> None:
     begin = time.monotonic()
     with pytest.raises(ReadinessTimeout) as caught:
         await runtime.wait_ready("i1", timeout=0.5)
-    elapsed = time.monotonic() - begin
-    assert 0.5 <= elapsed < 2
+    # It waited the whole time-out (how little longer is bench/runtime's figure).
+    assert time.monotonic() - begin >= 0.5
     message = caught.value.message
     assert message.startswith(
         f"engine did not become ready within 0.5 s (readiness: GET /health on port {started.port})"
@@ -324,8 +324,7 @@ async def test_stop_sigkills_engine_that_ignores_sigterm(
     assert isinstance(engine_pid, int)
     begin = time.monotonic()
     assert (await runtime.stop("i1", grace=0.3)).phase is Phase.ABSENT
-    elapsed = time.monotonic() - begin
-    assert 0.3 <= elapsed < 3
+    assert time.monotonic() - begin >= 0.3  # the grace was given (bench/runtime: how fast)
     assert not running(engine_pid)
     assert started.port is not None
     assert await refuses_connections(started.port)
@@ -336,9 +335,8 @@ async def test_stop_of_engine_that_obeys_sigterm_does_not_wait_for_grace(
 ) -> None:
     await runtime.start(spec(tmp_path))
     await runtime.wait_ready("i1", timeout=10)
-    begin = time.monotonic()
-    await runtime.stop("i1", grace=30)
-    assert time.monotonic() - begin < 2
+    # Waiting for the grace would outlast the test's time-out (bench/runtime measures the stop).
+    assert (await runtime.stop("i1", grace=3600)).phase is Phase.ABSENT
 
 
 async def test_log_is_bounded(runtime: LocalRuntime, tmp_path: Path, state_dir: Path) -> None:

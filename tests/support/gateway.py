@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import Callable
+from contextlib import aclosing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -202,18 +203,21 @@ class Api:
                 current = await self.get(instance_id)
                 if current["state"] in states:
                     return current
-                async for line in stream.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    event = json.loads(line[5:])
-                    if event["kind"] == "transition" and event["to"] in states:
-                        if event["to"] == "deleted":
-                            return {
-                                "id": instance_id,
-                                "state": "deleted",
-                                "reason": event["message"],
-                            }
-                        return await self.get(instance_id)
+                # aclosing: a return from the loop must close the generator now, not leave its
+                # closing to a task the garbage collector schedules (a leaked task).
+                async with aclosing(stream.aiter_lines()) as lines:
+                    async for line in lines:
+                        if not line.startswith("data:"):
+                            continue
+                        event = json.loads(line[5:])
+                        if event["kind"] == "transition" and event["to"] in states:
+                            if event["to"] == "deleted":
+                                return {
+                                    "id": instance_id,
+                                    "state": "deleted",
+                                    "reason": event["message"],
+                                }
+                            return await self.get(instance_id)
         raise AssertionError("event stream ended")
 
     async def wait_for(
@@ -236,11 +240,14 @@ class Api:
                 current = await self.get(instance_id)
                 if check(current):
                     return current
-                async for line in stream.aiter_lines():
-                    if line.startswith("data:") and json.loads(line[5:])["kind"] == "transition":
-                        current = await self.get(instance_id)
-                        if check(current):
-                            return current
+                async with aclosing(stream.aiter_lines()) as lines:  # as in _wait_state
+                    async for line in lines:
+                        if line.startswith("data:") and json.loads(line[5:])["kind"] == (
+                            "transition"
+                        ):
+                            current = await self.get(instance_id)
+                            if check(current):
+                                return current
         raise AssertionError("event stream ended")
 
     async def settled(self, instance_id: str, timeout: float = 60) -> dict[str, Any]:

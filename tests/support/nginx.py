@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.support.tools import require_tool
+
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "nginx"
 EXAMPLE_CONF = DEPLOY_DIR / "aigc-gateway.conf"
 EXAMPLE_JS = DEPLOY_DIR / "aigc-gateway.js"
@@ -98,19 +100,19 @@ def _nginx_info() -> tuple[str | None, str | None, str]:
     return binary, str(modules / _JS_MODULE), ""
 
 
+def nginx_problem() -> str | None:
+    """Why nginx (with auth_request and njs) cannot be run here, or None when it can."""
+    return _nginx_info()[2] or None
+
+
 def nginx_available() -> bool:
     """Whether nginx (with auth_request and njs) can be run here."""
-    return not _nginx_info()[2]
+    return nginx_problem() is None
 
 
 def require_nginx() -> None:
     """Skip the calling test (fail it under CI) when nginx cannot be run here, saying why."""
-    why = _nginx_info()[2]
-    if not why:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"nginx must be installed in CI: {why}")
-    pytest.skip(why)
+    require_tool("nginx")
 
 
 def _nginx_regex_literal(text: str) -> str:
@@ -127,10 +129,20 @@ def render_example(*, gateway: str, listen: str, server_name: str, signin: str) 
     return text
 
 
-def _free_port() -> int:
+START_ATTEMPTS = 5
+"""nginx binds its port itself: one picked free may be taken before it starts (another program,
+another test process), then it is started again on another."""
+
+
+def _unused_port() -> int:
+    """A port free at this moment (nginx binds it itself: see :data:`START_ATTEMPTS`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class _PortTaken(Exception):
+    pass
 
 
 class _ToNginx(httpx.BaseTransport):
@@ -230,15 +242,20 @@ def error_log_on_failure(request: pytest.FixtureRequest, front: NginxFront) -> I
 
 
 def _wait_until_listening(proc: subprocess.Popen[bytes], port: int, front: NginxFront) -> None:
+    """Until nginx has bound its port (it writes its pid file after) and answers there."""
     deadline = time.monotonic() + 10
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode}:\n{front.error_log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            pass
+            log = front.error_log()
+            if "Address already in use" in log:
+                raise _PortTaken(log)
+            raise RuntimeError(f"nginx exited with {proc.returncode}:\n{log}")
+        if (front.root / "nginx.pid").is_file():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"nginx did not listen on {port} in 10 s:\n{front.error_log()}")
         time.sleep(0.05)  # polling the port: the one bounded wait
@@ -254,6 +271,36 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _start(
+    binary: str, conf: Path, front: NginxFront, site: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """nginx on a free port (``front.port`` set to it), retrying on a port taken meanwhile."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        front.port = _unused_port()
+        (front.root / "aigc-gateway.conf").write_text(
+            render_example(listen=f"127.0.0.1:{front.port}", **site)
+        )
+        for name in ("error.log", "stderr.log"):
+            (front.root / name).unlink(missing_ok=True)  # their text tells this attempt's failure
+        with open(front.root / "stderr.log", "wb") as stderr:
+            proc = subprocess.Popen(
+                [binary, "-c", str(conf), "-p", str(front.root), "-e", str(front.error_log_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+            )
+        try:
+            _wait_until_listening(proc, front.port, front)
+            return proc
+        except _PortTaken:
+            if attempt == START_ATTEMPTS:
+                raise RuntimeError(f"nginx found no free port:\n{front.error_log()}") from None
+        except BaseException:
+            _stop(proc)
+            raise
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -275,16 +322,6 @@ def nginx_in_front(
 
     root = Path(tempfile.mkdtemp(prefix="aigc-nginx-"))
     (root / "tmp").mkdir()
-    port = _free_port()
-    front = NginxFront(port=port, apps_domain=apps_domain, root=root)
-    (root / "aigc-gateway.conf").write_text(
-        render_example(
-            gateway=gateway.netloc,
-            listen=f"127.0.0.1:{port}",
-            server_name=f"~^[^.]+\\.{_nginx_regex_literal(apps_domain)}$",
-            signin=signin,
-        )
-    )
     # js_import paths are relative to the main config's folder, as in /etc/nginx/.
     shutil.copyfile(EXAMPLE_JS, root / EXAMPLE_JS.name)
     conf = root / "nginx.conf"
@@ -293,20 +330,21 @@ def nginx_in_front(
             root=root, js_module=js_module, user="user root;\n" if os.geteuid() == 0 else ""
         )
     )
-    with open(root / "stderr.log", "wb") as stderr:
-        proc = subprocess.Popen(
-            [binary, "-c", str(conf), "-p", str(root), "-e", str(root / "error.log")],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
-    ok = False
+    site = {
+        "gateway": gateway.netloc,
+        "server_name": f"~^[^.]+\\.{_nginx_regex_literal(apps_domain)}$",
+        "signin": signin,
+    }
+    front = NginxFront(port=0, apps_domain=apps_domain, root=root)
+    proc = None
     try:
-        _wait_until_listening(proc, port, front)
+        proc = _start(binary, conf, front, site)
         yield front
-        ok = True
-    finally:
         _stop(proc)
-        if not ok:
-            print_error_log(front)
+    except BaseException:
+        if proc is not None:
+            _stop(proc)
+        print_error_log(front)
+        raise
+    finally:
         shutil.rmtree(root, ignore_errors=True)

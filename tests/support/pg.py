@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,10 +23,44 @@ def pg_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-def _free_port() -> int:
+START_ATTEMPTS = 5
+"""PostgreSQL binds its port itself: one picked free may be taken before it starts (another
+program, another test process), then it is started again on another."""
+
+
+def _unused_port() -> int:
+    """A port free at this moment (PostgreSQL binds it itself: see :data:`START_ATTEMPTS`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _start(run: Callable[..., object], bindir: Path, root: Path) -> int:
+    """Start the server in ``root``; return its port, retrying on a port taken meanwhile."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = _unused_port()
+        (root / "log").unlink(missing_ok=True)  # its text tells this attempt's failure
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
+        )
+        try:
+            run(
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(root / "data"),
+                "-o",
+                options,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "start",
+            )
+            return port
+        except subprocess.CalledProcessError:
+            log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
+            if "Address already in use" not in log or attempt == START_ATTEMPTS:
+                raise RuntimeError(f"PostgreSQL did not start:\n{log}") from None
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -44,25 +78,11 @@ def postgres_server() -> Iterator[str]:
         pw = pwd.getpwnam("postgres")
         os.chown(root, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
     run = lambda *args: subprocess.run(  # noqa: E731
         [*as_user, *args], check=True, capture_output=True, text=True, timeout=120
     )
     run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    options = (
-        f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
-    )
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(root / "log"),
-        "-w",
-        "start",
-    )
+    port = _start(run, bindir, root)
     try:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}"
     finally:

@@ -14,17 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def gateway_process(
-    data: Path, templates: Path, port: int, **env_extra: str
+    data: Path, templates: Path, listener: socket.socket, **env_extra: str
 ) -> Iterator[subprocess.Popen[str]]:
-    """``aigc-gateway serve`` as a real process; returns once it accepts requests."""
+    """``aigc-gateway serve`` as a real process on ``listener`` (a bound socket, e.g.
+    :func:`tests.support.server.bound_socket`, handed over as ``--fd``: no other program can take
+    its port between choosing and serving, and a restarted gateway gets the same port); returns
+    once it accepts requests. The caller keeps and closes ``listener``."""
+    listener.listen(128)  # connections wait for the gateway's accept, never refused
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
     env = {**base, "AIGC_RECONCILE_INTERVAL_S": "0.3", "AIGC_STOP_GRACE_S": "3", **env_extra}
     proc = subprocess.Popen(
@@ -34,14 +32,15 @@ def gateway_process(
             "aigc_gateway",
             "serve",
             "--dev",
-            "--port",
-            str(port),
+            "--fd",
+            str(listener.fileno()),
             "--data-dir",
             str(data),
             "--templates-dir",
             str(templates),
         ],
         env=env,
+        pass_fds=(listener.fileno(),),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from aigc_gateway.proxy.server import server_options
+from tests.support.leaks import leak_report, leaked_tasks
 
 
 class _Server(uvicorn.Server):
@@ -18,9 +19,17 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._ready = ready
 
+        self.leaked = ""
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         self._ready.set()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().serve(sockets=sockets)
+        # After the lifespan's shutdown: anything still pending was started and forgotten.
+        if leaked := await leaked_tasks():
+            self.leaked = leak_report("the served app", leaked)
 
 
 def bound_socket() -> socket.socket:
@@ -69,3 +78,5 @@ def serve_in_thread(app: Any, sock: socket.socket | None = None) -> Iterator[str
         server.should_exit = True
         thread.join(30)
         sock.close()
+    if server.leaked:
+        raise AssertionError(server.leaked)
