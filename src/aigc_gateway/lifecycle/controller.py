@@ -17,7 +17,6 @@ stops no other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
