@@ -5,22 +5,25 @@ trusted proxy's headers believed, are in ``test_proxy_front.py``.)"""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
 
 from aigc_gateway.settings import Settings
 from tests.support.gateway import add_user, write_templates
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 
-async def test_a_loopback_clients_forwarded_for_is_not_believed(tmp_path: Path) -> None:
+async def test_a_loopback_clients_forwarded_for_is_not_believed(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     token = await add_user(
         Settings(dev=True, data_dir=data, templates_dir=templates), "root", admin=True
     )
-    port = free_port()
-    with gateway_process(data, templates, port, AIGC_LOGIN_MAX_FAILURES_PER_ADDRESS="2"):
+    port = listener.getsockname()[1]
+    with gateway_process(data, templates, listener, AIGC_LOGIN_MAX_FAILURES_PER_ADDRESS="2"):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             codes = []
             for n in range(3):  # each attempt claims another address

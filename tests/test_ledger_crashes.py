@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import UsageInterval
 from tests.conftest import RunningGateway
 from tests.support.gateway import Api, add_user, stop_engines_async, tiny_template, write_templates
-from tests.support.process import free_port, gateway_process
+from tests.support.process import gateway_process
 
 SLOW_STOP_S = 1.0
 """How long the engine takes to stop: longer than a resync (0.3 s), so a close at the last time
@@ -118,24 +119,28 @@ create, once the engine is spawned) is in the test itself."""
 
 
 @pytest.mark.timeout(600)  # eight gateway starts, each some seconds on a loaded machine
-async def test_kill_9_of_the_gateway_at_every_step_loses_no_ledger_second(tmp_path: Path) -> None:
+async def test_kill_9_of_the_gateway_at_every_step_loses_no_ledger_second(
+    tmp_path: Path, listener: socket.socket
+) -> None:
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     (templates / "slow.yaml").write_text(
         tiny_template("slow", "--slow-stop", str(SLOW_STOP_S), grace=5)
     )
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     token = await add_user(settings, "alice")
-    port = free_port()
     try:
-        instance_id = await _kill_at_every_step(data, templates, port, token)
+        instance_id = await _kill_at_every_step(data, templates, listener, token)
         rows = await _ledger(settings, instance_id)
     finally:
         await stop_engines_async(settings)
     _check_rows_cover_runs(rows, _engine_runs(data))
 
 
-async def _kill_at_every_step(data: Path, templates: Path, port: int, token: str) -> str:
-    with gateway_process(data, templates, port) as gw:  # kill 1: the start, engine spawned
+async def _kill_at_every_step(
+    data: Path, templates: Path, listener: socket.socket, token: str
+) -> str:
+    port = listener.getsockname()[1]
+    with gateway_process(data, templates, listener) as gw:  # kill 1: the start, engine spawned
         api = Api(f"http://127.0.0.1:{port}", token)
         created = await api.create("slow")
         instance_id = str(created["id"])
@@ -144,13 +149,13 @@ async def _kill_at_every_step(data: Path, templates: Path, port: int, token: str
         gw.kill()
         gw.wait(10)
     for _, step in STEPS:
-        with gateway_process(data, templates, port) as gw:
+        with gateway_process(data, templates, listener) as gw:
             api = Api(f"http://127.0.0.1:{port}", token)
             await step(api, instance_id)
             await api.aclose()
             gw.kill()
             gw.wait(10)
-    with gateway_process(data, templates, port):
+    with gateway_process(data, templates, listener):
         api = Api(f"http://127.0.0.1:{port}", token)
         try:
             assert (await api.wait_state(instance_id, "deleted"))["state"] == "deleted"
