@@ -52,6 +52,7 @@ from aigc_gateway.domain.reconcile import Phase
 from aigc_gateway.errors import GatewayError, PermanentError
 
 __all__ = [
+    "Endpoint",
     "GpuGrant",
     "LaunchError",
     "LaunchSpec",
@@ -108,6 +109,30 @@ class ReadinessCheck:
     kind: ReadinessKind = ReadinessKind.HTTP
     path: str = "/"
     timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """How the gateway connects to one engine: a Unix socket only the gateway can open (a
+    sandboxed engine, which has no port on the host), or a TCP address (an unsandboxed engine on
+    this host's loopback; a remote node's address later). Exactly one of ``unix_path`` and
+    ``host``/``port`` is set. The engine always sees plain HTTP on it."""
+
+    unix_path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.unix_path is None) == (self.host is None or self.port is None):
+            raise ValueError("an endpoint is a Unix socket path or a host and port, not both")
+
+    @property
+    def describe(self) -> str:
+        """For people and logs: ``unix:/path`` or ``host:port``."""
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
