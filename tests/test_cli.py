@@ -170,6 +170,7 @@ def test_serve_prints_the_address_it_serves(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout is not None and proc.stderr is not None
+    drain = threading.Thread(target=proc.stderr.read, daemon=True)
     try:
         printed = [next(proc.stdout)]
         while "try: curl" not in printed[-1]:
@@ -183,14 +184,16 @@ def test_serve_prints_the_address_it_serves(tmp_path: Path) -> None:
         for line in proc.stderr:  # uvicorn says so once the app's startup has completed
             if "Application startup complete" in line:
                 break
-        drain = threading.Thread(target=proc.stderr.read, daemon=True)
         drain.start()
         r = httpx.get(f"{url}/api/instances", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json() == []
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        if drain.is_alive():
+            drain.join(30)  # the pipe's end, now that the gateway is gone
         proc.stdout.close()
+        proc.stderr.close()
 
 
 def test_serve_refuses_default_secret_outside_dev_mode(tmp_path: Path) -> None:

@@ -339,6 +339,23 @@ async def test_stop_of_engine_that_obeys_sigterm_does_not_wait_for_grace(
     assert (await runtime.stop("i1", grace=3600)).phase is Phase.ABSENT
 
 
+async def test_a_stopped_engines_log_ends_with_the_engines_own_output(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    """The wrapper outlives a stop's ``SIGTERM``; its shell's "Terminated" (about the engine's
+    death) must not become the log's last line, which ``logs --tail 1`` shows."""
+    await runtime.start(spec(tmp_path, "--ignore-term"))
+    await runtime.wait_ready("i1", timeout=10)
+    await runtime.stop("i1", grace=0.1)  # the engine dies of the forced kill
+    await runtime.start(spec(tmp_path))
+    await runtime.wait_ready("i1", timeout=10)
+    await runtime.stop("i1", grace=10)  # and of its SIGTERM
+    log = await runtime.logs("i1")
+    assert log.count(" starting\n") == 2
+    assert "Terminated" not in log
+    assert "Killed" not in log
+
+
 async def test_log_is_bounded(runtime: LocalRuntime, tmp_path: Path, state_dir: Path) -> None:
     limit = 16 * 1024
     started = await runtime.start(spec(tmp_path, "--spew", "2000", log_max_bytes=limit))

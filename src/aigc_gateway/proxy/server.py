@@ -118,8 +118,10 @@ def http_protocol(app: Any) -> type[asyncio.Protocol] | str:
 def server_options(app: Any) -> dict[str, Any]:
     """uvicorn's options for the gateway app ``app``, as ``serve`` runs it: its HTTP protocol,
     and forwarding headers believed only from the ``trusted_proxies`` of its settings (uvicorn
-    would otherwise believe any loopback client's ``X-Forwarded-For``)."""
-    proxies: list[str] = app.state.settings.trusted_proxies
+    would otherwise believe any loopback client's ``X-Forwarded-For``). An app that is not the
+    gateway's (a test's engine) believes no forwarding header either."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    proxies: list[str] = list(getattr(settings, "trusted_proxies", None) or [])
     return {
         "http": http_protocol(app),
         "proxy_headers": bool(proxies),

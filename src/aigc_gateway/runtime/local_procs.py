@@ -57,7 +57,9 @@ __all__ = [
 ]
 
 SHELL = "/bin/sh"
-WRAPPER_SCRIPT = 'trap : TERM INT HUP; f=$1; shift; "$@"; echo $? >"$f"'
+WRAPPER_SCRIPT = (
+    'trap : TERM INT HUP; exec 3>&2 2>/dev/null; f=$1; shift; (exec "$@" 2>&3 3>&-); echo $? >"$f"'
+)
 """``sh -c WRAPPER_SCRIPT argv0 EXIT_FILE CMD ARGS...``: run the command, then record its status.
 
 The exit file is passed as an argument (not in the environment) so the engine does not inherit it.
@@ -69,6 +71,11 @@ The shell is the process group leader, and a stop signals the whole group. It tr
 trap, not an ignore: an ignored signal would be inherited by the engine, a trapped one is reset to
 the default on ``exec``; and a trap runs only once the foreground command has ended). ``SIGKILL``
 cannot be trapped, so the forced kill of a stop spares the wrapper (:func:`kill_group_but`).
+
+The shell's own stderr goes to ``/dev/null`` and the command's to the log (through fd 3, in a
+subshell that execs the command, so the engine is still the wrapper's child): a shell that
+outlives its command reports its death by a signal ("Terminated") on the stderr it has while it
+waits, which would otherwise be the last line of every stopped engine's log.
 """
 
 _PROC = Path("/proc")
