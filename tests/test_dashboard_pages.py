@@ -385,9 +385,10 @@ async def test_every_page_links_a_served_favicon(
     gateway: RunningGateway, browser: httpx.AsyncClient
 ) -> None:
     async with httpx.AsyncClient(base_url=gateway.url) as anon:
-        pages = [(anon, "/auth/login"), (browser, "/"), (browser, "/catalog"), (browser, "/nope")]
+        pages = [(anon, "/auth/login"), (browser, "/"), (browser, "/catalog")]
+        pages += [(browser, "/nope"), (anon, "/nope")]  # a browser's "Not found" page
         for client, path in pages:
-            html = (await client.get(path)).text
+            html = (await client.get(path, headers={"Accept": "text/html"})).text
             link = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', html)
             assert link, path
             icon = await anon.get(link.group(1))
@@ -909,3 +910,20 @@ async def test_budget_banner_warns_past_the_soft_limit_and_refuses_past_the_hard
     costs_page = (await root.get("/admin/costs")).text
     row = text_of(costs_page, "budget-user-alice")
     assert row.startswith("User alice 0.00 USD") and "Limit reached" in row and "yes" in row
+
+
+async def test_a_path_nothing_serves_is_a_not_found_page_for_browsers_only(
+    gateway: RunningGateway, browser: httpx.AsyncClient
+) -> None:
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    signed_in = await browser.get("/no/such/page", headers=html)
+    assert signed_in.status_code == 404 and signed_in.headers["content-type"].startswith("text/")
+    assert has_testid(signed_in.text, "nav-user")  # the dashboard's page, with its navigation
+    async with httpx.AsyncClient(base_url=gateway.url) as anon:
+        plain = await anon.get("/no/such/page", headers={**html, "Accept-Language": "zh-CN"})
+        assert plain.status_code == 404 and "未找到" in plain.text
+        for path, headers in [("/no/such/page", {}), ("/api/nope", html), ("/nope", {})]:
+            answer = await anon.get(path, headers=headers)
+            assert answer.status_code == 404 and answer.json()["code"] == "not_found", path
+        posted = await anon.post("/no/such/page", headers=html)
+        assert posted.status_code == 404 and posted.json()["code"] == "not_found"

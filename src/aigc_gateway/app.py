@@ -121,7 +121,7 @@ def create_app(
     app.state.settings = settings
     app.state.ledger_clock = ledger_clock
     app.add_middleware(LanguageMiddleware)  # the gateway's pages in the visitor's language
-    api_errors.install(app)
+    api_errors.install(app, not_found_page=dashboard.not_found_page)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(me.router)

@@ -21,7 +21,7 @@ one shutdown watcher per loop, which ends when the uvicorn server of the *main t
 a server run in a thread (tests/support/server.py) never tells it, and the loop's closing ends
 it (a 0.5 s poll, nothing else)."""
 
-GRACE_S = 1.0
+GRACE_S = 5.0
 """How long tasks still finishing on their own are given to end before they count as leaked: the
 loop closing an async generator dropped before its end (httpx's ``aiter_lines`` closes none of
 the generators it reads from), SQLAlchemy's shielded close of a connection whose user was

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from starlette.responses import RedirectResponse, Response
 
 from aigc_gateway import __version__
-from aigc_gateway.api.deps import GatewayDep, MaybeUser
+from aigc_gateway.api.deps import GatewayDep, MaybeUser, optional_principal
 from aigc_gateway.api.files import file_service
 from aigc_gateway.api.schemas import InstancePublic, instance_actions
 from aigc_gateway.api.usage import build_report
@@ -72,6 +72,32 @@ def gate(request: Request, who: Principal | None, *, admin: bool = False) -> v.V
     if admin and not who.acts_as_admin:
         return error_page(viewer, 403, "error.forbidden_title", "error.forbidden_text")
     return viewer
+
+
+_NOT_PAGES = ("/api/", "/auth/", "/_aigc/", "/static/")
+"""Paths whose unknowns stay JSON (or the server's answer) whoever asks."""
+
+
+async def not_found_page(request: Request) -> Response | None:
+    """What a browser's ``GET`` of a path nothing serves gets: the dashboard's "Not found" page
+    (with the navigation for a signed-in viewer, a plain one otherwise), in the viewer's
+    language. ``None`` (the JSON error) for the API's paths, other methods, and clients that do
+    not ask for HTML."""
+    accept = request.headers.get("accept", "")
+    if request.method not in ("GET", "HEAD") or "text/html" not in accept:
+        return None
+    if request.url.path.startswith(_NOT_PAGES):
+        return None
+    try:
+        who = await optional_principal(request)
+    except GatewayError:  # a bad credential: the plain page, not a second error
+        who = None
+    if who is not None:
+        return error_page(_viewer(request, who), 404, "error.not_found", "error.not_found_text")
+    lang = negotiate(request.cookies.get(LANG_COOKIE), request.headers.get("accept-language"))
+    t = translator(lang)
+    texts = {"title": t("error.not_found"), "text": t("error.not_found_text")}
+    return page("message.html", 404, lang=lang, link="/", link_text=t("error.home"), **texts)
 
 
 def render(

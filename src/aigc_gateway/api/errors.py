@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -96,8 +97,20 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+HtmlPage = Callable[[Request], Awaitable[Response | None]]
+"""A page for a browser instead of the JSON error, or ``None`` for the JSON error."""
+
+
+def _http_error(not_found_page: HtmlPage | None) -> Callable[..., Awaitable[Response]]:
+    async def answer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        html = await not_found_page(request) if exc.status_code == 404 and not_found_page else None
+        return html if html is not None else _http_error_json(exc)
+
+    return answer
+
+
+def _http_error_json(exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 403: "forbidden"}
     return JSONResponse(
         error_body(codes.get(exc.status_code, "http_error"), str(exc.detail)),
@@ -106,10 +119,11 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, not_found_page: HtmlPage | None = None) -> None:
     """Answer errors by the vocabulary; call after the other middleware is added (so bugs in
-    it are caught too)."""
+    it are caught too). ``not_found_page`` answers a browser's request for a path nothing
+    serves."""
     app.add_middleware(CatchBugs)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error(not_found_page))

@@ -117,7 +117,7 @@ async def list_folder(
     )
 
 
-@router.get("/{family}/content", response_class=FileStream)
+@router.get("/{family}/content", response_class=FileStream, status_code=200)
 async def download(family: str, path: PathQuery, gw: GatewayDep, who: CurrentUser) -> Response:
     """The file's bytes: images inline (previews), everything else as a download."""
     opened = await file_service(gw).open(who, family, path)
