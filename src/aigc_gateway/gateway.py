@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
@@ -27,6 +26,7 @@ from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -53,8 +53,8 @@ class Gateway:
     oidc: OidcClient | None
     http: httpx.AsyncClient
     """Outgoing HTTP (the sign-in provider)."""
-    upstream: aiohttp.ClientSession
-    """The proxy's pooled connections to engines."""
+    upstream: EngineSessions
+    """The ASGI proxy's pooled connections to engines, per endpoint."""
     access_cache: AccessCache
     gpus: GpuBroker
     """The GPU inventory, its allocations and queue (owned by the controller)."""
@@ -186,11 +186,7 @@ async def open_gateway(
         signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
         oidc=oidc,
         http=http,
-        upstream=aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-        ),
+        upstream=EngineSessions(),
         access_cache=access_cache,
         gpus=gpus,
         budgets=budgets,

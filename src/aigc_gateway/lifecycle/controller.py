@@ -610,15 +610,15 @@ class Controller:
             return
         spawned: dict[str, Any] = {
             "pid": work.pid,
-            "port": work.port,
+            "endpoint": work.address,
             "spawned_at": work.started_at,
         }
         if placement.explanation:
             spawned["placement"] = placement.explanation
         async with self._db.write() as session:
-            await repo.set_fields(session, inst.id, pid=work.pid, host=work.host, port=work.port)
+            await repo.set_fields(session, inst.id, pid=work.pid, endpoint=work.address)
             ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
-        inst.pid, inst.host, inst.port = work.pid, work.host, work.port
+        inst.pid, inst.endpoint = work.pid, work.address
         self._hub.publish(EventRecord.of(ev))
 
     async def _await_ready(self, inst: Instance, wake: asyncio.Event) -> None:
@@ -649,11 +649,10 @@ class Controller:
             inst,
             S.RUNNING,
             "engine is ready",
-            progress=((4, {"url": work.url}),),
+            progress=((4, {"endpoint": work.address}),),
             ready_at=ready,
             pid=work.pid,
-            host=work.host,
-            port=work.port,
+            endpoint=work.address,
         )
         if inst.started_at is not None:
             self.metrics.instance_started(
