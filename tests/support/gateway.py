@@ -77,6 +77,13 @@ def write_templates(folder: Path) -> Path:
     (folder / "missing-binary.yaml").write_text(
         tiny_template("missing-binary").replace('"{python}"', '"/nonexistent/engine-binary"', 1)
     )
+    (folder / "demo-unix.yaml").write_text(  # the demo engine on a Unix socket of its own
+        (REPO / "templates" / "demo.yaml")
+        .read_text()
+        .replace("id: demo", "id: demo-unix")
+        .replace("family: demo", "family: demo-unix")
+        .replace('"--port", "{port}"', '"--uds", "{socket}"')
+    )
     (folder / "gradio.yaml").write_text(  # a real Gradio app (tests/engines/gradio_app.py)
         f"""
 id: gradio
