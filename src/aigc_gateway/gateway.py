@@ -25,6 +25,7 @@ from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
+from aigc_gateway.errors import UserError
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
@@ -90,12 +91,18 @@ def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
 
 
 def make_runtime(settings: Settings) -> Runtime:
-    from aigc_gateway.runtime.local import LocalRuntime
-    from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+    """The runtime ``settings.runtime`` names, from the ``aigc_gateway.runtimes`` entry points
+    (see :mod:`aigc_gateway.runtime.plugins`)."""
+    from aigc_gateway.runtime import plugins
 
-    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
-    mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
-    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps)
+    runtime = plugins.load(settings.runtime)(settings)
+    if not isinstance(runtime, Runtime):
+        raise UserError(
+            f"runtime {settings.runtime!r}: its factory returned {type(runtime).__name__}, "
+            "which does not implement the Runtime interface (aigc_gateway.runtime.base)",
+            code="invalid_settings",
+        )
+    return runtime
 
 
 async def open_gateway(

@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(default_factory=default_templates_dir)
     watch_templates: bool = True
     """Re-read the templates folder when a file changes (needs inotify; SIGHUP always works)."""
-    runtime: Literal["local"] = "local"
+    runtime: str = "local"
+    """The runtime that runs engines, by name: ``local`` (shipped), or one a package registers
+    in the ``aigc_gateway.runtimes`` entry-point group."""
     gpus: list[DeclaredGpu] = Field(default_factory=list)
     """A declared GPU inventory; empty: discover this host's cards with NVML."""
     gpu_discovery: bool = True
@@ -146,6 +148,16 @@ class Settings(BaseSettings):
     """Full resync period; user actions are reconciled at once regardless."""
     stop_grace_s: float = Field(default=10.0, ge=0)
     log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+
+    @field_validator("runtime")
+    @classmethod
+    def _installed_runtime(cls, value: str) -> str:
+        from aigc_gateway.runtime.plugins import check_name
+
+        try:
+            return check_name(value)
+        except UserError as exc:
+            raise ValueError(exc.message) from exc
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
