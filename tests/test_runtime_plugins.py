@@ -102,7 +102,9 @@ def test_a_factory_that_returns_no_runtime_is_refused(
     install_third_party(site)
     (site / "not_a_runtime.py").write_text("def make_runtime(settings):\n    return 42\n")
     entry_points = site / "recording_runtime-1.0.dist-info" / "entry_points.txt"
-    entry_points.write_text(entry_points.read_text().replace("recording_runtime:", "not_a_runtime:"))
+    entry_points.write_text(
+        entry_points.read_text().replace("recording_runtime:", "not_a_runtime:")
+    )
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     with pytest.raises(Exception, match="does not implement the Runtime interface"):

@@ -75,7 +75,7 @@ async def running_unix(api: Api, admin: Api) -> tuple[dict[str, Any], Endpoint]:
 async def test_an_engine_on_a_unix_socket_serves_through_the_gateway(
     gateway: RunningGateway, alice: Api, admin: Api
 ) -> None:
-    inst, endpoint = await running_unix(alice, admin)
+    inst, _ = await running_unix(alice, admin)
     events = (await admin.client.get(f"/api/instances/{inst['id']}/events")).json()
     pid = [e["data"]["pid"] for e in events if "pid" in e["data"]][-1]
     assert engine_listens_on_no_port(pid)
@@ -142,9 +142,7 @@ async def test_a_unix_engine_is_readopted_after_the_gateway_is_killed(
                 assert page.status_code == 200 and "Demo engine" in page.text
                 await admin.act(inst["id"], "pause")
                 await admin.wait_state(inst["id"], "paused")
-                assert not Path(str(endpoint.unix_path)).exists() or not (
-                    await _answers(endpoint)
-                )
+                assert not Path(str(endpoint.unix_path)).exists() or not (await _answers(endpoint))
             finally:
                 await browser.aclose()
                 await admin.aclose()

@@ -16,6 +16,7 @@ from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
+from aigc_gateway.errors import UserError
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
 from aigc_gateway.lifecycle.budgets import Budgets
@@ -25,7 +26,6 @@ from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
-from aigc_gateway.errors import UserError
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
@@ -141,6 +141,7 @@ async def open_gateway(
         resync_interval_s=settings.reconcile_interval_s,
         log_max_bytes=settings.log_max_bytes,
         stop_grace_s=settings.stop_grace_s,
+        launch_timeout_s=settings.launch_timeout_s,
         gpus=gpus,
         pricebook=pricebook,
         over_budget=budgets.over_hard_to_pause,

@@ -11,7 +11,7 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     """Full resync period; user actions are reconciled at once regardless."""
     stop_grace_s: float = Field(default=10.0, ge=0)
+    launch_timeout_s: float = Field(default=120.0, gt=0)
+    """How long the runtime's start may take to hand an engine over (not its readiness, which
+    the template's ``readiness.timeout_s`` bounds); a start past it fails the instance."""
     log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
 
     @field_validator("runtime")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tests.runtime.contract import *  # noqa: F403 - the contract's tests
+from tests.runtime.contract import Harness
+from tests.support.fake_mps import install_fake_mps
 
 from aigc_gateway.runtime.base import LaunchSpec, Phase, ReadinessCheck, Runtime
 from aigc_gateway.runtime.local import LocalRuntime
 from aigc_gateway.runtime.mps import MpsControl, mps_root_for
-from tests.runtime.contract import *  # noqa: F403 - the contract's tests
-from tests.runtime.contract import Harness
-from tests.support.fake_mps import install_fake_mps
 
 ENGINE = str(Path(__file__).parent / "engines" / "engine.py")
 

@@ -221,7 +221,7 @@ def test_an_endpoint_reads_back_from_its_text(endpoint: Endpoint) -> None:
 
 @pytest.mark.parametrize("text", ["unix:relative.sock", "127.0.0.1", ":80", "host:http", ""])
 def test_an_endpoint_text_that_is_none_is_refused(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="endpoint"):
         Endpoint.parse(text)
 
 

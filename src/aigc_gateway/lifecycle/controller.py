@@ -9,7 +9,11 @@ restarted gateway re-adopts engines that kept running while it was down.
 
 Failures follow the error vocabulary (see :mod:`aigc_gateway.lifecycle.guard`): a temporary
 error is retried after its ``delay``, a permanent one fails the instance with its reason, a bug
-is logged with its traceback and retried with back-off. Each periodic job (activity flush, idle
+is logged with its traceback and retried with back-off. Two runtime failures are special: a
+``start`` that does not return within ``launch_timeout_s`` fails the instance (and the runtime is
+asked to stop whatever it began), and a ``stop`` that fails never lets the instance leave a
+state holding a process (its engine may still run, with its GPUs): the instance keeps stopping,
+says why in its reason and an event, and the stop is retried with doubling back-off. Each periodic job (activity flush, idle
 pauses, budget pauses, resync, storage metering) is its own guarded task, so one failing job
 stops no other.
 """
@@ -36,7 +40,7 @@ from aigc_gateway.domain.states import (
     can_transition,
     transition,
 )
-from aigc_gateway.errors import GatewayError, PermanentError
+from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
 from aigc_gateway.lifecycle import beneath
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
@@ -45,7 +49,7 @@ from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.metrics import Metrics
-from aigc_gateway.runtime.base import GpuGrant, ReadinessTimeout, Runtime, Workload
+from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
@@ -90,6 +94,7 @@ class Controller:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Sleep | None = None,
+        launch_timeout_s: float = 120.0,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -111,6 +116,9 @@ class Controller:
         self._real_clock = clock is None
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
+        self._launch_timeout_s = launch_timeout_s
+        self._stop_backoff: dict[str, Backoff] = {}
+        """Per instance whose engine the runtime failed to stop: the next retry's delay."""
         self._metered_day: datetime | None = None
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
@@ -260,7 +268,14 @@ class Controller:
         for work in await self._runtime.list():
             if work.instance_id not in live and work.phase.alive:
                 log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
-                await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+                try:
+                    await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+                except GatewayError as exc:  # the next resync tries again
+                    log.warning(
+                        "could not stop orphan workload: %s",
+                        exc.message,
+                        extra={"instance_id": work.instance_id},
+                    )
             elif work.phase.alive:
                 alive.append(work.instance_id)
         async with self._db.write() as session:
@@ -604,7 +619,7 @@ class Controller:
             default_grace_s=self._stop_grace_s,
         )
         try:
-            work = await self._runtime.start(spec)
+            work = await self._start_within(spec)
         except PermanentError as exc:
             await self._move(inst, S.FAILED, exc.message, ended_at=self.clock())
             return
@@ -621,6 +636,62 @@ class Controller:
         inst.pid, inst.endpoint = work.pid, work.address
         self._hub.publish(EventRecord.of(ev))
 
+    async def _start_within(self, spec: LaunchSpec) -> Workload:
+        """The runtime's ``start``, given ``launch_timeout_s`` (on the controller's clock) to
+        return. One that hangs is cancelled, the runtime is asked to stop whatever it began, and
+        a :class:`PermanentError` says so."""
+        start = asyncio.create_task(self._runtime.start(spec))
+        deadline = asyncio.create_task(
+            self._nap(self._launch_timeout_s), name=f"launch-timeout-{spec.instance_id}"
+        )
+        try:
+            await asyncio.wait({start, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            deadline.cancel()
+            if not start.done():
+                start.cancel()
+            await asyncio.gather(start, deadline, return_exceptions=True)
+        if not start.cancelled():
+            return start.result()
+        log.warning("runtime start timed out", extra={"instance_id": spec.instance_id})
+        cleanup = ""
+        try:
+            await self._runtime.stop(spec.instance_id, grace=0.0)
+        except GatewayError as exc:
+            cleanup = f" (stopping what it began failed too: {exc.message})"
+        raise PermanentError(
+            f"the {self._runtime.name} runtime did not launch the engine within "
+            f"{self._launch_timeout_s:g} s; whatever it began was stopped{cleanup}. "
+            "Start the instance again; if this repeats, the administrator should check the "
+            "runtime (its host, its logs)"
+        )
+
+    async def _stop_engine(self, inst: Instance, grace: float) -> Workload:
+        """The runtime's ``stop`` of the instance's engine. A stop that fails leaves the engine
+        possibly running: the instance must not leave the state it is in, so the failure is
+        reported (reason and event) and retried with doubling back-off (a
+        :class:`TemporaryError` for the actor, with that delay)."""
+        try:
+            stopped = await self._runtime.stop(inst.id, grace=grace)
+        except GatewayError as exc:
+            backoff = self._stop_backoff.setdefault(inst.id, Backoff(first=1.0, most=300.0))
+            delay = exc.delay if isinstance(exc, TemporaryError) else backoff.next()
+            failure = (
+                f"the runtime could not stop the engine: {exc.message}; it may still be running, "
+                "so its resources stay held"
+            )
+            why = f"{failure}; retrying in {delay:g} s"
+            async with self._db.write() as session:
+                await repo.set_fields(session, inst.id, reason=why)
+                ev = await repo.add_event(
+                    session, instance_id=inst.id, kind="error", message=why, data={}
+                )
+            inst.reason = why
+            self._hub.publish(EventRecord.of(ev))
+            raise TemporaryError(failure, delay=delay) from exc
+        self._stop_backoff.pop(inst.id, None)
+        return stopped
+
     async def _await_ready(self, inst: Instance, wake: asyncio.Event) -> None:
         template, _, _ = await self._template_for(inst)
         started = inst.started_at or datetime.now(UTC)
@@ -635,7 +706,7 @@ class Controller:
             await asyncio.gather(ready, woken, return_exceptions=True)
         if not ready.cancelled() and isinstance(timeout := ready.exception(), ReadinessTimeout):
             reason = timeout.reason(template.readiness.timeout_s)  # not what was left of it
-            stopped = await self._runtime.stop(inst.id, grace=self._grace(template))
+            stopped = await self._stop_engine(inst, self._grace(template))
             ended = self._ledger_time(stopped.exited_at) or self.clock()
             await self._move(inst, S.FAILED, reason, ended_at=ended)
         elif woken.done() and not woken.cancelled():
@@ -684,7 +755,7 @@ class Controller:
             await self._move(inst, S.STOPPING, why)
         # The runtime persists when the engine ended; the next pass closes the ledger there
         # (also when this process is killed in between).
-        await self._runtime.stop(inst.id, grace=await self._grace_for(inst))
+        await self._stop_engine(inst, await self._grace_for(inst))
 
     async def _mark_paused(self, inst: Instance, work: Workload) -> None:
         if inst.state == S.QUEUED:
@@ -700,8 +771,8 @@ class Controller:
         return when it ended, in ledger time: what the runtime recorded (the wrapper's exit file,
         or the stop that saw it go), else ``None`` (the ledger falls back to the last time the
         engine was seen alive)."""
-        stopped = await self._runtime.stop(
-            inst.id, grace=await self._grace_for(inst) if grace is None else grace
+        stopped = await self._stop_engine(
+            inst, await self._grace_for(inst) if grace is None else grace
         )
         return self._ledger_time(stopped.exited_at or work.exited_at)
 
