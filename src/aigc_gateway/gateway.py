@@ -122,7 +122,8 @@ async def open_gateway(
     await registry.reload()
     runtime = runtime or make_runtime(settings)
     hub = EventHub()
-    inventory, gpu_note = build_inventory(settings)
+    discovery = await runtime.gpus() if settings.gpu_discovery else None
+    inventory, gpu_note = build_inventory(settings, discovery)
     gpus = GpuBroker(inventory.gpus, gpu_note)
     pricebook = load_pricebook(settings.pricebook) if settings.pricebook else PriceBook.default()
     # The budgets read time from the controller's clock (one clock for the ledger and limits).

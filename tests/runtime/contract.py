@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from aigc_gateway.runtime.base import (
+    GpuDiscovery,
     GpuGrant,
     LaunchSpec,
     Phase,
@@ -46,6 +47,7 @@ __all__ = [
     "test_logs_are_the_end_of_the_engine_output",
     "test_no_grant_hides_every_card",
     "test_start_is_idempotent_and_the_endpoint_reaches_the_engine",
+    "test_the_runtime_reports_the_gpus_it_can_place_on",
     "test_stop_is_polite_first",
     "test_stop_kills_the_whole_tree_after_the_grace",
     "test_when_the_engine_ended_survives_a_restart",
@@ -250,6 +252,13 @@ async def test_a_gpu_share_carries_its_memory_limit(harness: Harness) -> None:
     assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=2048M"
     assert env.get("CUDA_MPS_PIPE_DIRECTORY")
     await rt.stop("i1", grace=5)
+
+
+async def test_the_runtime_reports_the_gpus_it_can_place_on(harness: Harness) -> None:
+    found = await harness.runtime.gpus()
+    assert isinstance(found, GpuDiscovery) and found.note
+    for card in found.devices:
+        assert card.id and card.node and card.memory_gib > 0
 
 
 def dump(work: Workload) -> str:

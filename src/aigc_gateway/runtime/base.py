@@ -35,6 +35,13 @@ Contract, for every method:
   exactly those visible to the engine (and no others), and for a memory share (``memory_mib``
   set) enforces the limit where the host can, e.g. with NVIDIA MPS; a stop releases them at once.
   A runtime that cannot enforce a share still runs the engine and says so in its log.
+- ``gpus()`` returns the cards the runtime can place engines on (:class:`GpuDiscovery`): this
+  host's, found by NVML, for the local runtime; every node's for a runtime of several. The
+  scheduler places on them (the admin's declarations annotate them), and a :class:`GpuGrant`
+  names the node (``GpuDevice.node``) its cards are on.
+- ``volumes`` is the runtime's :class:`~aigc_gateway.runtime.volumes.Volumes`: where each
+  user's family data lives, its size, and its deletion. Nothing outside the runtime touches
+  volume paths.
 - ``suspend`` / ``resume`` are optional: runtimes that cannot do it raise :class:`NotSupported`.
 - ``close()`` releases the runtime's resources **without** stopping workloads, which outlive the
   gateway process by design.
@@ -53,6 +60,8 @@ from aigc_gateway.errors import GatewayError, PermanentError
 
 __all__ = [
     "Endpoint",
+    "GpuDevice",
+    "GpuDiscovery",
     "GpuGrant",
     "LaunchError",
     "LaunchSpec",
@@ -151,6 +160,27 @@ class Endpoint:
         if not sep or not host or not port.isdigit():
             raise ValueError(f"not an endpoint (unix:/path or host:port): {text!r}")
         return cls(host=host.removeprefix("[").removesuffix("]"), port=int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """One card a runtime can give engines, as its driver reports it."""
+
+    id: str
+    """The card's UUID (``GPU-…``): stable across reboots and re-indexing."""
+    node: str
+    """The host it is on, as the runtime names it (``local`` for the local runtime)."""
+    index: int
+    model: str
+    """The driver's name for it, e.g. ``NVIDIA H100 80GB HBM3``."""
+    memory_gib: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDiscovery:
+    devices: tuple[GpuDevice, ...]
+    note: str
+    """For people: what was found, or why nothing (``no NVIDIA driver (…)``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +293,8 @@ class Runtime(Protocol):
     ) -> str: ...
 
     async def forget(self, instance_id: str) -> None: ...
+
+    async def gpus(self) -> GpuDiscovery: ...
 
     async def suspend(self, instance_id: str) -> Workload: ...
 

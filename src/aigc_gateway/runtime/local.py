@@ -54,8 +54,10 @@ import httpx
 
 from aigc_gateway.errors import Conflict, UserError
 from aigc_gateway.runtime import local_procs as procs
+from aigc_gateway.runtime import nvml
 from aigc_gateway.runtime.base import (
     Endpoint,
+    GpuDiscovery,
     LaunchError,
     LaunchSpec,
     NotSupported,
@@ -328,6 +330,10 @@ class LocalRuntime:
             if not record.stopped:
                 await self._terminate(record, 0.0)  # leftovers of an engine that exited
         shutil.rmtree(paths.dir, ignore_errors=True)
+
+    async def gpus(self) -> GpuDiscovery:
+        """This host's cards, as NVML reports them (node ``local``)."""
+        return await asyncio.to_thread(nvml.discover, "local")
 
     async def suspend(self, instance_id: str) -> Workload:
         raise NotSupported("the local runtime cannot suspend engines yet")
