@@ -47,9 +47,9 @@ __all__ = [
     "test_logs_are_the_end_of_the_engine_output",
     "test_no_grant_hides_every_card",
     "test_start_is_idempotent_and_the_endpoint_reaches_the_engine",
-    "test_the_runtime_reports_the_gpus_it_can_place_on",
     "test_stop_is_polite_first",
     "test_stop_kills_the_whole_tree_after_the_grace",
+    "test_the_runtime_reports_the_gpus_it_can_place_on",
     "test_when_the_engine_ended_survives_a_restart",
 ]
 
@@ -126,11 +126,12 @@ async def test_start_is_idempotent_and_the_endpoint_reaches_the_engine(harness: 
 
 async def test_an_engine_that_exits_reports_its_code_and_output(harness: Harness) -> None:
     rt = harness.runtime
+    before = time.time()
     await rt.start(harness.spec("--exit-code", "3"))
     exited = await rt.wait_ready("i1", timeout=15)
     assert (exited.phase, exited.exit_code) == (Phase.EXITED, 3)
     assert "boom: the engine cannot start" in exited.log_tail
-    assert exited.exited_at is not None and exited.exited_at <= time.time()
+    assert exited.exited_at is not None and exited.exited_at >= before - 1
     assert (await rt.observe("i1")).exit_code == 3
     assert (await rt.stop("i1", grace=1)).phase is Phase.ABSENT
 
@@ -153,10 +154,10 @@ async def test_stop_is_polite_first(harness: Harness) -> None:
     engine = (await info(ready))["pid"]
     began = time.monotonic()
     stopped = await rt.stop("i1", grace=10)
-    took = time.monotonic() - began
-    assert 0.3 <= took < 8, took
+    assert time.monotonic() - began >= 0.3
     assert stopped.phase is Phase.ABSENT and stopped.exited_at is not None
     assert harness.gone(engine)
+    assert "engine stopped politely" in await rt.logs("i1")  # not killed
 
 
 async def test_stop_kills_the_whole_tree_after_the_grace(harness: Harness) -> None:

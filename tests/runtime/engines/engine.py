@@ -56,6 +56,7 @@ def _slow_stop(data_dir: pathlib.Path, seconds: float) -> object:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(seconds)
         (data_dir / "ended.json").write_text(json.dumps({"t": time.time()}))
+        print("engine stopped politely", flush=True)
         os._exit(0)
 
     return handler
