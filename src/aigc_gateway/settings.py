@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     """Full resync period; user actions are reconciled at once regardless."""
     stop_grace_s: float = Field(default=10.0, ge=0)
+    storage_check_s: float = Field(default=60.0, ge=0)
+    """How often the data of running instances is measured against their storage quota (a
+    warning at 90 %, refused starts at 100 %)."""
     launch_timeout_s: float = Field(default=120.0, gt=0)
     """How long the runtime's start may take to hand an engine over (not its readiness, which
     the template's ``readiness.timeout_s`` bounds); a start past it fails the instance."""

@@ -29,15 +29,18 @@ from aigc_gateway.runtime.base import (
     GpuDiscovery,
     GpuGrant,
     LaunchSpec,
+    NotSupported,
     Phase,
     ReadinessTimeout,
     Runtime,
     Workload,
 )
 from aigc_gateway.runtime.connect import base_url, httpx_transport
+from aigc_gateway.runtime.volumes import Volumes
 
 __all__ = [
     "Harness",
+    "test_a_volume_holds_what_the_engine_writes_until_deleted",
     "test_a_gpu_grant_is_what_the_engine_sees",
     "test_a_gpu_share_carries_its_memory_limit",
     "test_a_restarted_gateway_sees_the_same_workloads",
@@ -260,6 +263,28 @@ async def test_the_runtime_reports_the_gpus_it_can_place_on(harness: Harness) ->
     assert isinstance(found, GpuDiscovery) and found.note
     for card in found.devices:
         assert card.id and card.node and card.memory_gib > 0
+
+
+async def test_a_volume_holds_what_the_engine_writes_until_deleted(harness: Harness) -> None:
+    volumes = harness.runtime.volumes
+    assert isinstance(volumes, Volumes)
+    assert await volumes.size("u1", "demo") == 0  # absent: nothing
+    data_dir = await volumes.create("u1", "demo")
+    assert data_dir == volumes.mount("u1", "demo") == await volumes.create("u1", "demo")
+    assert volumes.mount("u2", "demo") != data_dir
+    await harness.runtime.start(harness.spec(data_dir=data_dir))
+    await harness.runtime.wait_ready("i1", timeout=15)  # it wrote engine.json there
+    await harness.runtime.stop("i1", grace=5)
+    written = await volumes.size("u1", "demo")
+    assert written > 0
+    assert await volumes.size("u2", "demo") == 0
+    try:
+        await volumes.snapshot("u1", "demo", "before-upgrade")
+    except NotSupported:
+        pass  # for later: a runtime that cannot says so
+    await volumes.delete("u1", "demo")
+    assert await volumes.size("u1", "demo") == 0
+    await volumes.delete("u1", "demo")  # absent: not an error
 
 
 def dump(work: Workload) -> str:

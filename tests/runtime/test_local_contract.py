@@ -19,6 +19,7 @@ from tests.support.fake_mps import install_fake_mps
 from aigc_gateway.runtime.base import LaunchSpec, Phase, ReadinessCheck, Runtime
 from aigc_gateway.runtime.local import LocalRuntime
 from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+from aigc_gateway.runtime.volumes import LocalVolumes
 
 ENGINE = str(Path(__file__).parent / "engines" / "engine.py")
 
@@ -39,7 +40,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 
     def make() -> LocalRuntime:
         mps = MpsControl(mps_root_for(state), command=str(program))
-        return LocalRuntime(state_dir=state, mps=mps)
+        return LocalRuntime(state_dir=state, mps=mps, volumes=LocalVolumes(root / "volumes"))
 
     async def reopen() -> Runtime:
         return make()

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -41,13 +39,13 @@ from aigc_gateway.domain.states import (
     transition,
 )
 from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
-from aigc_gateway.lifecycle import beneath
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
+from aigc_gateway.lifecycle.storage import Level, StorageQuotas
 from aigc_gateway.metrics import Metrics
 from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
@@ -62,13 +60,8 @@ from aigc_gateway.templates.schema import Template
 log = logging.getLogger(__name__)
 
 
-def folder_size(path: Path) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed at
-    any step, even when the engine swaps a folder for one while it is counted."""
-    return beneath.size_at(path)
-
-
 S = InstanceState
+_LEVELS = (Level.OK, Level.WARN, Level.OVER)
 START_STEPS = ("queued", "preparing data", "launching engine", "waiting for the engine", "ready")
 
 
@@ -95,6 +88,7 @@ class Controller:
         clock: Callable[[], datetime] | None = None,
         sleep: Sleep | None = None,
         launch_timeout_s: float = 120.0,
+        storage_check_s: float = 60.0,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -117,6 +111,11 @@ class Controller:
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
+        self._storage = StorageQuotas(registry=registry, volumes=runtime.volumes)
+        self._storage_check_s = storage_check_s
+        self._storage_checked = -float("inf")
+        self._storage_levels: dict[tuple[str, str], Level] = {}
+        """The quota level each (owner, family) was last seen at: a warning is sent on a rise."""
         self._stop_backoff: dict[str, Backoff] = {}
         """Per instance whose engine the runtime failed to stop: the next retry's delay."""
         self._metered_day: datetime | None = None
@@ -167,6 +166,7 @@ class Controller:
             "budget": self.pause_over_budget,
             "resync": self.resync,
             "storage": self.meter_storage,
+            "quota": self.check_storage,
         }
         for job, body in jobs.items():
             run = every(
@@ -235,15 +235,45 @@ class Controller:
             return
         async with self._db.read() as session:
             volumes = list(await session.scalars(select(Volume)))
-        sizes = await asyncio.to_thread(
-            lambda: [
-                usage.StoredData(v.id, v.user_id, v.family, folder_size(Path(v.path)) / 2**30)
-                for v in volumes
-            ]
-        )
+        measured = [await self._runtime.volumes.size(v.user_id, v.family) for v in volumes]
+        sizes = [
+            usage.StoredData(v.id, v.user_id, v.family, size / 2**30)
+            for v, size in zip(volumes, measured, strict=True)
+        ]
         async with self._db.write() as session:
             await usage.record_storage(session, yesterday, sizes, self.pricebook)
         self._metered_day = yesterday
+
+    async def check_storage(self) -> None:
+        """At most every ``storage_check_s``: measure the data of the families that running
+        instances use, and warn those instances (an event) when their family's usage rises to
+        90 % or to 100 % of its quota (see :mod:`aigc_gateway.lifecycle.storage`). Nothing is
+        stopped or deleted."""
+        now = time.monotonic()
+        if now - self._storage_checked < self._storage_check_s:
+            return
+        self._storage_checked = now
+        async with self._db.read() as session:
+            running = [
+                i for i in await repo.list_for(session, owner_id=None) if i.state == S.RUNNING
+            ]
+        by_volume: dict[tuple[str, str], list[Instance]] = {}
+        for inst in running:
+            by_volume.setdefault((inst.owner_id, inst.family), []).append(inst)
+        for (owner, family), instances in by_volume.items():
+            use = await self._storage.use(owner, family)
+            before = self._storage_levels.get((owner, family), Level.OK)
+            self._storage_levels[(owner, family)] = use.level
+            if use.level is Level.OK or _LEVELS.index(use.level) <= _LEVELS.index(before):
+                continue
+            for inst in instances:
+                await self._event(
+                    inst,
+                    "storage",
+                    use.warning(),
+                    used_bytes=use.used_bytes,
+                    quota_bytes=use.quota_bytes,
+                )
 
     async def pause_over_budget(self) -> None:
         """Pause what runs for budgets past their hard limit with ``pause_when_over``."""
@@ -608,11 +638,11 @@ class Controller:
         async with self._db.read() as session:
             volume = await session.get(Volume, inst.volume_id)
         assert volume is not None
-        Path(volume.path).mkdir(parents=True, exist_ok=True)  # one syscall when it exists
+        data_dir = await self._runtime.volumes.create(volume.user_id, volume.family)
         spec = launch_spec(
             instance_id=inst.id,
             template=template,
-            data_dir=volume.path,
+            data_dir=data_dir,
             log_max_bytes=self._log_max_bytes,
             labels={"owner": inst.owner_id, "template": template.id, "slug": inst.slug},
             gpu=grant,
@@ -826,5 +856,5 @@ class Controller:
         if shared:
             await self._event(inst, "data", "data kept: another of your instances uses this folder")
             return
-        await asyncio.to_thread(shutil.rmtree, volume.path, True)
+        await self._runtime.volumes.delete(volume.user_id, volume.family)
         await self._event(inst, "data", "data deleted")

@@ -53,10 +53,13 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aigc_gateway.domain.reconcile import Phase
 from aigc_gateway.errors import GatewayError, PermanentError
+
+if TYPE_CHECKING:
+    from aigc_gateway.runtime.volumes import Volumes
 
 __all__ = [
     "Endpoint",
@@ -277,6 +280,7 @@ class Runtime(Protocol):
     """See the module docstring for the contract of each method."""
 
     name: str
+    volumes: Volumes
 
     async def start(self, spec: LaunchSpec) -> Workload: ...
 

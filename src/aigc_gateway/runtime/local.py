@@ -70,6 +70,7 @@ from aigc_gateway.runtime.base import (
 )
 from aigc_gateway.runtime.connect import base_url, httpx_transport
 from aigc_gateway.runtime.mps import MpsControl, MpsError, mps_root_for
+from aigc_gateway.runtime.volumes import LocalVolumes, Volumes
 
 __all__ = ["LocalRuntime"]
 
@@ -168,8 +169,11 @@ class LocalRuntime:
         host: str = "127.0.0.1",
         probe_interval_s: float = 0.01,
         mps: MpsControl | None = None,
+        volumes: Volumes | None = None,
     ) -> None:
         self._state_dir = Path(state_dir)
+        # Default: the gateway's layout (<data>/runtime/local beside <data>/volumes).
+        self.volumes: Volumes = volumes or LocalVolumes(self._state_dir.parent.parent / "volumes")
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._mps = mps if mps is not None else MpsControl(mps_root_for(self._state_dir))
         self._host = host

@@ -71,7 +71,9 @@ def local(settings: Settings) -> Runtime:
     """The local runtime: engines as process groups on this host."""
     from aigc_gateway.runtime.local import LocalRuntime
     from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+    from aigc_gateway.runtime.volumes import LocalVolumes
 
     settings.runtime_dir.mkdir(parents=True, exist_ok=True)
     mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
-    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps)
+    volumes = LocalVolumes(settings.volumes_dir)
+    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps, volumes=volumes)
