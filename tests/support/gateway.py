@@ -52,6 +52,9 @@ def write_templates(folder: Path) -> Path:
     (folder / "tiny-gpu.yaml").write_text(
         tiny_template("tiny-gpu") + "resources: {gpu: {count: 1, types: [rtx4090]}}\n"
     )
+    (folder / "tiny-quota.yaml").write_text(  # a data quota of 100 KiB (0.0001 GiB ~ 107 kB)
+        tiny_template("tiny-quota") + "storage: {quota_gib: 0.0001}\n"
+    )
     (folder / "tiny-share.yaml").write_text(
         tiny_template("tiny-share") + "resources: {gpu: {memory_gib: 30}}\n"
     )
