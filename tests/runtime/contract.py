@@ -40,10 +40,10 @@ from aigc_gateway.runtime.volumes import Volumes
 
 __all__ = [
     "Harness",
-    "test_a_volume_holds_what_the_engine_writes_until_deleted",
     "test_a_gpu_grant_is_what_the_engine_sees",
     "test_a_gpu_share_carries_its_memory_limit",
     "test_a_restarted_gateway_sees_the_same_workloads",
+    "test_a_volume_holds_what_the_engine_writes_until_deleted",
     "test_an_engine_that_exits_reports_its_code_and_output",
     "test_an_engine_that_never_answers_times_out_with_its_output",
     "test_an_unknown_instance_is_absent",
