@@ -449,6 +449,7 @@ async def gateway_target(
     data, templates = settings.data_dir, settings.templates_dir
     assert templates is not None
     token = await add_user(settings, USER)
+    admin_token = await add_user(settings, f"{USER}-admin", admin=True)
     port, pgid = start_gateway(procs, data, templates, cpus, extra_env)
     gw_url = f"http://127.0.0.1:{port}"
     api = Api(gw_url, token)
@@ -498,7 +499,11 @@ async def gateway_target(
             ws_cookie=ws_cookie,
             pgid=pgid,
         )
-    engines = (http_inst["engine_url"], ws_inst["engine_url"])
+    admin = Api(gw_url, admin_token)  # engine addresses are for administrators only
+    try:
+        engines = [(await admin.get(i["id"]))["engine_url"] for i in (http_inst, ws_inst)]
+    finally:
+        await admin.aclose()
     http_up, ws_up = engines[0].removeprefix("http://"), engines[1].removeprefix("http://")
     return target, http_up, ws_up, over_unix
 
