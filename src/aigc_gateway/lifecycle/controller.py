@@ -45,7 +45,7 @@ from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
-from aigc_gateway.lifecycle.storage import Level, StorageQuotas
+from aigc_gateway.lifecycle.storage import QuotaWatch, StorageQuotas
 from aigc_gateway.metrics import Metrics
 from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 
 S = InstanceState
-_LEVELS = (Level.OK, Level.WARN, Level.OVER)
 START_STEPS = ("queued", "preparing data", "launching engine", "waiting for the engine", "ready")
 
 
@@ -111,11 +110,9 @@ class Controller:
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
-        self._storage = StorageQuotas(registry=registry, volumes=runtime.volumes)
+        self._quota_watch = QuotaWatch(StorageQuotas(registry=registry, volumes=runtime.volumes))
         self._storage_check_s = storage_check_s
         self._storage_checked = -float("inf")
-        self._storage_levels: dict[tuple[str, str], Level] = {}
-        """The quota level each (owner, family) was last seen at: a warning is sent on a rise."""
         self._stop_backoff: dict[str, Backoff] = {}
         """Per instance whose engine the runtime failed to stop: the next retry's delay."""
         self._metered_day: datetime | None = None
@@ -257,23 +254,11 @@ class Controller:
             running = [
                 i for i in await repo.list_for(session, owner_id=None) if i.state == S.RUNNING
             ]
-        by_volume: dict[tuple[str, str], list[Instance]] = {}
+        risen = await self._quota_watch.rises({(i.owner_id, i.family) for i in running})
         for inst in running:
-            by_volume.setdefault((inst.owner_id, inst.family), []).append(inst)
-        for (owner, family), instances in by_volume.items():
-            use = await self._storage.use(owner, family)
-            before = self._storage_levels.get((owner, family), Level.OK)
-            self._storage_levels[(owner, family)] = use.level
-            if use.level is Level.OK or _LEVELS.index(use.level) <= _LEVELS.index(before):
-                continue
-            for inst in instances:
-                await self._event(
-                    inst,
-                    "storage",
-                    use.warning(),
-                    used_bytes=use.used_bytes,
-                    quota_bytes=use.quota_bytes,
-                )
+            if (use := risen.get((inst.owner_id, inst.family))) is not None:
+                data = {"used_bytes": use.used_bytes, "quota_bytes": use.quota_bytes}
+                await self._event(inst, "storage", use.warning(), **data)
 
     async def pause_over_budget(self) -> None:
         """Pause what runs for budgets past their hard limit with ``pause_when_over``."""

@@ -25,7 +25,7 @@ from aigc_gateway.runtime.volumes import Volumes
 from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Storage
 
-__all__ = ["WARN_AT", "Level", "StorageQuotas", "StorageUse", "family_quotas"]
+__all__ = ["WARN_AT", "Level", "QuotaWatch", "StorageQuotas", "StorageUse", "family_quotas"]
 
 GIB = 1024**3
 WARN_AT = 0.9
@@ -116,6 +116,29 @@ class StorageQuotas:
         if use.level is Level.OVER:
             raise use.refusal()
         return use
+
+
+_ORDER = (Level.OK, Level.WARN, Level.OVER)
+
+
+class QuotaWatch:
+    """Remembers the level each volume was last seen at, to warn on a rise only."""
+
+    def __init__(self, quotas: StorageQuotas) -> None:
+        self._quotas = quotas
+        self._levels: dict[tuple[str, str], Level] = {}
+
+    async def rises(self, volumes: set[tuple[str, str]]) -> dict[tuple[str, str], StorageUse]:
+        """Measure each ``(owner, family)``; those whose level rose to warn or over since the
+        last look, with their usage."""
+        risen = {}
+        for key in sorted(volumes):
+            use = await self._quotas.use(*key)
+            before = self._levels.get(key, Level.OK)
+            self._levels[key] = use.level
+            if _ORDER.index(use.level) > _ORDER.index(before):
+                risen[key] = use
+        return risen
 
 
 def _gib(n: int) -> str:
