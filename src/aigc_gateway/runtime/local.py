@@ -114,7 +114,7 @@ class _Record:
     gpu_devices: list[str] = field(default_factory=list)
     gpu_memory_mib: int | None = None
     """Set for a memory share: the card's MPS daemon serves it."""
-    unix_path: str | None = None
+    socket_path: str | None = None
     """The engine's own Unix socket (its command named ``{socket}``); then no port is used."""
     ended_at: float | None = None
     """Set by a stop: when the engine ended (the exit file's time, or when the stop saw the last
@@ -179,7 +179,7 @@ class LocalRuntime:
         self._host = host
         self._probe_interval_s = probe_interval_s
         self._client: httpx.AsyncClient | None = None
-        self._unix_clients: dict[str, httpx.AsyncClient] = {}
+        self._uds_clients: dict[str, httpx.AsyncClient] = {}
         self._recent_ports: deque[int] = deque(maxlen=256)
         self._boot_id = procs.boot_id()
 
@@ -216,7 +216,7 @@ class LocalRuntime:
             pgid=proc.pid,  # start_new_session: the wrapper leads its own session and group
             host=None if socket_path else self._host,
             port=None if socket_path else port,
-            unix_path=socket_path,
+            socket_path=socket_path,
             started_at=time.time(),
             create_time=procs.process_create_time(proc.pid),
             start_stamp=procs.process_stamp(proc.pid),
@@ -350,7 +350,7 @@ class LocalRuntime:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        clients, self._unix_clients = list(self._unix_clients.values()), {}
+        clients, self._uds_clients = list(self._uds_clients.values()), {}
         for client in clients:
             await client.aclose()
 
@@ -505,10 +505,10 @@ class LocalRuntime:
         return time.time()
 
     def _http(self, record: _Record) -> httpx.AsyncClient:
-        if record.unix_path is not None:
-            client = self._unix_clients.get(record.unix_path)
+        if record.socket_path is not None:
+            client = self._uds_clients.get(record.socket_path)
             if client is None:
-                client = self._unix_clients[record.unix_path] = httpx.AsyncClient(
+                client = self._uds_clients[record.socket_path] = httpx.AsyncClient(
                     transport=httpx_transport(_endpoint(record)),
                     trust_env=False,
                     follow_redirects=False,
@@ -528,8 +528,8 @@ class LocalRuntime:
         try:
             async with asyncio.timeout(limit_s):
                 if record.readiness_kind == ReadinessKind.TCP:
-                    if record.unix_path is not None:
-                        _, writer = await asyncio.open_unix_connection(record.unix_path)
+                    if record.socket_path is not None:
+                        _, writer = await asyncio.open_unix_connection(record.socket_path)
                     else:
                         _, writer = await asyncio.open_connection(record.host, record.port)
                     writer.close()
@@ -562,7 +562,7 @@ class LocalRuntime:
         return probe.done() and not probe.cancelled() and probe.result()
 
     def _timeout_error(self, record: _Record, paths: _Paths, timeout: float) -> ReadinessTimeout:
-        where = f"socket {record.unix_path}" if record.unix_path else f"port {record.port}"
+        where = f"socket {record.socket_path}" if record.socket_path else f"port {record.port}"
         if record.readiness_kind == ReadinessKind.TCP:
             check = f"TCP connect on {where}"
         else:
@@ -710,8 +710,8 @@ def _socket_path(paths: _Paths) -> str:
 
 
 def _endpoint(record: _Record) -> Endpoint:
-    if record.unix_path is not None:
-        return Endpoint(unix_path=record.unix_path)
+    if record.socket_path is not None:
+        return Endpoint(unix_path=record.socket_path)
     return Endpoint(host=record.host, port=record.port)
 
 
