@@ -10,6 +10,7 @@ Both pin themselves to ``--cpus`` first: an engine inherits the gateway's CPU af
 backend must not run on the proxy's core.
 
     python bench/proxy/backend.py http --port P --dir D --www W [--cpus 0]
+    python bench/proxy/backend.py http --uds PATH --dir D --www W [--cpus 0]   # a Unix socket
     python bench/proxy/backend.py ws --port P [--cpus 0]
 """
 
@@ -46,7 +47,8 @@ def main_context(prefix: Path) -> str:
     )
 
 
-def http_backend_conf(port: int, prefix: Path, www: Path) -> str:
+def http_backend_conf(listen: str, prefix: Path, www: Path) -> str:
+    """``listen``: ``127.0.0.1:PORT`` or ``unix:/path``."""
     return f"""{main_context(prefix)}
 http {{
   access_log off;
@@ -57,7 +59,7 @@ http {{
   keepalive_requests 1000000;
   keepalive_timeout 120s;
   server {{
-    listen 127.0.0.1:{port};
+    listen {listen};
     root {www};
     location = /small {{ default_type text/plain; return 200 "ok\\n"; }}
     location / {{ }}
@@ -83,11 +85,11 @@ def pin(cpus: str | None) -> None:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
 
-def run_http(port: int, folder: Path, www: Path) -> None:
-    prefix = folder / f"nginx-{port}"
+def run_http(listen: str, folder: Path, www: Path) -> None:
+    prefix = folder / f"nginx-{listen.rsplit(':', 1)[1] if listen.startswith('127.') else 'uds'}"
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(http_backend_conf(port, prefix, www))
+    conf.write_text(http_backend_conf(listen, prefix, www))
     argv = nginx_argv(conf, prefix)
     os.execv(argv[0], argv)
 
@@ -106,17 +108,21 @@ async def run_ws(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("http", "ws"))
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--uds", help="http: listen on this Unix socket instead of a port")
     parser.add_argument("--dir", type=Path, help="http: where nginx's config and pid go")
     parser.add_argument("--www", type=Path, help="http: the folder with the 10 MiB file")
     parser.add_argument("--cpus", help="comma-separated CPUs to run on")
     args = parser.parse_args()
     pin(args.cpus)
     if args.kind == "http":
-        if args.dir is None or args.www is None:
-            parser.error("http needs --dir and --www")
-        run_http(args.port, args.dir.resolve(), args.www.resolve())
+        if args.dir is None or args.www is None or (args.port is None) == (args.uds is None):
+            parser.error("http needs --dir, --www and one of --port and --uds")
+        listen = f"unix:{args.uds}" if args.uds else f"127.0.0.1:{args.port}"
+        run_http(listen, args.dir.resolve(), args.www.resolve())
     else:
+        if args.port is None:
+            parser.error("ws needs --port")
         asyncio.run(run_ws(args.port))
 
 

@@ -14,7 +14,11 @@ One run, one workload, five targets (the first four in front of the same backend
    ``Host: <slug>.localhost:<port>`` and that cookie: the gateway's whole instance path
    (route table, access check, activity, header rewriting, relay) — the connection-level
    relay (``proxy/front.py``), as served by default;
-5. ``gateway-asgi`` (skip with ``--no-asgi``): a second gateway, with engines of its own and
+5. ``gateway-unix``: the same gateway process and path to a third engine, ``bench-http-unix``:
+   the same nginx backend listening on a Unix socket (the template names ``{socket}``), the
+   way a sandboxed engine is reached. ``unix_vs_tcp_small_rps`` = its small req/s over the TCP
+   engine's through that gateway, same run (goal >= 0.9);
+6. ``gateway-asgi`` (skip with ``--no-asgi``): a second gateway, with engines of its own and
    ``AIGC_PROXY_FAST_PATH=false``, relaying through the ASGI proxy alone: the baseline the
    connection-level path is measured against in the same run.
 
@@ -373,6 +377,10 @@ def write_templates(folder: Path, www: Path, cpus: Cpus) -> Path:
         template_yaml("bench-http", [*http, *pin], {"http": "/small"})
     )
     ws = ["{python}", script, "ws", "--port", "{port}"]
+    unix = [*http[:3], "--uds", "{socket}", *http[5:]]
+    (folder / "bench-http-unix.yaml").write_text(
+        template_yaml("bench-http-unix", [*unix, *pin], {"http": "/small"})
+    )
     (folder / "bench-ws.yaml").write_text(
         template_yaml("bench-ws", [*ws, *pin], {"http": None, "tcp": True})
     )
@@ -429,21 +437,31 @@ async def open_instance(gw_url: str, browser: httpx.AsyncClient, inst: dict[str,
 
 
 async def gateway_target(
-    procs: Processes, settings: Settings, cpus: Cpus, extra_env: dict[str, str]
-) -> tuple[Target, str, str]:
-    """Start the gateway, let it launch both backends, sign in and open them."""
+    procs: Processes,
+    settings: Settings,
+    cpus: Cpus,
+    extra_env: dict[str, str],
+    *,
+    unix: bool = False,
+) -> tuple[Target, str, str, Target | None]:
+    """Start the gateway, let it launch both backends (and, with ``unix``, the HTTP backend on
+    a Unix socket too), sign in and open them."""
     data, templates = settings.data_dir, settings.templates_dir
     assert templates is not None
     token = await add_user(settings, USER)
+    admin_token = await add_user(settings, f"{USER}-admin", admin=True)
     port, pgid = start_gateway(procs, data, templates, cpus, extra_env)
     gw_url = f"http://127.0.0.1:{port}"
     api = Api(gw_url, token)
     try:
         http_inst = await api.create("bench-http", name="http")
         ws_inst = await api.create("bench-ws", name="ws")
+        unix_inst = await api.create("bench-http-unix", name="unix") if unix else None
         http_inst = await api.wait_state(http_inst["id"], "running", "failed")
         ws_inst = await api.wait_state(ws_inst["id"], "running", "failed")
-        for inst in (http_inst, ws_inst):
+        if unix_inst is not None:
+            unix_inst = await api.wait_state(unix_inst["id"], "running", "failed")
+        for inst in (http_inst, ws_inst, *([unix_inst] if unix_inst else [])):
             if inst["state"] != "running":
                 r = await api.client.get(f"/api/instances/{inst['id']}/logs", params={"tail": 30})
                 raise SystemExit(f"engine {inst['template']} failed: {inst['reason']}\n{r.text}")
@@ -458,6 +476,7 @@ async def gateway_target(
         assert r.status_code == 303, (r.status_code, r.text[:300])
         http_cookie = await open_instance(gw_url, browser, http_inst)
         ws_cookie = await open_instance(gw_url, browser, ws_inst)
+        unix_cookie = await open_instance(gw_url, browser, unix_inst) if unix_inst else None
     finally:
         await browser.aclose()
     target = Target(
@@ -469,8 +488,24 @@ async def gateway_target(
         ws_cookie=ws_cookie,
         pgid=pgid,
     )
-    engines = (http_inst["engine_url"], ws_inst["engine_url"])
-    return target, engines[0].removeprefix("http://"), engines[1].removeprefix("http://")
+    over_unix = None
+    if unix_inst is not None:
+        over_unix = Target(
+            "gateway-unix",
+            port,
+            http_host=httpx.URL(unix_inst["url"]).netloc.decode(),
+            ws_host=target.ws_host,  # WebSockets as for the TCP engine: HTTP is compared
+            http_cookie=unix_cookie,
+            ws_cookie=ws_cookie,
+            pgid=pgid,
+        )
+    admin = Api(gw_url, admin_token)  # engine addresses are for administrators only
+    try:
+        engines = [(await admin.get(i["id"]))["engine_url"] for i in (http_inst, ws_inst)]
+    finally:
+        await admin.aclose()
+    http_up, ws_up = engines[0].removeprefix("http://"), engines[1].removeprefix("http://")
+    return target, http_up, ws_up, over_unix
 
 
 def start_chp(procs: Processes, http_up: str, ws_up: str, cpus: Cpus) -> Target:
@@ -757,6 +792,14 @@ def report(targets: dict[str, Target], args: argparse.Namespace, cpus: Cpus) -> 
         "large_mbps_vs_nginx": round(mean(gw, "large_mbps") / mean(nginx, "large_mbps"), 3),
         "nginx_ws_rtt_added_us_p50": round(mean(nginx, "ws_added_us"), 1),
     }
+    over_unix = targets.get("gateway-unix")
+    if over_unix is not None:  # the engine's endpoint a Unix socket vs loopback TCP, same run
+        figures["unix_vs_tcp_small_rps"] = round(
+            mean(over_unix, "small_rps") / mean(gw, "small_rps"), 3
+        )
+        figures["unix_vs_tcp_large_mbps"] = round(
+            mean(over_unix, "large_mbps") / mean(gw, "large_mbps"), 3
+        )
     asgi = targets.get("gateway-asgi")
     if asgi is not None:  # the connection-level path against the ASGI one, same run
         figures["small_rps_vs_asgi"] = round(mean(gw, "small_rps") / mean(asgi, "small_rps"), 3)
@@ -792,6 +835,12 @@ def report(targets: dict[str, Target], args: argparse.Namespace, cpus: Cpus) -> 
         f"added WS RTT <= chp's: {'met' if added <= chp_added else 'missed'} "
         f"({added:.0f} vs {chp_added:.0f} µs)"
     )
+    if "unix_vs_tcp_small_rps" in figures:
+        ratio = figures["unix_vs_tcp_small_rps"]
+        print(
+            f"goal (Unix-socket engine vs loopback TCP, through the gateway): small req/s >= "
+            f"0.9x: {'met' if ratio >= 0.9 else 'missed'} ({ratio}x)"
+        )
     return figures
 
 
@@ -850,16 +899,20 @@ async def main() -> None:
         )
         try:
             print("starting the gateway and its two engines (the backends) …", flush=True)
-            gateway, http_up, ws_up = await gateway_target(procs, settings, cpus, gateway_env)
+            gateway, http_up, ws_up, over_unix = await gateway_target(
+                procs, settings, cpus, gateway_env, unix=True
+            )
+            assert over_unix is not None
             targets = {
                 "direct": Target("direct", int(http_up.rsplit(":", 1)[1])),
                 "chp": start_chp(procs, http_up, ws_up, cpus),
                 "nginx": start_nginx_proxy(procs, root, http_up, ws_up, cpus),
                 "gateway": gateway,
+                "gateway-unix": over_unix,
             }
             if args.asgi:
                 print("starting a second gateway with the ASGI proxy alone …", flush=True)
-                asgi, _, _ = await gateway_target(
+                asgi, _, _, _ = await gateway_target(
                     procs, asgi_settings, cpus, {**gateway_env, "AIGC_PROXY_FAST_PATH": "false"}
                 )
                 asgi.name = "gateway-asgi"

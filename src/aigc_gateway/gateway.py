@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
@@ -17,6 +16,7 @@ from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
+from aigc_gateway.errors import UserError
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
 from aigc_gateway.lifecycle.budgets import Budgets
@@ -27,6 +27,7 @@ from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -53,8 +54,8 @@ class Gateway:
     oidc: OidcClient | None
     http: httpx.AsyncClient
     """Outgoing HTTP (the sign-in provider)."""
-    upstream: aiohttp.ClientSession
-    """The proxy's pooled connections to engines."""
+    upstream: EngineSessions
+    """The ASGI proxy's pooled connections to engines, per endpoint."""
     access_cache: AccessCache
     gpus: GpuBroker
     """The GPU inventory, its allocations and queue (owned by the controller)."""
@@ -90,12 +91,18 @@ def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
 
 
 def make_runtime(settings: Settings) -> Runtime:
-    from aigc_gateway.runtime.local import LocalRuntime
-    from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+    """The runtime ``settings.runtime`` names, from the ``aigc_gateway.runtimes`` entry points
+    (see :mod:`aigc_gateway.runtime.plugins`)."""
+    from aigc_gateway.runtime import plugins
 
-    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
-    mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
-    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps)
+    runtime = plugins.load(settings.runtime)(settings)
+    if not isinstance(runtime, Runtime):
+        raise UserError(
+            f"runtime {settings.runtime!r}: its factory returned {type(runtime).__name__}, "
+            "which does not implement the Runtime interface (aigc_gateway.runtime.base)",
+            code="invalid_settings",
+        )
+    return runtime
 
 
 async def open_gateway(
@@ -115,7 +122,8 @@ async def open_gateway(
     await registry.reload()
     runtime = runtime or make_runtime(settings)
     hub = EventHub()
-    inventory, gpu_note = build_inventory(settings)
+    discovery = await runtime.gpus() if settings.gpu_discovery else None
+    inventory, gpu_note = build_inventory(settings, discovery)
     gpus = GpuBroker(inventory.gpus, gpu_note)
     pricebook = load_pricebook(settings.pricebook) if settings.pricebook else PriceBook.default()
     # The budgets read time from the controller's clock (one clock for the ledger and limits).
@@ -134,6 +142,8 @@ async def open_gateway(
         resync_interval_s=settings.reconcile_interval_s,
         log_max_bytes=settings.log_max_bytes,
         stop_grace_s=settings.stop_grace_s,
+        launch_timeout_s=settings.launch_timeout_s,
+        storage_check_s=settings.storage_check_s,
         gpus=gpus,
         pricebook=pricebook,
         over_budget=budgets.over_hard_to_pause,
@@ -147,7 +157,6 @@ async def open_gateway(
         registry=registry,
         controller=controller,
         runtime=runtime,
-        volumes_dir=settings.volumes_dir,
         default_limit=settings.max_instances_per_user,
         on_access_change=access_cache.clear,
         gpus=gpus,
@@ -186,11 +195,7 @@ async def open_gateway(
         signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
         oidc=oidc,
         http=http,
-        upstream=aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-        ),
+        upstream=EngineSessions(),
         access_cache=access_cache,
         gpus=gpus,
         budgets=budgets,

@@ -11,7 +11,7 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     templates_dir: Path = Field(default_factory=default_templates_dir)
     watch_templates: bool = True
     """Re-read the templates folder when a file changes (needs inotify; SIGHUP always works)."""
-    runtime: Literal["local"] = "local"
+    runtime: str = "local"
+    """The runtime that runs engines, by name: ``local`` (shipped), or one a package registers
+    in the ``aigc_gateway.runtimes`` entry-point group."""
     gpus: list[DeclaredGpu] = Field(default_factory=list)
     """A declared GPU inventory; empty: discover this host's cards with NVML."""
     gpu_discovery: bool = True
@@ -145,7 +147,23 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     """Full resync period; user actions are reconciled at once regardless."""
     stop_grace_s: float = Field(default=10.0, ge=0)
+    storage_check_s: float = Field(default=60.0, ge=0)
+    """How often the data of running instances is measured against their storage quota (a
+    warning at 90 %, refused starts at 100 %)."""
+    launch_timeout_s: float = Field(default=120.0, gt=0)
+    """How long the runtime's start may take to hand an engine over (not its readiness, which
+    the template's ``readiness.timeout_s`` bounds); a start past it fails the instance."""
     log_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+
+    @field_validator("runtime")
+    @classmethod
+    def _installed_runtime(cls, value: str) -> str:
+        from aigc_gateway.runtime.plugins import check_name
+
+        try:
+            return check_name(value)
+        except UserError as exc:
+            raise ValueError(exc.message) from exc
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

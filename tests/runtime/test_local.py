@@ -19,6 +19,7 @@ import pytest
 from aigc_gateway.errors import Conflict
 from aigc_gateway.runtime import local_procs as procs
 from aigc_gateway.runtime.base import (
+    Endpoint,
     LaunchError,
     LaunchSpec,
     NotSupported,
@@ -32,6 +33,12 @@ from aigc_gateway.runtime.base import (
 from aigc_gateway.runtime.local import LocalRuntime
 
 ENGINE = str(Path(__file__).parent / "engines" / "engine.py")
+
+
+def port_of(work: Workload) -> int:
+    """The TCP port of a workload's endpoint (these engines listen on loopback TCP)."""
+    assert work.endpoint is not None and work.endpoint.port is not None
+    return work.endpoint.port
 
 
 @pytest.fixture
@@ -112,15 +119,15 @@ async def test_http_engine_lifecycle(runtime: LocalRuntime, tmp_path: Path) -> N
     started = await runtime.start(spec(tmp_path))
     assert started.phase is Phase.STARTING
     assert started.pid is not None
-    assert started.port is not None
-    assert started.host == "127.0.0.1"
+    assert port_of(started) is not None
+    assert started.endpoint == Endpoint(host="127.0.0.1", port=port_of(started))
 
     ready = await runtime.wait_ready("i1", timeout=10)
     assert ready.phase is Phase.READY
-    assert (ready.pid, ready.port) == (started.pid, started.port)
-    assert ready.url == f"http://127.0.0.1:{started.port}"
+    assert (ready.pid, port_of(ready)) == (started.pid, port_of(started))
+    assert ready.address == f"127.0.0.1:{port_of(started)}"
     async with httpx.AsyncClient(trust_env=False) as client:
-        response = await client.get(f"{ready.url}/anything")
+        response = await client.get(f"http://{ready.address}/anything")
     assert response.status_code == 200
     assert response.text == "engine i1 ok\n"
     info = engine_info(tmp_path / "data" / "i1")
@@ -132,7 +139,7 @@ async def test_http_engine_lifecycle(runtime: LocalRuntime, tmp_path: Path) -> N
 
     stopped = await runtime.stop("i1", grace=5)
     assert stopped.phase is Phase.ABSENT
-    assert await refuses_connections(started.port)
+    assert await refuses_connections(port_of(started))
     assert not running(started.pid)
     assert not running(engine_pid)
     assert (await runtime.observe("i1")).phase is Phase.ABSENT
@@ -152,7 +159,7 @@ async def test_start_and_stop_are_idempotent(runtime: LocalRuntime, tmp_path: Pa
     first = await runtime.start(spec(tmp_path))
     second = await runtime.start(spec(tmp_path))
     assert second.pid == first.pid
-    assert second.port == first.port
+    assert port_of(second) == port_of(first)
     await runtime.wait_ready("i1", timeout=10)
     third = await runtime.start(spec(tmp_path))
     assert (third.pid, third.phase) == (first.pid, Phase.READY)
@@ -173,7 +180,7 @@ async def test_restarted_gateway_readopts_running_engine(
     try:
         [seen] = await adopter.list()
         assert (seen.instance_id, seen.phase, seen.pid) == ("i1", Phase.READY, started.pid)
-        assert seen.port == started.port
+        assert port_of(seen) == port_of(started)
         assert seen.labels == {"owner": "alice"}
         observed = await adopter.observe("i1")
         assert (observed.phase, observed.pid) == (Phase.READY, started.pid)
@@ -260,7 +267,7 @@ async def test_readiness_timeout(runtime: LocalRuntime, tmp_path: Path) -> None:
     assert time.monotonic() - begin >= 0.5
     message = caught.value.message
     assert message.startswith(
-        f"engine did not become ready within 0.5 s (readiness: GET /health on port {started.port})"
+        f"engine did not become ready within 0.5 s (readiness: GET /health on port {port_of(started)})"
     )
     assert "starting" in message  # the log tail
     # The engine is left alone: deciding what to do is the caller's business.
@@ -326,8 +333,8 @@ async def test_stop_sigkills_engine_that_ignores_sigterm(
     assert (await runtime.stop("i1", grace=0.3)).phase is Phase.ABSENT
     assert time.monotonic() - begin >= 0.3  # the grace was given (bench/runtime: how fast)
     assert not running(engine_pid)
-    assert started.port is not None
-    assert await refuses_connections(started.port)
+    assert port_of(started) is not None
+    assert await refuses_connections(port_of(started))
 
 
 async def test_stop_of_engine_that_obeys_sigterm_does_not_wait_for_grace(
@@ -367,7 +374,7 @@ async def test_log_is_bounded(runtime: LocalRuntime, tmp_path: Path, state_dir: 
     assert log1.stat().st_size <= limit // 2
 
     async with httpx.AsyncClient(trust_env=False) as client:
-        response = await client.get(f"http://127.0.0.1:{started.port}/spew/300")
+        response = await client.get(f"http://127.0.0.1:{port_of(started)}/spew/300")
     assert response.status_code == 200
     await runtime.observe("i1")
     assert log.stat().st_size <= limit
@@ -407,13 +414,13 @@ async def test_placeholders_and_environment(
     assert isinstance(argv, list)
     assert isinstance(env, dict)
     assert argv[1:3] == ["--data-dir", str(data_dir)]
-    assert f"--tag=i1@{started.port}" in argv
+    assert f"--tag=i1@{port_of(started)}" in argv
     assert "a b 'c' \"d\" $HOME; `x` {other}" in argv  # verbatim through the sh wrapper
-    assert argv[-2:] == ["--port", str(started.port)]
+    assert argv[-2:] == ["--port", str(port_of(started))]
     assert env["ENGINE_ID"] == "i1"
     assert env["ENGINE_HOME"] == f"{data_dir}/home"
-    assert env["ENGINE_URL"] == f"http://127.0.0.1:{started.port}/"
-    assert env["ENGINE_PORT"] == str(started.port)
+    assert env["ENGINE_URL"] == f"http://127.0.0.1:{port_of(started)}/"
+    assert env["ENGINE_PORT"] == str(port_of(started))
     assert "PORT" not in env
     assert env["OTHER_SETTING"] == "inherited"
     assert "AIGC_SECRET_KEY" not in env
@@ -505,7 +512,7 @@ async def test_ready_is_detected_quickly(runtime: LocalRuntime, tmp_path: Path) 
         *(runtime.wait_ready(w.instance_id, timeout=10) for w in workloads)
     )
     assert {w.phase for w in ready} == {Phase.READY}
-    assert len({w.port for w in ready}) == 3
+    assert len({port_of(w) for w in ready}) == 3
 
 
 # -- when the engine ended: what the ledger closes on (issue 12, items 12 and 14) ----------------

@@ -52,6 +52,9 @@ def write_templates(folder: Path) -> Path:
     (folder / "tiny-gpu.yaml").write_text(
         tiny_template("tiny-gpu") + "resources: {gpu: {count: 1, types: [rtx4090]}}\n"
     )
+    (folder / "tiny-quota.yaml").write_text(  # a data quota of 100 KiB (0.0001 GiB ~ 107 kB)
+        tiny_template("tiny-quota") + "storage: {quota_gib: 0.0001}\n"
+    )
     (folder / "tiny-share.yaml").write_text(
         tiny_template("tiny-share") + "resources: {gpu: {memory_gib: 30}}\n"
     )
@@ -76,6 +79,13 @@ def write_templates(folder: Path) -> Path:
     )
     (folder / "missing-binary.yaml").write_text(
         tiny_template("missing-binary").replace('"{python}"', '"/nonexistent/engine-binary"', 1)
+    )
+    (folder / "demo-unix.yaml").write_text(  # the demo engine on a Unix socket of its own
+        (REPO / "templates" / "demo.yaml")
+        .read_text()
+        .replace("id: demo", "id: demo-unix")
+        .replace("family: demo", "family: demo-unix")
+        .replace('"--port", "{port}"', '"--uds", "{socket}"')
     )
     (folder / "gradio.yaml").write_text(  # a real Gradio app (tests/engines/gradio_app.py)
         f"""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from aigc_gateway.lifecycle import beneath
-from aigc_gateway.lifecycle.beneath import Kind, LinkInTheWay, NotAFolder, closing_fd
+from aigc_gateway.runtime import beneath
+from aigc_gateway.runtime.beneath import Kind, LinkInTheWay, NotAFolder, closing_fd
 
 
 @pytest.fixture

@@ -12,11 +12,13 @@ import yaml
 from aigc_gateway.domain.reconcile import Phase
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.runtime.base import (
+    Endpoint,
     LaunchSpec,
     ReadinessCheck,
     ReadinessKind,
     Workload,
     render,
+    uses_socket,
 )
 from aigc_gateway.templates.schema import Template
 
@@ -196,10 +198,35 @@ def test_render_does_not_rerender_values() -> None:
     assert render("{data_dir}", {"data_dir": "/a/{port}", "port": "9"}) == "/a/{port}"
 
 
-def test_workload_url_and_with_phase() -> None:
+def test_workload_address_and_with_phase() -> None:
     w = Workload(instance_id="i", phase=Phase.STARTING)
-    assert w.url is None
-    ready = w.with_phase(Phase.READY, host="127.0.0.1", port=8123)
-    assert ready.url == "http://127.0.0.1:8123"
+    assert w.address is None
+    ready = w.with_phase(Phase.READY, endpoint=Endpoint(host="127.0.0.1", port=8123))
+    assert ready.address == "127.0.0.1:8123"
     assert ready.phase is Phase.READY
     assert w.phase is Phase.STARTING
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        Endpoint(unix_path="/run/aigc/e.sock"),
+        Endpoint(host="127.0.0.1", port=8123),
+        Endpoint(host="::1", port=8),
+    ],
+)
+def test_an_endpoint_reads_back_from_its_text(endpoint: Endpoint) -> None:
+    assert Endpoint.parse(endpoint.describe) == endpoint
+
+
+@pytest.mark.parametrize("text", ["unix:relative.sock", "127.0.0.1", ":80", "host:http", ""])
+def test_an_endpoint_text_that_is_none_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        Endpoint.parse(text)
+
+
+def test_a_command_naming_the_socket_placeholder_uses_a_socket() -> None:
+    spec = LaunchSpec(instance_id="i", command=("engine", "--uds", "{socket}"), data_dir="/d")
+    assert uses_socket(spec)
+    assert not uses_socket(LaunchSpec(instance_id="i", command=("engine",), data_dir="/d"))
+    assert render("--uds={socket}", {"socket": "/s"}) == "--uds=/s"

@@ -199,6 +199,6 @@ def _identity_headers(who: Allowed, inst: Instance) -> dict[str, str]:
         "X-Aigc-Instance": inst.id,
         "X-Aigc-State": inst.state,
     }
-    if inst.state == InstanceState.RUNNING and inst.host and inst.port:
-        headers["X-Aigc-Upstream"] = f"{inst.host}:{inst.port}"
+    if inst.state == InstanceState.RUNNING and inst.endpoint:
+        headers["X-Aigc-Upstream"] = inst.endpoint  # unix:/path or host:port
     return headers

@@ -28,6 +28,7 @@ from aigc_gateway.auth.principal import Principal
 from aigc_gateway.domain.hosts import safe_next
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
+from aigc_gateway.lifecycle.storage import StorageUse
 from aigc_gateway.store.tables import Event, Instance, InstanceShare, Team, User
 from aigc_gateway.templates.loader import LoadedTemplate
 from aigc_gateway.web import costs
@@ -254,7 +255,19 @@ async def home(request: Request, gw: GatewayDep, who: MaybeUser) -> Response:
     cards = await _cards(gw, who, instances, viewer.lang)
     budgets = [costs.budget_view(s) for s in await gw.budgets.for_user(who.user_id)]
     over = [b for b in budgets if b.level != "ok"]
-    return render(viewer, "home.html", "home", "home.title", cards=cards, over_budget=over)
+    full = [f for f in await _families(gw, who) if f.level != "ok"]
+    return render(
+        viewer, "home.html", "home", "home.title", cards=cards, over_budget=over, storage=full
+    )
+
+
+async def _families(gw: Gateway, who: Principal) -> list[v.FamilyRow]:
+    """The user's data folders, measured now, with their quota level."""
+    rows = []
+    for u in await file_service(gw).usage(who):
+        level = StorageUse(u.family, u.used_bytes, u.quota_bytes).level
+        rows.append(v.FamilyRow(u.family, u.used_bytes, u.quota_bytes, str(level)))
+    return rows
 
 
 @router.get("/catalog")
@@ -278,10 +291,7 @@ async def files_index(request: Request, gw: GatewayDep, who: MaybeUser) -> Respo
     if isinstance(viewer, Response):
         return viewer
     assert who is not None
-    families = [
-        v.FamilyRow(u.family, u.used_bytes, u.quota_bytes)
-        for u in await file_service(gw).usage(who)
-    ]
+    families = await _families(gw, who)
     return render(viewer, "files_index.html", "files", "files.title", families=families)
 
 

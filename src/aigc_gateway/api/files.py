@@ -88,7 +88,7 @@ class FileStream(Response):
 
 
 def file_service(gw: Gateway) -> FileService:
-    return FileService(db=gw.db, registry=gw.registry, volumes_dir=gw.settings.volumes_dir)
+    return FileService(db=gw.db, registry=gw.registry, volumes=gw.runtime.volumes)
 
 
 def _writer(who: Principal) -> None:

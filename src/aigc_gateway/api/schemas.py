@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aigc_gateway.domain.actions import allowed_actions
 from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.runtime.base import Endpoint
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
@@ -58,8 +59,11 @@ class InstancePublic(BaseModel):
     reason: str
     exit_code: int | None
     engine_url: str | None
-    """The engine's own address on the gateway host: for administrators only (None for anyone
-    else, and while the engine is not running)."""
+    """The engine's own address on the gateway host, for an engine reached over TCP: for
+    administrators only (None for anyone else, and while the engine is not running)."""
+    engine_endpoint: str | None = None
+    """How the gateway reaches the engine (``unix:/path`` or ``host:port``): for administrators
+    only, like ``engine_url``."""
     url: str
     """Where users open the instance: its own host, through the gateway."""
     last_activity_at: datetime | None
@@ -86,7 +90,8 @@ class InstancePublic(BaseModel):
     ) -> InstancePublic:
         """The instance as its viewer sees it; ``internal`` (administrators only) adds the
         engine's own address, which users never need (they open ``url``)."""
-        running = internal and inst.state == "running" and inst.host and inst.port
+        running = internal and inst.state == "running" and inst.endpoint
+        endpoint = Endpoint.parse(inst.endpoint) if running and inst.endpoint else None
         gpu = queue = None
         if inst.gpu_ids:
             known = [g for g in (gpus.gpu(i) for i in inst.gpu_ids) if g] if gpus else []
@@ -119,7 +124,8 @@ class InstancePublic(BaseModel):
             desired_state=inst.desired_state,
             reason=inst.reason,
             exit_code=inst.exit_code,
-            engine_url=f"http://{inst.host}:{inst.port}" if running else None,
+            engine_url=f"http://{endpoint.describe}" if endpoint and not endpoint.is_unix else None,
+            engine_endpoint=endpoint.describe if endpoint else None,
             url=settings.instance_url(inst.slug),
             last_activity_at=inst.last_activity_at,
             created_at=inst.created_at,

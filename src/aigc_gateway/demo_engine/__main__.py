@@ -1,7 +1,8 @@
 """Command line entry point: ``python -m aigc_gateway.demo_engine --port P --data-dir D``.
 
 ``--port`` defaults to ``$PORT`` and ``--data-dir`` to ``$AIGC_DEMO_DATA_DIR`` (or the
-current folder), so the gateway can start it like any other engine process.
+current folder), so the gateway can start it like any other engine process. ``--uds PATH``
+listens on a Unix socket instead of a TCP port (a template then passes ``--uds {socket}``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: $PORT)")
+    parser.add_argument("--uds", help="listen on this Unix socket instead of a TCP port")
     parser.add_argument(
         "--data-dir",
         help="folder for outputs, inputs and state.json (default: $AIGC_DEMO_DATA_DIR or cwd)",
@@ -43,12 +45,14 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parsed arguments with the environment defaults applied (``port``, ``data_dir``, ...)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.port is None:
+    if args.uds is not None:
+        args.port = None
+    elif args.port is None:
         env_port = os.environ.get("PORT", "")
         if not env_port.isdigit():
             parser.error("--port is required (or set $PORT)")
         args.port = int(env_port)
-    if not 0 < args.port < 65536:
+    if args.port is not None and not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     if args.steps < 1:
         parser.error("--steps must be at least 1")
@@ -61,7 +65,8 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and serve the demo engine until interrupted."""
     args = parse_options(argv)
-    port: int = args.port
+    port: int | None = args.port
+    uds: str | None = args.uds
     data_dir: str = args.data_dir
 
     import uvicorn
@@ -69,15 +74,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import create_app
 
     app = create_app(data_dir, steps=args.steps, step_delay=args.step_delay)
+    where = f"unix:{uds}" if uds else f"http://{args.host}:{port}/"
     print(
-        f"demo engine starting on http://{args.host}:{port}/ (data: {os.path.abspath(data_dir)})",
+        f"demo engine starting on {where} (data: {os.path.abspath(data_dir)})",
         file=sys.stderr,
         flush=True,
     )
     # Installed before uvicorn.run, which restores them on exit and then re-raises the signal.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     signal.signal(signal.SIGINT, _exit_after_shutdown)
-    uvicorn.run(app, host=args.host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    if uds is not None:
+        uvicorn.run(app, uds=uds, log_level="warning", timeout_graceful_shutdown=5)
+    else:
+        assert port is not None
+        uvicorn.run(
+            app, host=args.host, port=port, log_level="warning", timeout_graceful_shutdown=5
+        )
     return 0
 
 

@@ -1,6 +1,7 @@
 """Build the GPU inventory the scheduler places on.
 
-The cards NVML finds on this host (by UUID), merged with what the admin declares (``gpus:`` in the
+The cards the runtime reports (``Runtime.gpus()``: this host's, found by NVML, for the local
+runtime; by UUID, each on its node), merged with what the admin declares (``gpus:`` in the
 config file): an entry naming a discovered card's UUID sets its pool, rank, price, labels and
 cordon; other entries add cards NVML cannot see (other hosts, planning, tests). A host with no
 NVIDIA driver and nothing declared has an empty inventory and runs CPU templates only.
@@ -12,44 +13,29 @@ import logging
 from dataclasses import replace
 
 from aigc_gateway.errors import UserError
+from aigc_gateway.runtime.base import GpuDiscovery
 from aigc_gateway.scheduler import Gpu, Inventory
 from aigc_gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def discover() -> tuple[list[Gpu], str]:
-    """GPUs NVML reports on this host, and a line saying what was found (or why nothing)."""
-    try:
-        import pynvml
-    except ImportError:
-        return [], "no NVIDIA management library (nvidia-ml-py)"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return [], f"no NVIDIA driver ({exc})"
-    try:
-        found = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = str(pynvml.nvmlDeviceGetName(handle))
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30
-            uuid = str(pynvml.nvmlDeviceGetUUID(handle))
-            found.append(
-                Gpu(
-                    id=uuid,
-                    host="local",
-                    index=index,
-                    type=_type_name(name),
-                    memory_gib=round(memory, 1),
-                    pool="local",
-                    pool_rank=1,
-                    price_per_hour=0.0,
-                )
-            )
-    finally:
-        pynvml.nvmlShutdown()
-    return found, f"{len(found)} GPU(s) found by NVML"
+def from_runtime(discovery: GpuDiscovery) -> list[Gpu]:
+    """The scheduler's view of the cards a runtime reported: on the node it named, typed by
+    model, in the default pool until :func:`merge` applies the admin's declarations."""
+    return [
+        Gpu(
+            id=d.id,
+            host=d.node,
+            index=d.index,
+            type=_type_name(d.model),
+            memory_gib=d.memory_gib,
+            pool="local",
+            pool_rank=1,
+            price_per_hour=0.0,
+        )
+        for d in discovery.devices
+    ]
 
 
 def _type_name(model: str) -> str:
@@ -118,9 +104,10 @@ def merge(found: list[Gpu], settings: Settings) -> list[Gpu]:
     return merged + extra
 
 
-def build_inventory(settings: Settings) -> tuple[Inventory, str]:
-    if settings.gpu_discovery:
-        found, note = discover()
+def build_inventory(settings: Settings, discovery: GpuDiscovery | None) -> tuple[Inventory, str]:
+    """The inventory from what the runtime found (``None``: discovery is off) and the settings."""
+    if discovery is not None:
+        found, note = from_runtime(discovery), discovery.note
         log.info("GPU discovery: %s", note)
     else:
         found, note = [], "GPU discovery is off"
@@ -132,7 +119,7 @@ def build_inventory(settings: Settings) -> tuple[Inventory, str]:
         )
     parts = []
     if found:
-        parts.append(f"{len(found)} found by NVML")
+        parts.append(f"{len(found)} found by the runtime")
     if declared:
         parts.append(f"{declared} declared in the settings")
     return Inventory(gpus), f"{len(gpus)} GPU(s): " + ", ".join(parts)

@@ -9,7 +9,11 @@ restarted gateway re-adopts engines that kept running while it was down.
 
 Failures follow the error vocabulary (see :mod:`aigc_gateway.lifecycle.guard`): a temporary
 error is retried after its ``delay``, a permanent one fails the instance with its reason, a bug
-is logged with its traceback and retried with back-off. Each periodic job (activity flush, idle
+is logged with its traceback and retried with back-off. Two runtime failures are special: a
+``start`` that does not return within ``launch_timeout_s`` fails the instance (and the runtime is
+asked to stop whatever it began), and a ``stop`` that fails never lets the instance leave a
+state holding a process (its engine may still run, with its GPUs): the instance keeps stopping,
+says why in its reason and an event, and the stop is retried with doubling back-off. Each periodic job (activity flush, idle
 pauses, budget pauses, resync, storage metering) is its own guarded task, so one failing job
 stops no other.
 """
@@ -18,11 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -36,16 +38,16 @@ from aigc_gateway.domain.states import (
     can_transition,
     transition,
 )
-from aigc_gateway.errors import GatewayError, PermanentError
-from aigc_gateway.lifecycle import beneath
+from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
+from aigc_gateway.lifecycle.storage import QuotaWatch, StorageQuotas
 from aigc_gateway.metrics import Metrics
-from aigc_gateway.runtime.base import GpuGrant, ReadinessTimeout, Runtime, Workload
+from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessTimeout, Runtime, Workload
 from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
@@ -56,12 +58,6 @@ from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
 
 log = logging.getLogger(__name__)
-
-
-def folder_size(path: Path) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist); links are not followed at
-    any step, even when the engine swaps a folder for one while it is counted."""
-    return beneath.size_at(path)
 
 
 S = InstanceState
@@ -90,6 +86,8 @@ class Controller:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] | None = None,
         sleep: Sleep | None = None,
+        launch_timeout_s: float = 120.0,
+        storage_check_s: float = 60.0,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -111,6 +109,12 @@ class Controller:
         self._real_clock = clock is None
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
+        self._launch_timeout_s = launch_timeout_s
+        self._quota_watch = QuotaWatch(StorageQuotas(registry=registry, volumes=runtime.volumes))
+        self._storage_check_s = storage_check_s
+        self._storage_checked = -float("inf")
+        self._stop_backoff: dict[str, Backoff] = {}
+        """Per instance whose engine the runtime failed to stop: the next retry's delay."""
         self._metered_day: datetime | None = None
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
@@ -159,6 +163,7 @@ class Controller:
             "budget": self.pause_over_budget,
             "resync": self.resync,
             "storage": self.meter_storage,
+            "quota": self.check_storage,
         }
         for job, body in jobs.items():
             run = every(
@@ -227,15 +232,33 @@ class Controller:
             return
         async with self._db.read() as session:
             volumes = list(await session.scalars(select(Volume)))
-        sizes = await asyncio.to_thread(
-            lambda: [
-                usage.StoredData(v.id, v.user_id, v.family, folder_size(Path(v.path)) / 2**30)
-                for v in volumes
-            ]
-        )
+        measured = [await self._runtime.volumes.size(v.user_id, v.family) for v in volumes]
+        sizes = [
+            usage.StoredData(v.id, v.user_id, v.family, size / 2**30)
+            for v, size in zip(volumes, measured, strict=True)
+        ]
         async with self._db.write() as session:
             await usage.record_storage(session, yesterday, sizes, self.pricebook)
         self._metered_day = yesterday
+
+    async def check_storage(self) -> None:
+        """At most every ``storage_check_s``: measure the data of the families that running
+        instances use, and warn those instances (an event) when their family's usage rises to
+        90 % or to 100 % of its quota (see :mod:`aigc_gateway.lifecycle.storage`). Nothing is
+        stopped or deleted."""
+        now = time.monotonic()
+        if now - self._storage_checked < self._storage_check_s:
+            return
+        self._storage_checked = now
+        async with self._db.read() as session:
+            running = [
+                i for i in await repo.list_for(session, owner_id=None) if i.state == S.RUNNING
+            ]
+        risen = await self._quota_watch.rises({(i.owner_id, i.family) for i in running})
+        for inst in running:
+            if (use := risen.get((inst.owner_id, inst.family))) is not None:
+                data = {"used_bytes": use.used_bytes, "quota_bytes": use.quota_bytes}
+                await self._event(inst, "storage", use.warning(), **data)
 
     async def pause_over_budget(self) -> None:
         """Pause what runs for budgets past their hard limit with ``pause_when_over``."""
@@ -260,7 +283,14 @@ class Controller:
         for work in await self._runtime.list():
             if work.instance_id not in live and work.phase.alive:
                 log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
-                await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+                try:
+                    await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
+                except GatewayError as exc:  # the next resync tries again
+                    log.warning(
+                        "could not stop orphan workload: %s",
+                        exc.message,
+                        extra={"instance_id": work.instance_id},
+                    )
             elif work.phase.alive:
                 alive.append(work.instance_id)
         async with self._db.write() as session:
@@ -593,33 +623,89 @@ class Controller:
         async with self._db.read() as session:
             volume = await session.get(Volume, inst.volume_id)
         assert volume is not None
-        Path(volume.path).mkdir(parents=True, exist_ok=True)  # one syscall when it exists
+        data_dir = await self._runtime.volumes.create(volume.user_id, volume.family)
         spec = launch_spec(
             instance_id=inst.id,
             template=template,
-            data_dir=volume.path,
+            data_dir=data_dir,
             log_max_bytes=self._log_max_bytes,
             labels={"owner": inst.owner_id, "template": template.id, "slug": inst.slug},
             gpu=grant,
             default_grace_s=self._stop_grace_s,
         )
         try:
-            work = await self._runtime.start(spec)
+            work = await self._start_within(spec)
         except PermanentError as exc:
             await self._move(inst, S.FAILED, exc.message, ended_at=self.clock())
             return
         spawned: dict[str, Any] = {
             "pid": work.pid,
-            "port": work.port,
+            "endpoint": work.address,
             "spawned_at": work.started_at,
         }
         if placement.explanation:
             spawned["placement"] = placement.explanation
         async with self._db.write() as session:
-            await repo.set_fields(session, inst.id, pid=work.pid, host=work.host, port=work.port)
+            await repo.set_fields(session, inst.id, pid=work.pid, endpoint=work.address)
             ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
-        inst.pid, inst.host, inst.port = work.pid, work.host, work.port
+        inst.pid, inst.endpoint = work.pid, work.address
         self._hub.publish(EventRecord.of(ev))
+
+    async def _start_within(self, spec: LaunchSpec) -> Workload:
+        """The runtime's ``start``, given ``launch_timeout_s`` (on the controller's clock) to
+        return. One that hangs is cancelled, the runtime is asked to stop whatever it began, and
+        a :class:`PermanentError` says so."""
+        start = asyncio.create_task(self._runtime.start(spec))
+        deadline = asyncio.create_task(
+            self._nap(self._launch_timeout_s), name=f"launch-timeout-{spec.instance_id}"
+        )
+        try:
+            await asyncio.wait({start, deadline}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            deadline.cancel()
+            if not start.done():
+                start.cancel()
+            await asyncio.gather(start, deadline, return_exceptions=True)
+        if not start.cancelled():
+            return start.result()
+        log.warning("runtime start timed out", extra={"instance_id": spec.instance_id})
+        cleanup = ""
+        try:
+            await self._runtime.stop(spec.instance_id, grace=0.0)
+        except GatewayError as exc:
+            cleanup = f" (stopping what it began failed too: {exc.message})"
+        raise PermanentError(
+            f"the {self._runtime.name} runtime did not launch the engine within "
+            f"{self._launch_timeout_s:g} s; whatever it began was stopped{cleanup}. "
+            "Start the instance again; if this repeats, the administrator should check the "
+            "runtime (its host, its logs)"
+        )
+
+    async def _stop_engine(self, inst: Instance, grace: float) -> Workload:
+        """The runtime's ``stop`` of the instance's engine. A stop that fails leaves the engine
+        possibly running: the instance must not leave the state it is in, so the failure is
+        reported (reason and event) and retried with doubling back-off (a
+        :class:`TemporaryError` for the actor, with that delay)."""
+        try:
+            stopped = await self._runtime.stop(inst.id, grace=grace)
+        except GatewayError as exc:
+            backoff = self._stop_backoff.setdefault(inst.id, Backoff(first=1.0, most=300.0))
+            delay = exc.delay if isinstance(exc, TemporaryError) else backoff.next()
+            failure = (
+                f"the runtime could not stop the engine: {exc.message}; it may still be running, "
+                "so its resources stay held"
+            )
+            why = f"{failure}; retrying in {delay:g} s"
+            async with self._db.write() as session:
+                await repo.set_fields(session, inst.id, reason=why)
+                ev = await repo.add_event(
+                    session, instance_id=inst.id, kind="error", message=why, data={}
+                )
+            inst.reason = why
+            self._hub.publish(EventRecord.of(ev))
+            raise TemporaryError(failure, delay=delay) from exc
+        self._stop_backoff.pop(inst.id, None)
+        return stopped
 
     async def _await_ready(self, inst: Instance, wake: asyncio.Event) -> None:
         template, _, _ = await self._template_for(inst)
@@ -635,7 +721,7 @@ class Controller:
             await asyncio.gather(ready, woken, return_exceptions=True)
         if not ready.cancelled() and isinstance(timeout := ready.exception(), ReadinessTimeout):
             reason = timeout.reason(template.readiness.timeout_s)  # not what was left of it
-            stopped = await self._runtime.stop(inst.id, grace=self._grace(template))
+            stopped = await self._stop_engine(inst, self._grace(template))
             ended = self._ledger_time(stopped.exited_at) or self.clock()
             await self._move(inst, S.FAILED, reason, ended_at=ended)
         elif woken.done() and not woken.cancelled():
@@ -649,11 +735,10 @@ class Controller:
             inst,
             S.RUNNING,
             "engine is ready",
-            progress=((4, {"url": work.url}),),
+            progress=((4, {"endpoint": work.address}),),
             ready_at=ready,
             pid=work.pid,
-            host=work.host,
-            port=work.port,
+            endpoint=work.address,
         )
         if inst.started_at is not None:
             self.metrics.instance_started(
@@ -685,7 +770,7 @@ class Controller:
             await self._move(inst, S.STOPPING, why)
         # The runtime persists when the engine ended; the next pass closes the ledger there
         # (also when this process is killed in between).
-        await self._runtime.stop(inst.id, grace=await self._grace_for(inst))
+        await self._stop_engine(inst, await self._grace_for(inst))
 
     async def _mark_paused(self, inst: Instance, work: Workload) -> None:
         if inst.state == S.QUEUED:
@@ -701,8 +786,8 @@ class Controller:
         return when it ended, in ledger time: what the runtime recorded (the wrapper's exit file,
         or the stop that saw it go), else ``None`` (the ledger falls back to the last time the
         engine was seen alive)."""
-        stopped = await self._runtime.stop(
-            inst.id, grace=await self._grace_for(inst) if grace is None else grace
+        stopped = await self._stop_engine(
+            inst, await self._grace_for(inst) if grace is None else grace
         )
         return self._ledger_time(stopped.exited_at or work.exited_at)
 
@@ -756,5 +841,5 @@ class Controller:
         if shared:
             await self._event(inst, "data", "data kept: another of your instances uses this folder")
             return
-        await asyncio.to_thread(shutil.rmtree, volume.path, True)
+        await self._runtime.volumes.delete(volume.user_id, volume.family)
         await self._event(inst, "data", "data deleted")

@@ -15,7 +15,7 @@ from typing import Any
 
 from aigc_gateway.store.tables import Event
 
-INTERNAL = frozenset({"url", "host", "port", "upstream"})
+INTERNAL = frozenset({"url", "host", "port", "upstream", "endpoint"})
 """Event data only administrators see: where the engine listens on the gateway host."""
 
 

@@ -1,11 +1,12 @@
 """A user's data folders, one per engine family: list, read, upload, delete, with a quota.
 
-The folder of a user and family is ``<volumes_dir>/<user_id>/<family>``; nothing outside it can be
-reached. A path is refused when it is absolute, holds ``..``, a backslash, a NUL byte or a name
+The folder of a user and family is the runtime's volume of that owner and family, reached by
+``Volumes.root`` (local file access: the volume's trusted base folder on this host and the
+components beneath it); nothing outside it can be reached. A path is refused when it is absolute, holds ``..``, a backslash, a NUL byte or a name
 longer than 255 bytes. The engine writes the same folder while the gateway serves it, so a path is
 never checked first and opened later: every operation walks it from a descriptor of the volumes
 root without following a link at any step and then works on what it opened
-(:mod:`aigc_gateway.lifecycle.beneath`). A link in a folder is listed as a link and is neither
+(:mod:`aigc_gateway.runtime.beneath`). A link in a folder is listed as a link and is neither
 entered nor read. The user id always comes from the signed-in principal, so another user's folder
 cannot even be named.
 """
@@ -27,8 +28,10 @@ from sqlalchemy import select
 
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.errors import Conflict, NotFound, TemporaryError, UserError
-from aigc_gateway.lifecycle import beneath
-from aigc_gateway.lifecycle.beneath import Kind, closing_fd
+from aigc_gateway.lifecycle.storage import family_quotas
+from aigc_gateway.runtime import beneath
+from aigc_gateway.runtime.beneath import Kind, closing_fd
+from aigc_gateway.runtime.volumes import Volumes
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import Volume
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -249,20 +252,12 @@ def list_folder(folder: int, parts: list[str]) -> list[Entry]:
 
 
 class FileService:
-    def __init__(self, *, db: Database, registry: TemplateRegistry, volumes_dir: Path) -> None:
+    def __init__(self, *, db: Database, registry: TemplateRegistry, volumes: Volumes) -> None:
         self._db = db
         self._registry = registry
-        self._volumes_dir = volumes_dir
+        self._volumes = volumes
 
     # -- families and quotas --------------------------------------------------------------------
-
-    def _quotas(self) -> dict[str, float]:
-        """Largest ``storage.quota_gib`` among the loaded templates of each family."""
-        quotas: dict[str, float] = {}
-        for loaded in self._registry.catalog.templates.values():
-            t = loaded.template
-            quotas[t.family] = max(quotas.get(t.family, 0.0), t.storage.quota_gib)
-        return quotas
 
     async def _families(self, who: Principal) -> dict[str, int]:
         """The user's families (their volumes, and every template family) → quota in bytes."""
@@ -270,7 +265,7 @@ class FileService:
             mine = (
                 await session.scalars(select(Volume.family).where(Volume.user_id == who.user_id))
             ).all()
-        quotas = self._quotas()
+        quotas = family_quotas(self._registry)
         default = Storage().quota_gib
         names = sorted(set(quotas) | set(mine))
         return {f: int(quotas.get(f, default) * GIB) for f in names}
@@ -285,13 +280,14 @@ class FileService:
         return quota
 
     def _open_family(self, who: Principal, family: str, *, create: bool = False) -> int | None:
-        """A descriptor of the user's family folder, walked from the volumes root without
-        following links (made when ``create``); None when it does not exist."""
+        """A descriptor of the user's family folder, walked from the volume's trusted base
+        without following links (made when ``create``); None when it does not exist."""
+        where = self._volumes.root(who.user_id, family)
         if create:
-            self._volumes_dir.mkdir(parents=True, exist_ok=True)
+            where.base.mkdir(parents=True, exist_ok=True)
         try:
-            with closing_fd(beneath.open_root(self._volumes_dir)) as root:
-                return beneath.walk(root, [who.user_id, family], create=create)
+            with closing_fd(beneath.open_root(where.base)) as root:
+                return beneath.walk(root, list(where.parts), create=create)
         except FileNotFoundError:
             return None
 

@@ -202,10 +202,12 @@ class GpuBroker:
         self._rebuild(self.inventory.allocations)
 
     def grant(self, placement: Placement) -> GpuGrant:
-        """What the runtime is told: the cards by CUDA name, and a share's limit."""
-        devices = tuple(device_name(self._gpus[g]) for g in placement.gpu_ids)
+        """What the runtime is told: the node, the cards by CUDA name, and a share's limit."""
+        cards = [self._gpus[g] for g in placement.gpu_ids]
+        devices = tuple(device_name(card) for card in cards)
         mib = None if placement.memory_gib is None else int(placement.memory_gib * 1024)
-        return GpuGrant(devices=devices, memory_mib=mib)
+        node = cards[0].host if cards else ""  # placement keeps a request on one host
+        return GpuGrant(devices=devices, memory_mib=mib, node=node)
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from aigc_gateway.runtime.base import Endpoint
+
 
 class _InstanceLike(Protocol):
     id: str
@@ -20,8 +22,7 @@ class _InstanceLike(Protocol):
     desired_state: str
     reason: str
     exit_code: int | None
-    host: str | None
-    port: int | None
+    endpoint: str | None
     ready_at: datetime | None
 
 
@@ -35,14 +36,20 @@ class Route:
     desired_state: str
     reason: str
     exit_code: int | None
-    upstream: str | None
-    """``host:port`` while the engine runs, else None."""
+    endpoint: Endpoint | None
+    """How to reach the engine while it runs (a Unix socket or a TCP address), else None."""
     ready_at: float | None = None
     """When the engine last became ready (epoch seconds): idle time counts from here at least."""
+    upstream: str | None = None
+    """The endpoint's text (``unix:/path`` or ``host:port``), kept with it: the relay's pool key."""
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None and self.upstream is None:
+            object.__setattr__(self, "upstream", self.endpoint.describe)
 
     @classmethod
     def of(cls, inst: _InstanceLike) -> Route:
-        running = inst.state == "running" and inst.host and inst.port
+        running = inst.state == "running" and inst.endpoint
         return cls(
             instance_id=inst.id,
             slug=inst.slug,
@@ -52,7 +59,7 @@ class Route:
             desired_state=inst.desired_state,
             reason=inst.reason,
             exit_code=inst.exit_code,
-            upstream=f"{inst.host}:{inst.port}" if running else None,
+            endpoint=Endpoint.parse(inst.endpoint) if running and inst.endpoint else None,
             ready_at=inst.ready_at.timestamp() if inst.ready_at else None,
         )
 

@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import select
@@ -32,6 +31,7 @@ from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.routes import Route
+from aigc_gateway.lifecycle.storage import Level, StorageQuotas, StorageUse
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.scheduler import Request
 from aigc_gateway.store import access as acl
@@ -72,7 +72,6 @@ class InstanceService:
         registry: TemplateRegistry,
         controller: Controller,
         runtime: Runtime,
-        volumes_dir: Path,
         default_limit: int,
         on_access_change: Callable[[], None] = lambda: None,
         gpus: GpuBroker | None = None,
@@ -86,11 +85,11 @@ class InstanceService:
         self._registry = registry
         self._controller = controller
         self._runtime = runtime
-        self._volumes_dir = volumes_dir
         self._default_limit = default_limit
         self._on_access_change = on_access_change
         self._gpus = gpus if gpus is not None else GpuBroker([], "no GPU inventory")
         self._budgets = budgets
+        self._storage = StorageQuotas(registry=registry, volumes=runtime.volumes)
 
     async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
         """Create an instance (desired: running). Returns it and whether it is new."""
@@ -112,6 +111,7 @@ class InstanceService:
             )
         template = loaded.template
         warnings = await self._check_budget(who.user_id, template)
+        stored = await self._storage.check_start(who.user_id, template.family)
         async with self._db.write() as session:
             user = await repo.lock_user(session, who.user_id)
             if req.request_id:
@@ -128,7 +128,7 @@ class InstanceService:
                 session,
                 user_id=who.user_id,
                 family=template.family,
-                path=str(self._volumes_dir / who.user_id / template.family),
+                path=self._runtime.volumes.mount(who.user_id, template.family),
             )
             now = datetime.now(UTC)
             inst = Instance(
@@ -162,6 +162,7 @@ class InstanceService:
                 session, instance_id=inst.id, kind="action", message="created", actor=who.user_id
             )
         await self._warn(inst.id, warnings)
+        await self._warn_storage(inst.id, stored)
         self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst, True
@@ -302,11 +303,14 @@ class InstanceService:
         move, so it shows the state after the action (``stopping`` after a restart, ``starting``
         after a resume), never the snapshot from before it."""
         warnings: list[BudgetStatus] = []
+        stored: StorageUse | None = None
         if action is not Action.PAUSE:
             current = await self.get(who, instance_id)
             loaded = self._registry.get(current.template_id)
             if loaded is not None and current.desired_state != DesiredState.RUNNING:
                 warnings = await self._check_budget(current.owner_id, loaded.template)
+            if current.desired_state != DesiredState.RUNNING or action is Action.RESTART:
+                stored = await self._storage.check_start(current.owner_id, current.family)
         with self._hub.subscribe(instance_id) as moves:  # before the write: no move is missed
             async with self._db.write() as session:
                 inst = await self._visible(session, who, instance_id, Access.OPERATE)
@@ -323,6 +327,8 @@ class InstanceService:
                         actor=who.user_id,
                     )
             await self._warn(inst.id, warnings)
+            if changed and stored is not None:
+                await self._warn_storage(inst.id, stored)
             self._controller.routes.put(Route.of(inst))
             self._controller.kick(inst.id)
             if changed and _moves_at_once(inst):
@@ -360,6 +366,20 @@ class InstanceService:
                     message=f"budget warning: {status.describe()}",
                     data={"budget_id": status.budget_id, "spent_micros": status.spent_micros},
                 )
+
+    async def _warn_storage(self, instance_id: str, use: StorageUse) -> None:
+        """At a start: an event when the family's data is at 90 % of its quota or more."""
+        if use.level is Level.OK:
+            return
+        async with self._db.write() as session:
+            ev = await repo.add_event(
+                session,
+                instance_id=instance_id,
+                kind="storage",
+                message=use.warning(),
+                data={"used_bytes": use.used_bytes, "quota_bytes": use.quota_bytes},
+            )
+        self._hub.publish(EventRecord.of(ev))
 
     async def delete(self, who: Principal, instance_id: str, *, delete_data: bool) -> Instance:
         async with self._db.write() as session:

@@ -187,7 +187,8 @@ class InstanceProxy:
         host: str,
         prefix: str | None,
     ) -> None:
-        assert route.upstream is not None
+        assert route.endpoint is not None
+        session, base = gw.upstream.session(route.endpoint)
         settings = gw.settings
         limits = Limits(
             settings.proxy_connect_timeout_s,
@@ -208,8 +209,8 @@ class InstanceProxy:
                     scope,
                     receive,
                     observed.websocket,
-                    session=gw.upstream,
-                    upstream=route.upstream,
+                    session=session,
+                    base=base,
                     headers=headers,
                     limits=limits,
                     on_message=lambda: gw.controller.activity.touch(route.instance_id),
@@ -224,8 +225,8 @@ class InstanceProxy:
                 scope,
                 receive,
                 observed.http,
-                session=gw.upstream,
-                upstream=route.upstream,
+                session=session,
+                base=base,
                 headers=headers,
                 limits=limits,
                 error=lambda status, text: error_body(status, text, html, lang=request_lang(scope)),

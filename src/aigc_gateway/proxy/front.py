@@ -455,9 +455,9 @@ class FrontProtocol(asyncio.Protocol):
         return scheme, client_ip
 
     def _connect(self, gw: Gateway, ex: _Exchange) -> None:
-        assert ex.route.upstream is not None
+        assert ex.route.endpoint is not None
         task = self.loop.create_task(
-            self._pool().connect(ex.route.upstream, gw.settings.proxy_connect_timeout_s)
+            self._pool().connect(ex.route.endpoint, gw.settings.proxy_connect_timeout_s)
         )
         ex.connecting = task
 

@@ -15,6 +15,9 @@ import asyncio
 import time
 from typing import Protocol, cast
 
+from aigc_gateway.runtime.base import Endpoint
+from aigc_gateway.runtime.connect import open_stream
+
 
 class Owner(Protocol):
     """Who receives a connection's events while it is lent out."""
@@ -28,7 +31,8 @@ class Owner(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One TCP connection to an engine; its events go to ``owner`` (None while idle)."""
+    """One connection to an engine (TCP or a Unix socket); its events go to ``owner`` (None
+    while idle)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -92,7 +96,8 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, address: str) -> UpstreamConnection | None:
-        """An idle connection to ``address`` (``host:port``), the most recently used first."""
+        """An idle connection to ``address`` (an endpoint's text: ``host:port`` or
+        ``unix:/path``), the most recently used first."""
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
@@ -114,14 +119,9 @@ class UpstreamPool:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self._idle_s / 2, self._sweep)
 
-    async def connect(self, address: str, timeout_s: float) -> UpstreamConnection:
+    async def connect(self, endpoint: Endpoint, timeout_s: float) -> UpstreamConnection:
         """A new connection (OSError or TimeoutError when the engine cannot be reached)."""
-        host, _, port = address.rpartition(":")
-        loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(UpstreamConnection, host.strip("[]"), int(port)), timeout_s
-        )
-        return conn
+        return await open_stream(endpoint, UpstreamConnection, timeout_s)
 
     def _sweep(self) -> None:
         self._sweeper = None

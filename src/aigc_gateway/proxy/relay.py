@@ -72,10 +72,14 @@ def downstream_headers(headers: aiohttp.typedefs.LooseHeaders) -> list[tuple[byt
     return [(name, value) for name, value in downstream(raw) if name not in SET_BY_SERVER]
 
 
-def target_url(scope: Scope, upstream: str, *, websocket: bool = False) -> str:
+def target_url(scope: Scope, base: str, *, websocket: bool = False) -> str:
+    """The engine's URL for the request: ``base`` (``http://host:port``, or
+    ``http://localhost`` for a Unix socket) and the request's path and query."""
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
-    url = f"{'ws' if websocket else 'http'}://{upstream}{path.decode('latin-1')}"
+    if websocket:
+        base = "ws" + base.removeprefix("http")
+    url = f"{base}{path.decode('latin-1')}"
     return url + (f"?{query.decode('latin-1')}" if query else "")
 
 
@@ -85,12 +89,13 @@ async def relay_http(
     send: Send,
     *,
     session: aiohttp.ClientSession,
-    upstream: str,
+    base: str,
     headers: list[tuple[str, str]],
     limits: Limits,
     error: Callable[[int, str], tuple[str, bytes]],
 ) -> None:
-    """Relay one request. ``error(status, message)`` gives the content type and body of the
+    """Relay one request to the engine at ``base`` (see :func:`target_url`) through
+    ``session``. ``error(status, message)`` gives the content type and body of the
     answer when the engine fails before answering."""
     method = scope["method"]
     has_body = any(n in ("content-length", "transfer-encoding") for n, _ in headers) or method in (
@@ -154,7 +159,7 @@ async def relay_http(
     try:
         async with session.request(
             method,
-            target_url(scope, upstream),
+            target_url(scope, base),
             headers=headers,
             data=body() if has_body else None,
             allow_redirects=False,
@@ -218,7 +223,7 @@ async def relay_websocket(
     send: Send,
     *,
     session: aiohttp.ClientSession,
-    upstream: str,
+    base: str,
     headers: list[tuple[str, str]],
     limits: Limits,
     on_message: Callable[[], None],
@@ -232,7 +237,7 @@ async def relay_websocket(
         return
     try:
         upstream_ws = await session.ws_connect(
-            target_url(scope, upstream, websocket=True),
+            target_url(scope, base, websocket=True),
             protocols=tuple(scope.get("subprotocols") or ()),
             headers=headers,
             autoping=True,

@@ -35,6 +35,13 @@ Contract, for every method:
   exactly those visible to the engine (and no others), and for a memory share (``memory_mib``
   set) enforces the limit where the host can, e.g. with NVIDIA MPS; a stop releases them at once.
   A runtime that cannot enforce a share still runs the engine and says so in its log.
+- ``gpus()`` returns the cards the runtime can place engines on (:class:`GpuDiscovery`): this
+  host's, found by NVML, for the local runtime; every node's for a runtime of several. The
+  scheduler places on them (the admin's declarations annotate them), and a :class:`GpuGrant`
+  names the node (``GpuDevice.node``) its cards are on.
+- ``volumes`` is the runtime's :class:`~aigc_gateway.runtime.volumes.Volumes`: where each
+  user's family data lives, its size, and its deletion. Nothing outside the runtime touches
+  volume paths.
 - ``suspend`` / ``resume`` are optional: runtimes that cannot do it raise :class:`NotSupported`.
 - ``close()`` releases the runtime's resources **without** stopping workloads, which outlive the
   gateway process by design.
@@ -46,13 +53,18 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from aigc_gateway.domain.reconcile import Phase
 from aigc_gateway.errors import GatewayError, PermanentError
 
+if TYPE_CHECKING:
+    from aigc_gateway.runtime.volumes import Volumes
+
 __all__ = [
     "Endpoint",
+    "GpuDevice",
+    "GpuDiscovery",
     "GpuGrant",
     "LaunchError",
     "LaunchSpec",
@@ -134,6 +146,45 @@ class Endpoint:
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def is_unix(self) -> bool:
+        return self.unix_path is not None
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """The inverse of :attr:`describe` (how the store and the route table keep it):
+        ``unix:/path``, ``host:port`` or ``[v6]:port``. ``ValueError`` for anything else."""
+        if text.startswith("unix:"):
+            path = text[len("unix:") :]
+            if not path.startswith("/"):
+                raise ValueError(f"a Unix endpoint needs an absolute path: {text!r}")
+            return cls(unix_path=path)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"not an endpoint (unix:/path or host:port): {text!r}")
+        return cls(host=host.removeprefix("[").removesuffix("]"), port=int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """One card a runtime can give engines, as its driver reports it."""
+
+    id: str
+    """The card's UUID (``GPU-…``): stable across reboots and re-indexing."""
+    node: str
+    """The host it is on, as the runtime names it (``local`` for the local runtime)."""
+    index: int
+    model: str
+    """The driver's name for it, e.g. ``NVIDIA H100 80GB HBM3``."""
+    memory_gib: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDiscovery:
+    devices: tuple[GpuDevice, ...]
+    note: str
+    """For people: what was found, or why nothing (``no NVIDIA driver (…)``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class GpuGrant:
@@ -143,6 +194,9 @@ class GpuGrant:
     """How the driver names each card: its UUID (``GPU-…``) where known, else its index."""
     memory_mib: int | None = None
     """For a share: the memory the engine may pin on its card."""
+    node: str = ""
+    """The host the cards are on (the scheduler's ``Gpu.host``, as the runtime's inventory
+    named it): a runtime of several nodes launches the engine there. "" where unknown."""
 
     @property
     def is_share(self) -> bool:
@@ -154,9 +208,12 @@ class LaunchSpec:
     """Everything a runtime needs to run one engine, already resolved from the template.
 
     ``command``, ``env`` values and ``working_dir`` may contain the placeholders ``{port}``,
-    ``{data_dir}`` and ``{instance_id}``; the runtime fills them with :func:`render` once it has
-    chosen the port. ``port`` is the engine's fixed port or ``None`` to let the runtime pick a free
-    one. ``port_env`` names an environment variable that receives the port (e.g. ``PORT``).
+    ``{data_dir}``, ``{instance_id}`` and ``{socket}``; the runtime fills them with
+    :func:`render` once it has chosen the port. ``port`` is the engine's fixed port or ``None`` to
+    let the runtime pick a free one. ``port_env`` names an environment variable that receives the
+    port (e.g. ``PORT``). A command naming ``{socket}`` is an engine that listens on a Unix socket
+    itself: the runtime gives it a socket path of its own and the workload's endpoint is that
+    socket (no TCP port is involved).
     """
 
     instance_id: str
@@ -182,8 +239,9 @@ class Workload:
     instance_id: str
     phase: Phase
     pid: int | None = None
-    host: str | None = None
-    port: int | None = None
+    endpoint: Endpoint | None = None
+    """How the gateway connects to the engine (every proxy path, probe and check goes through
+    it; nothing outside the runtime builds an address itself). None when nothing runs."""
     started_at: float | None = None
     exit_code: int | None = None
     exited_at: float | None = None
@@ -194,21 +252,27 @@ class Workload:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def url(self) -> str | None:
-        if self.host is None or self.port is None:
-            return None
-        return f"http://{self.host}:{self.port}"
+    def address(self) -> str | None:
+        """The endpoint as :attr:`Endpoint.describe` gives it (``unix:/path``, ``host:port``)."""
+        return None if self.endpoint is None else self.endpoint.describe
 
     def with_phase(self, phase: Phase, **changes: object) -> Workload:
         return replace(self, phase=phase, **changes)  # type: ignore[arg-type]
 
 
-_PLACEHOLDER = re.compile(r"\{(port|data_dir|instance_id)\}")
+_PLACEHOLDER = re.compile(r"\{(port|data_dir|instance_id|socket)\}")
+SOCKET_PLACEHOLDER = "{socket}"
 
 
 def render(text: str, values: Mapping[str, str]) -> str:
-    """Fill ``{port}``, ``{data_dir}`` and ``{instance_id}`` in ``text``; other braces are kept."""
+    """Fill ``{port}``, ``{data_dir}``, ``{instance_id}`` and ``{socket}`` in ``text``; other
+    braces are kept."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def uses_socket(spec: LaunchSpec) -> bool:
+    """Whether the engine listens on a Unix socket of its own (its command names ``{socket}``)."""
+    return any(SOCKET_PLACEHOLDER in part for part in (*spec.command, *spec.env.values()))
 
 
 @runtime_checkable
@@ -216,6 +280,7 @@ class Runtime(Protocol):
     """See the module docstring for the contract of each method."""
 
     name: str
+    volumes: Volumes
 
     async def start(self, spec: LaunchSpec) -> Workload: ...
 
@@ -232,6 +297,8 @@ class Runtime(Protocol):
     ) -> str: ...
 
     async def forget(self, instance_id: str) -> None: ...
+
+    async def gpus(self) -> GpuDiscovery: ...
 
     async def suspend(self, instance_id: str) -> Workload: ...
 

@@ -16,12 +16,16 @@ running engine may live only in this process's memory or depend on it:
 - Its stdout and stderr go straight to a log file opened ``O_APPEND``, never through pipes that
   would break (and kill the engine with ``SIGPIPE``) when the gateway exits.
 - Everything the runtime knows is in ``state_dir/<instance_id>/``: ``workload.json`` (pid, process
-  group, port, the process start time and boot id that guard against pid reuse, labels, command,
+  group, endpoint (port, or Unix socket), the process start time and boot id that guard against pid reuse, labels, command,
   whether the engine has passed readiness once, whether it was stopped and when the stopped engine
   ended), ``engine.log`` (+
   ``engine.log.1`` after rotation) and ``exit_code``. ``workload.json`` is replaced atomically.
   The pid recorded (and reported as :attr:`Workload.pid`) is the wrapper's, which is also the
   process group id; the engine is its child.
+
+Endpoints: an engine listens on a loopback TCP port the runtime picks (or the template fixes), or,
+when its command names ``{socket}``, on the Unix socket ``state_dir/<instance_id>/engine.sock``
+(the workload's endpoint is then that socket, and no port is involved).
 
 Stopping signals the whole process group (``SIGTERM``, then ``SIGKILL`` after the grace), plus any
 descendant that moved to another group, and waits until they are gone. Readiness is an HTTP ``GET``
@@ -50,7 +54,10 @@ import httpx
 
 from aigc_gateway.errors import Conflict, UserError
 from aigc_gateway.runtime import local_procs as procs
+from aigc_gateway.runtime import nvml
 from aigc_gateway.runtime.base import (
+    Endpoint,
+    GpuDiscovery,
     LaunchError,
     LaunchSpec,
     NotSupported,
@@ -59,8 +66,11 @@ from aigc_gateway.runtime.base import (
     ReadinessTimeout,
     Workload,
     render,
+    uses_socket,
 )
+from aigc_gateway.runtime.connect import base_url, httpx_transport
 from aigc_gateway.runtime.mps import MpsControl, MpsError, mps_root_for
+from aigc_gateway.runtime.volumes import LocalVolumes, Volumes
 
 __all__ = ["LocalRuntime"]
 
@@ -86,8 +96,8 @@ class _Record:
     instance_id: str
     pid: int
     pgid: int
-    host: str
-    port: int
+    host: str | None
+    port: int | None
     started_at: float
     create_time: float | None
     """psutil's create time of the wrapper (seconds since the epoch), for people reading this."""
@@ -104,6 +114,8 @@ class _Record:
     gpu_devices: list[str] = field(default_factory=list)
     gpu_memory_mib: int | None = None
     """Set for a memory share: the card's MPS daemon serves it."""
+    socket_path: str | None = None
+    """The engine's own Unix socket (its command named ``{socket}``); then no port is used."""
     ended_at: float | None = None
     """Set by a stop: when the engine ended (the exit file's time, or when the stop saw the last
     process go), seconds since the epoch; ``None`` if that is unknown (it was gone already and
@@ -140,6 +152,10 @@ class _Paths:
     def exit_code(self) -> Path:
         return self.dir / "exit_code"
 
+    @property
+    def socket(self) -> Path:
+        return self.dir / "engine.sock"
+
 
 class LocalRuntime:
     """Runs each instance's engine as a local process group; see the module docstring."""
@@ -153,13 +169,17 @@ class LocalRuntime:
         host: str = "127.0.0.1",
         probe_interval_s: float = 0.01,
         mps: MpsControl | None = None,
+        volumes: Volumes | None = None,
     ) -> None:
         self._state_dir = Path(state_dir)
+        # Default: the gateway's layout (<data>/runtime/local beside <data>/volumes).
+        self.volumes: Volumes = volumes or LocalVolumes(self._state_dir.parent.parent / "volumes")
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._mps = mps if mps is not None else MpsControl(mps_root_for(self._state_dir))
         self._host = host
         self._probe_interval_s = probe_interval_s
         self._client: httpx.AsyncClient | None = None
+        self._uds_clients: dict[str, httpx.AsyncClient] = {}
         self._recent_ports: deque[int] = deque(maxlen=256)
         self._boot_id = procs.boot_id()
 
@@ -176,8 +196,13 @@ class LocalRuntime:
             await self._clear_previous(previous, paths)
         paths.exit_code.unlink(missing_ok=True)
 
-        port = spec.port if spec.port is not None else self._pick_port()
-        argv, working_dir, env = _prepare(spec, port)
+        socket_path = _socket_path(paths) if uses_socket(spec) else None
+        if socket_path is not None:
+            Path(socket_path).unlink(missing_ok=True)  # a stale socket of an earlier run
+            port = spec.port
+        else:
+            port = spec.port if spec.port is not None else self._pick_port()
+        argv, working_dir, env = _prepare(spec, port, socket_path)
         env.update(await self._gpu_env(spec))
         try:
             proc = procs.spawn(
@@ -189,8 +214,9 @@ class LocalRuntime:
             instance_id=spec.instance_id,
             pid=proc.pid,
             pgid=proc.pid,  # start_new_session: the wrapper leads its own session and group
-            host=self._host,
-            port=port,
+            host=None if socket_path else self._host,
+            port=None if socket_path else port,
+            socket_path=socket_path,
             started_at=time.time(),
             create_time=procs.process_create_time(proc.pid),
             start_stamp=procs.process_stamp(proc.pid),
@@ -206,7 +232,11 @@ class LocalRuntime:
         _save(paths, record)
         logger.info(
             "engine started",
-            extra={"instance_id": spec.instance_id, "engine_pid": proc.pid, "port": port},
+            extra={
+                "instance_id": spec.instance_id,
+                "engine_pid": proc.pid,
+                "endpoint": _endpoint(record).describe,
+            },
         )
         return _workload(record, Phase.STARTING)
 
@@ -305,6 +335,10 @@ class LocalRuntime:
                 await self._terminate(record, 0.0)  # leftovers of an engine that exited
         shutil.rmtree(paths.dir, ignore_errors=True)
 
+    async def gpus(self) -> GpuDiscovery:
+        """This host's cards, as NVML reports them (node ``local``)."""
+        return await asyncio.to_thread(nvml.discover, "local")
+
     async def suspend(self, instance_id: str) -> Workload:
         raise NotSupported("the local runtime cannot suspend engines yet")
 
@@ -316,6 +350,9 @@ class LocalRuntime:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        clients, self._uds_clients = list(self._uds_clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     # -- GPUs -----------------------------------------------------------------------------------
 
@@ -467,7 +504,17 @@ class LocalRuntime:
             logger.error("engine processes survived SIGKILL", extra=extra)
         return time.time()
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self, record: _Record) -> httpx.AsyncClient:
+        if record.socket_path is not None:
+            client = self._uds_clients.get(record.socket_path)
+            if client is None:
+                client = self._uds_clients[record.socket_path] = httpx.AsyncClient(
+                    transport=httpx_transport(_endpoint(record)),
+                    trust_env=False,
+                    follow_redirects=False,
+                    limits=httpx.Limits(max_keepalive_connections=0),
+                )
+            return client
         if self._client is None:
             self._client = httpx.AsyncClient(
                 trust_env=False,  # never send a local probe through a proxy from the environment
@@ -481,15 +528,17 @@ class LocalRuntime:
         try:
             async with asyncio.timeout(limit_s):
                 if record.readiness_kind == ReadinessKind.TCP:
-                    _, writer = await asyncio.open_connection(record.host, record.port)
+                    if record.socket_path is not None:
+                        _, writer = await asyncio.open_unix_connection(record.socket_path)
+                    else:
+                        _, writer = await asyncio.open_connection(record.host, record.port)
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
                     return True
-                host = f"[{record.host}]" if ":" in record.host else record.host
                 path = record.readiness_path if record.readiness_path.startswith("/") else "/"
-                url = f"http://{host}:{record.port}{path}"
-                async with self._http().stream("GET", url, timeout=limit_s) as response:
+                url = f"{base_url(_endpoint(record))}{path}"
+                async with self._http(record).stream("GET", url, timeout=limit_s) as response:
                     return response.status_code < 500
         except (OSError, TimeoutError, httpx.HTTPError):
             return False
@@ -513,10 +562,11 @@ class LocalRuntime:
         return probe.done() and not probe.cancelled() and probe.result()
 
     def _timeout_error(self, record: _Record, paths: _Paths, timeout: float) -> ReadinessTimeout:
+        where = f"socket {record.socket_path}" if record.socket_path else f"port {record.port}"
         if record.readiness_kind == ReadinessKind.TCP:
-            check = f"TCP connect on port {record.port}"
+            check = f"TCP connect on {where}"
         else:
-            check = f"GET {record.readiness_path} on port {record.port}"
+            check = f"GET {record.readiness_path} on {where}"
         tail = procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES)
         logger.info("engine readiness timed out", extra={"instance_id": record.instance_id})
         return ReadinessTimeout(waited_s=timeout, check=check, tail=tail)
@@ -570,13 +620,20 @@ def _read_exit_code(path: Path) -> int | None:
         return None  # being written right now
 
 
-def _prepare(spec: LaunchSpec, port: int) -> tuple[list[str], str, dict[str, str]]:
-    """Render the spec for ``port``: the argv (program resolved), working dir and environment.
+def _prepare(
+    spec: LaunchSpec, port: int | None, socket_path: str | None = None
+) -> tuple[list[str], str, dict[str, str]]:
+    """Render the spec for ``port`` (or the engine's own ``socket_path``): the argv (program
+    resolved), working dir and environment.
 
     Creates the data and working directories. The environment is the gateway's minus its own
     ``AIGC_*`` variables (they hold secrets), plus the template's, plus the port variable.
     """
-    values = {"instance_id": spec.instance_id, "port": str(port)}
+    values = {"instance_id": spec.instance_id}
+    if port is not None:
+        values["port"] = str(port)
+    if socket_path is not None:
+        values["socket"] = socket_path
     data_dir = os.path.abspath(render(spec.data_dir, values))
     values["data_dir"] = data_dir
     _make_dir(data_dir, "data directory")
@@ -587,7 +644,7 @@ def _prepare(spec: LaunchSpec, port: int) -> tuple[list[str], str, dict[str, str
         # An engine granted no GPU sees none (the template's own env may still say otherwise).
         env["CUDA_VISIBLE_DEVICES"] = ""
     env.update({k: render(v, values) for k, v in spec.env.items()})
-    if spec.port_env:
+    if spec.port_env and port is not None:
         env[spec.port_env] = str(port)
     argv = [render(arg, values) for arg in spec.command]
     if not argv or not argv[0]:
@@ -638,13 +695,32 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+UNIX_PATH_MAX = 107
+"""The longest path a Unix socket can be bound at (``sun_path`` less its terminating NUL)."""
+
+
+def _socket_path(paths: _Paths) -> str:
+    path = str(paths.socket.absolute())
+    if len(path.encode()) > UNIX_PATH_MAX:
+        raise LaunchError(
+            f"the engine's socket path {path!r} is longer than the {UNIX_PATH_MAX} bytes a Unix "
+            "socket allows; use a shorter data directory"
+        )
+    return path
+
+
+def _endpoint(record: _Record) -> Endpoint:
+    if record.socket_path is not None:
+        return Endpoint(unix_path=record.socket_path)
+    return Endpoint(host=record.host, port=record.port)
+
+
 def _workload(record: _Record, phase: Phase, **changes: Any) -> Workload:
     return Workload(
         instance_id=record.instance_id,
         phase=phase,
         pid=record.pid,
-        host=record.host,
-        port=record.port,
+        endpoint=_endpoint(record),
         started_at=record.started_at,
         labels=record.labels,
         **changes,

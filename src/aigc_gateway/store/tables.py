@@ -166,8 +166,9 @@ class Instance(Base):
     delete_data: Mapped[bool] = mapped_column(Boolean, default=False)
     runtime: Mapped[str] = mapped_column(String(32))
     pid: Mapped[int | None] = mapped_column(Integer)
-    host: Mapped[str | None] = mapped_column(String(255))
-    port: Mapped[int | None] = mapped_column(Integer)
+    endpoint: Mapped[str | None] = mapped_column(String(1024))
+    """How the gateway reaches the engine (``unix:/path`` or ``host:port``: the runtime's
+    ``Endpoint.describe``); None while none runs."""
     exit_code: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -16,7 +16,7 @@ from aigc_gateway.web import icons
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-PLACEHOLDERS = ("port", "data_dir", "instance_id", "python", "install_dir")
+PLACEHOLDERS = ("port", "data_dir", "instance_id", "socket", "python", "install_dir")
 """What ``{…}`` may name in a launch command, env value, working_dir or requirement: the runtime
 fills the first three when it starts the engine, the loader the last two. Anything else would
 reach the engine as text, so it is refused."""

@@ -208,6 +208,8 @@ class FamilyRow:
     family: str
     used_bytes: int
     quota_bytes: int
+    level: str = "ok"
+    """``ok``, ``warn`` (90 % of the quota or more) or ``over`` (new starts refused)."""
 
 
 def crumbs(path: str) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """A tiny engine for the local runtime tests (run as a script, standard library only).
 
 It records how it was started in ``<data-dir>/engine.json`` (argv, environment, pid, cwd), then
-behaves as the flags say: serve HTTP on ``$PORT`` (default), exit with a code, never become ready,
+behaves as the flags say: serve HTTP on ``$PORT`` (default) or a Unix socket (``--uds PATH``;
+``GET /env`` answers its environment, ``GET /info`` what ``engine.json`` holds), exit with a code, never become ready,
 ignore SIGTERM, take a while to stop (``--slow-stop S``, then ``ended.json`` says when it ended),
 start a grandchild, or print a lot.
 """
@@ -12,16 +13,28 @@ import json
 import os
 import pathlib
 import signal
+import socketserver
 import subprocess
 import sys
 import time
 
+INFO: dict[str, object] = {}
+
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    def address_string(self) -> str:
+        return "unix" if not self.client_address else str(self.client_address[0])
+
     def do_GET(self) -> None:
+        if self.path in ("/env", "/info"):
+            data = dict(os.environ) if self.path == "/env" else INFO
+            self._answer(json.dumps(data).encode())
+            return
         if self.path.startswith("/spew/"):
             _spew(int(self.path.rsplit("/", 1)[1]), "late")
-        body = f"engine {os.environ.get('ENGINE_ID', '?')} ok\n".encode()
+        self._answer(f"engine {os.environ.get('ENGINE_ID', '?')} ok\n".encode())
+
+    def _answer(self, body: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -43,6 +56,7 @@ def _slow_stop(data_dir: pathlib.Path, seconds: float) -> object:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(seconds)
         (data_dir / "ended.json").write_text(json.dumps({"t": time.time()}))
+        print("engine stopped politely", flush=True)
         os._exit(0)
 
     return handler
@@ -59,6 +73,7 @@ def main() -> None:
     parser.add_argument("--slow-stop", type=float, default=None)
     parser.add_argument("--grandchild", action="store_true")
     parser.add_argument("--spew", type=int, default=0)
+    parser.add_argument("--uds", default=None)
     args, _ = parser.parse_known_args()
 
     data_dir = pathlib.Path(args.data_dir)
@@ -75,6 +90,7 @@ def main() -> None:
     if args.grandchild:
         child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
         info["grandchild"] = child.pid
+    INFO.update(info)
     (data_dir / "engine.json.tmp").write_text(json.dumps(info))
     os.replace(data_dir / "engine.json.tmp", data_dir / "engine.json")
     print(f"engine {os.getpid()} starting", flush=True)
@@ -91,10 +107,18 @@ def main() -> None:
     if args.spew:
         _spew(args.spew, "early")
 
+    if args.uds is not None:
+        unix = UnixHTTPServer(args.uds, Handler)
+        print(f"listening on {args.uds}", flush=True)
+        unix.serve_forever()
     port = args.port if args.port is not None else int(os.environ["PORT"])
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print(f"listening on {port}", flush=True)
     server.serve_forever()
+
+
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Runtimes by name: the ``aigc_gateway.runtimes`` entry-point group.
+
+A runtime package declares, in its own ``pyproject.toml``::
+
+    [project.entry-points."aigc_gateway.runtimes"]
+    mycluster = "mycluster_runtime:make_runtime"
+
+where ``make_runtime(settings) -> Runtime`` builds the runtime from the gateway's
+:class:`~aigc_gateway.settings.Settings` (its state goes under ``settings.runtime_dir``); the
+admin sets ``runtime: mycluster``. Nothing in the gateway is edited. The local runtime is declared
+the same way by the gateway's own ``pyproject.toml``, and is also known built in, so a source
+checkout whose installed metadata predates the group still finds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
+
+from aigc_gateway.errors import UserError
+
+if TYPE_CHECKING:
+    from aigc_gateway.runtime.base import Runtime
+    from aigc_gateway.settings import Settings
+
+__all__ = ["GROUP", "RuntimeFactory", "available", "load", "local"]
+
+GROUP = "aigc_gateway.runtimes"
+
+RuntimeFactory = Callable[["Settings"], "Runtime"]
+
+BUILT_IN = {"local": "aigc_gateway.runtime.plugins:local"}
+
+
+def available() -> dict[str, EntryPoint]:
+    """Every runtime that can be chosen now, by name (installed entry points win)."""
+    found = {name: EntryPoint(name, value, GROUP) for name, value in BUILT_IN.items()}
+    found.update({ep.name: ep for ep in entry_points(group=GROUP)})
+    return found
+
+
+def check_name(name: str) -> str:
+    """``name`` if a runtime of that name is installed; else a :class:`UserError` listing those
+    that are."""
+    names = available()
+    if name not in names:
+        raise UserError(
+            f"unknown runtime {name!r}: the installed ones are {', '.join(sorted(names))} "
+            f"(a runtime package registers itself in the {GROUP!r} entry-point group)",
+            code="invalid_settings",
+        )
+    return name
+
+
+def load(name: str) -> RuntimeFactory:
+    """The factory of the runtime called ``name``."""
+    entry = available().get(check_name(name))
+    assert entry is not None
+    factory = entry.load()
+    if not callable(factory):
+        raise UserError(
+            f"runtime {name!r}: its entry point {entry.value!r} is not a factory "
+            "(a callable taking the settings)",
+            code="invalid_settings",
+        )
+    return factory  # type: ignore[no-any-return]
+
+
+def local(settings: Settings) -> Runtime:
+    """The local runtime: engines as process groups on this host."""
+    from aigc_gateway.runtime.local import LocalRuntime
+    from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+    from aigc_gateway.runtime.volumes import LocalVolumes
+
+    settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+    mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
+    volumes = LocalVolumes(settings.volumes_dir)
+    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps, volumes=volumes)
