@@ -53,6 +53,7 @@ from aigc_gateway.errors import GatewayError, PermanentError
 
 __all__ = [
     "Endpoint",
+    "EngineResources",
     "GpuGrant",
     "LaunchError",
     "LaunchSpec",
@@ -150,12 +151,23 @@ class GpuGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineResources:
+    """What one engine may use: CPU cores (a quota), memory and processes (hard limits)."""
+
+    cpu: float | None = None
+    memory_mib: int | None = None
+    pids: int | None = None
+    """None: the runtime's default (``sandbox_pids_max``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchSpec:
     """Everything a runtime needs to run one engine, already resolved from the template.
 
     ``command``, ``env`` values and ``working_dir`` may contain the placeholders ``{port}``,
-    ``{data_dir}`` and ``{instance_id}``; the runtime fills them with :func:`render` once it has
-    chosen the port. ``port`` is the engine's fixed port or ``None`` to let the runtime pick a free
+    ``{data_dir}``, ``{instance_id}`` and ``{socket}``; the runtime fills them with :func:`render`
+    once it has chosen the port. ``{socket}`` is a Unix socket path the engine may listen on
+    instead of its port (a sandboxed engine is then reached on it directly). ``port`` is the engine's fixed port or ``None`` to let the runtime pick a free
     one. ``port_env`` names an environment variable that receives the port (e.g. ``PORT``).
     """
 
@@ -173,6 +185,10 @@ class LaunchSpec:
     """Free-form facts the runtime records and returns in :class:`Workload` (owner, template)."""
     gpu: GpuGrant | None = None
     """The GPUs this engine may use (None: no GPU; the runtime hides every card)."""
+    resources: EngineResources = field(default_factory=lambda: EngineResources())
+    """Limits a sandboxing runtime enforces (cgroups); others may ignore them."""
+    read_only_paths: tuple[str, ...] = ()
+    """Host paths the engine needs read-only besides its command's own (an install dir)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +208,8 @@ class Workload:
     log_tail: str = ""
     message: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    endpoint: Endpoint | None = None
+    """How to reach the engine: its Unix socket (sandboxed) or ``host``/``port`` (not)."""
 
     @property
     def url(self) -> str | None:
@@ -203,11 +221,12 @@ class Workload:
         return replace(self, phase=phase, **changes)  # type: ignore[arg-type]
 
 
-_PLACEHOLDER = re.compile(r"\{(port|data_dir|instance_id)\}")
+_PLACEHOLDER = re.compile(r"\{(port|data_dir|instance_id|socket)\}")
 
 
 def render(text: str, values: Mapping[str, str]) -> str:
-    """Fill ``{port}``, ``{data_dir}`` and ``{instance_id}`` in ``text``; other braces are kept."""
+    """Fill ``{port}``, ``{data_dir}``, ``{instance_id}`` and ``{socket}`` in ``text``; other
+    braces are kept."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 

@@ -32,13 +32,16 @@ process's exit (a pidfd, so an adopted engine's exit is noticed at once too).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -50,7 +53,9 @@ import httpx
 
 from aigc_gateway.errors import Conflict, UserError
 from aigc_gateway.runtime import local_procs as procs
+from aigc_gateway.runtime import local_sandbox as sbx
 from aigc_gateway.runtime.base import (
+    Endpoint,
     LaunchError,
     LaunchSpec,
     NotSupported,
@@ -61,6 +66,10 @@ from aigc_gateway.runtime.base import (
     render,
 )
 from aigc_gateway.runtime.mps import MpsControl, MpsError, mps_root_for
+from aigc_gateway.runtime.sandbox import cgroups
+from aigc_gateway.runtime.sandbox.gpu import device_minors
+from aigc_gateway.runtime.sandbox.launch import Sandbox, engine_paths
+from aigc_gateway.runtime.sandbox.policy import DATA_DIR, SOCKET_DIR, SOCKET_NAME, rewrite_path
 
 __all__ = ["LocalRuntime"]
 
@@ -86,8 +95,9 @@ class _Record:
     instance_id: str
     pid: int
     pgid: int
-    host: str
-    port: int
+    host: str | None
+    """``None`` for a sandboxed engine: it has no port on the host, only its socket."""
+    port: int | None
     started_at: float
     create_time: float | None
     """psutil's create time of the wrapper (seconds since the epoch), for people reading this."""
@@ -108,6 +118,30 @@ class _Record:
     """Set by a stop: when the engine ended (the exit file's time, or when the stop saw the last
     process go), seconds since the epoch; ``None`` if that is unknown (it was gone already and
     left no exit file)."""
+    uid: int | None = None
+    """Sandboxed: the uid the engine runs as."""
+    cgroup: dict[str, Any] | None = None
+    """Sandboxed: the engine's :class:`~.sandbox.cgroups.Cgroup` (as a dict)."""
+    socket_path: str | None = None
+    """Sandboxed: the Unix socket the gateway reaches the engine on."""
+    forwarded: bool = False
+    """Sandboxed: the socket is socat's bridge to the engine's port in its namespace (else
+    the engine listens on the socket itself)."""
+    memory_bytes: int | None = None
+    """Sandboxed: the cgroup's memory limit, for the out-of-memory message."""
+
+    @property
+    def sandbox_cgroup(self) -> cgroups.Cgroup | None:
+        if self.cgroup is None:
+            return None
+        c = self.cgroup
+        return cgroups.Cgroup(
+            int(c["version"]),
+            tuple(c["dirs"]),
+            memory_dir=c.get("memory_dir"),
+            cpuacct_dir=c.get("cpuacct_dir"),
+            freezer_dir=c.get("freezer_dir"),
+        )
 
     def to_json(self) -> str:
         return json.dumps({"version": _RECORD_VERSION, **asdict(self)}, indent=1)
@@ -153,8 +187,19 @@ class LocalRuntime:
         host: str = "127.0.0.1",
         probe_interval_s: float = 0.01,
         mps: MpsControl | None = None,
+        sandbox: Sandbox | None = None,
+        refusal: str | None = None,
+        socket_root: Path | None = None,
     ) -> None:
+        """``sandbox``: run every engine in it (see :mod:`.sandbox`); ``None``: as a plain
+        process. ``refusal``: refuse every start with this message (the host cannot sandbox and
+        the settings do not allow engines without). ``socket_root``: where the engines' socket
+        folders live (a short path: a socket path must stay under 108 bytes)."""
         self._state_dir = Path(state_dir)
+        self._sandbox = sandbox
+        self._refusal = refusal
+        self._socket_root = socket_root or _socket_root_for(self._state_dir)
+        self._uds_clients: dict[str, httpx.AsyncClient] = {}
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._mps = mps if mps is not None else MpsControl(mps_root_for(self._state_dir))
         self._host = host
@@ -175,25 +220,100 @@ class LocalRuntime:
                 return current
             await self._clear_previous(previous, paths)
         paths.exit_code.unlink(missing_ok=True)
+        if self._refusal is not None:
+            raise LaunchError(self._refusal)
+        if self._sandbox is not None:
+            return await self._start_sandboxed(spec, paths, self._sandbox)
 
         port = spec.port if spec.port is not None else self._pick_port()
-        argv, working_dir, env = _prepare(spec, port)
+        argv, working_dir, env, _ = _prepare(spec, port)
         env.update(await self._gpu_env(spec))
+        proc = _spawn(argv, paths, working_dir, env)
+        record = self._new_record(spec, proc.pid, argv, host=self._host, port=port)
+        _save(paths, record)
+        logger.info(
+            "engine started",
+            extra={"instance_id": spec.instance_id, "engine_pid": proc.pid, "port": port},
+        )
+        return _workload(record, Phase.STARTING)
+
+    async def _start_sandboxed(self, spec: LaunchSpec, paths: _Paths, sandbox: Sandbox) -> Workload:
+        """Start the engine in its sandbox (see :mod:`.sandbox.launch`), reached on its socket."""
+        own_socket = any("{socket}" in a for a in (*spec.command, *spec.env.values()))
+        port = spec.port if spec.port is not None else sandbox.config.engine_port
+        argv, working_dir, env, data_dir = _prepare(
+            spec, port, socket=f"{SOCKET_DIR}/{SOCKET_NAME}"
+        )
+        env.update(await self._gpu_env(spec))
+        inside = [rewrite_path(a, data_dir) for a in argv]
+        env = {k: rewrite_path(v, data_dir) for k, v in env.items()}
+        if "HOME" not in spec.env:
+            env["HOME"] = DATA_DIR
+        shares = [env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY") if k in env]
+        resources = spec.resources
+        limits = cgroups.Limits(
+            memory_bytes=resources.memory_mib << 20 if resources.memory_mib else None,
+            cpu=resources.cpu,
+            pids=resources.pids or sandbox.config.pids_max,
+        )
+        socket_dir = self._socket_dir(spec.instance_id)
         try:
-            proc = procs.spawn(
-                argv, exit_file=paths.exit_code, log_file=paths.log, cwd=working_dir, env=env
+            prepared = await asyncio.to_thread(
+                sandbox.prepare,
+                instance_id=spec.instance_id,
+                owner=spec.labels.get("owner", "_unowned"),
+                command=inside,
+                volume=data_dir,
+                socket_dir=str(socket_dir),
+                limits=limits,
+                port=None if own_socket else port,
+                read_only=engine_paths(
+                    argv,
+                    env,
+                    volume=data_dir,
+                    working_dir=working_dir,
+                    extra=spec.read_only_paths,
+                ),
+                read_write=[p for p in shares if os.path.isdir(p)],
+                gpu_minors=device_minors(spec.gpu.devices) if spec.gpu else (),
             )
         except OSError as e:
-            raise LaunchError(f"could not launch engine command {argv[0]!r}: {e}") from e
-        record = _Record(
+            raise LaunchError(f"could not prepare the engine's sandbox: {e}") from e
+        (socket_dir / SOCKET_NAME).unlink(missing_ok=True)
+        workdir_inside = rewrite_path(working_dir, data_dir)
+        if workdir_inside != DATA_DIR:
+            prepared.argv[prepared.argv.index("--chdir") + 1] = workdir_inside
+        proc = _spawn(prepared.argv, paths, data_dir, env)
+        record = self._new_record(spec, proc.pid, inside, host=None, port=None)
+        record.uid = prepared.uid
+        record.cgroup = asdict(prepared.cgroup)
+        record.socket_path = prepared.socket_path
+        record.forwarded = not own_socket
+        record.memory_bytes = prepared.memory_bytes
+        _save(paths, record)
+        logger.info(
+            "engine started in its sandbox",
+            extra={
+                "instance_id": spec.instance_id,
+                "engine_pid": proc.pid,
+                "uid": prepared.uid,
+                "socket": prepared.socket_path,
+            },
+        )
+        return _workload(record, Phase.STARTING)
+
+    def _new_record(
+        self, spec: LaunchSpec, pid: int, argv: list[str], *, host: str | None, port: int | None
+    ) -> _Record:
+        return _Record(
             instance_id=spec.instance_id,
-            pid=proc.pid,
-            pgid=proc.pid,  # start_new_session: the wrapper leads its own session and group
-            host=self._host,
+            pid=pid,
+            pgid=pid,  # start_new_session: the wrapper leads its own session and group
+            host=host,
             port=port,
             started_at=time.time(),
-            create_time=procs.process_create_time(proc.pid),
-            start_stamp=procs.process_stamp(proc.pid),
+            create_time=procs.process_create_time(pid),
+            start_stamp=procs.process_stamp(pid),
             boot_id=self._boot_id,
             command=argv,
             readiness_kind=str(spec.readiness.kind),
@@ -203,12 +323,6 @@ class LocalRuntime:
             gpu_devices=list(spec.gpu.devices) if spec.gpu else [],
             gpu_memory_mib=spec.gpu.memory_mib if spec.gpu else None,
         )
-        _save(paths, record)
-        logger.info(
-            "engine started",
-            extra={"instance_id": spec.instance_id, "engine_pid": proc.pid, "port": port},
-        )
-        return _workload(record, Phase.STARTING)
 
     async def wait_ready(self, instance_id: str, *, timeout: float) -> Workload:
         paths = self._paths(instance_id)
@@ -262,6 +376,7 @@ class LocalRuntime:
             record.ready = False
             _save(paths, record)
             paths.exit_code.unlink(missing_ok=True)
+            self._drop_sandbox(record)
             logger.info("engine stopped", extra={"instance_id": instance_id})
         if record.gpu_memory_mib is not None:
             await self._release_share(record)
@@ -303,7 +418,9 @@ class LocalRuntime:
                 )
             if not record.stopped:
                 await self._terminate(record, 0.0)  # leftovers of an engine that exited
+            self._drop_sandbox(record)
         shutil.rmtree(paths.dir, ignore_errors=True)
+        shutil.rmtree(self._socket_dir(instance_id), ignore_errors=True)
 
     async def suspend(self, instance_id: str) -> Workload:
         raise NotSupported("the local runtime cannot suspend engines yet")
@@ -316,6 +433,41 @@ class LocalRuntime:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        clients, self._uds_clients = self._uds_clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+    # -- the sandbox ----------------------------------------------------------------------------
+
+    @property
+    def sandboxed(self) -> bool:
+        """Whether this runtime starts engines in a sandbox."""
+        return self._sandbox is not None
+
+    def leftover_cgroups(self) -> builtins.list[str]:
+        """Engine cgroups that exist on this host now (none once every engine is stopped)."""
+        return self._sandbox.leftovers() if self._sandbox is not None else []
+
+    def _socket_dir(self, instance_id: str) -> Path:
+        return self._socket_root / hashlib.sha256(instance_id.encode()).hexdigest()[:16]
+
+    def _drop_sandbox(self, record: _Record) -> None:
+        """Remove a stopped engine's cgroup (killing anything left in it) and its socket."""
+        cgroup = record.sandbox_cgroup
+        if cgroup is not None:
+            if cgroups.members(cgroup):
+                cgroups.kill_all(cgroup)
+            if not cgroups.remove(cgroup):
+                logger.warning(
+                    "engine cgroup still busy after the stop; left for the next start",
+                    extra={"instance_id": record.instance_id, "cgroup": cgroup.dirs},
+                )
+        if record.socket_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(record.socket_path)
+        client = self._uds_clients.pop(record.socket_path or "", None)
+        if client is not None:
+            asyncio.ensure_future(client.aclose())  # noqa: RUF006 - closes at once, nothing to await
 
     # -- GPUs -----------------------------------------------------------------------------------
 
@@ -393,13 +545,15 @@ class LocalRuntime:
         leader_alive = procs.process_alive(record.pid, record.start_stamp)
         code = _read_exit_code(paths.exit_code)
         if code is not None:
+            cgroup = record.sandbox_cgroup
+            oom = sbx.oom_message(cgroup, record.memory_bytes) if cgroup is not None else None
             return _workload(
                 record,
                 Phase.EXITED,
                 exit_code=code,
                 exited_at=_mtime(paths.exit_code),
                 log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
-                message=procs.describe_exit(code),
+                message=oom or procs.describe_exit(code),
             )
         if leader_alive:
             return _workload(record, Phase.READY if record.ready else Phase.STARTING)
@@ -423,6 +577,9 @@ class LocalRuntime:
     def _group_lives(self, record: _Record) -> bool:
         if record.boot_id != self._boot_id:
             return False  # started before the last boot: nothing of it can be left
+        cgroup = record.sandbox_cgroup
+        if cgroup is not None and cgroups.members(cgroup):
+            return True
         return procs.group_is_ours(record.pgid, record.start_stamp) and procs.group_alive(
             record.pgid
         )
@@ -449,6 +606,9 @@ class LocalRuntime:
         ``SIGTERM``; the forced kill spares it) and records the engine's exit and end time."""
         if not self._group_lives(record):
             return None
+        cgroup = record.sandbox_cgroup
+        if cgroup is not None:
+            return await self._terminate_sandboxed(record, cgroup, grace)
         pgid = record.pgid
         strays = procs.descendants_outside_group(record.pid, pgid)
         extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
@@ -467,6 +627,22 @@ class LocalRuntime:
             logger.error("engine processes survived SIGKILL", extra=extra)
         return time.time()
 
+    async def _terminate_sandboxed(
+        self, record: _Record, cgroup: cgroups.Cgroup, grace: float
+    ) -> float | None:
+        """The cgroup's stop (see :mod:`.local_sandbox`), then the wait for the wrapper, which
+        records the engine's end as bwrap returns."""
+        extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
+        bwrap = self._sandbox.support.bwrap if self._sandbox is not None else None
+        ended, empty = await sbx.terminate_cgroup(
+            cgroup, bwrap=bwrap or "/usr/bin/bwrap", grace=grace, kill_wait_s=KILL_WAIT_S
+        )
+        if not empty:
+            logger.error("engine processes survived the cgroup's kill", extra=extra)
+        if not await procs.wait_gone(record.pgid, (), KILL_WAIT_S / 2):
+            procs.kill_group_but(record.pgid, keep=record.pid)
+        return ended if ended is not None else time.time()
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
@@ -480,6 +656,10 @@ class LocalRuntime:
         """One readiness check, bounded by ``limit_s``; ``True`` if it passed."""
         try:
             async with asyncio.timeout(limit_s):
+                if record.socket_path is not None:
+                    return await self._probe_socket(record, record.socket_path, limit_s)
+                if record.host is None or record.port is None:
+                    return False
                 if record.readiness_kind == ReadinessKind.TCP:
                     _, writer = await asyncio.open_connection(record.host, record.port)
                     writer.close()
@@ -493,6 +673,21 @@ class LocalRuntime:
                     return response.status_code < 500
         except (OSError, TimeoutError, httpx.HTTPError):
             return False
+
+    async def _probe_socket(self, record: _Record, path: str, limit_s: float) -> bool:
+        if record.readiness_kind == ReadinessKind.TCP:
+            return await sbx.probe_tcp_over_socket(path, forwarded=record.forwarded)
+        client = self._uds_clients.get(path)
+        if client is None:
+            client = self._uds_clients[path] = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=path, retries=0),
+                trust_env=False,
+                follow_redirects=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        target = record.readiness_path if record.readiness_path.startswith("/") else "/"
+        async with client.stream("GET", f"http://engine{target}", timeout=limit_s) as response:
+            return response.status_code < 500
 
     async def _probe_racing(
         self, record: _Record, exited: asyncio.Future[None] | None, remaining: float
@@ -513,10 +708,11 @@ class LocalRuntime:
         return probe.done() and not probe.cancelled() and probe.result()
 
     def _timeout_error(self, record: _Record, paths: _Paths, timeout: float) -> ReadinessTimeout:
+        where = f"socket {record.socket_path}" if record.socket_path else f"port {record.port}"
         if record.readiness_kind == ReadinessKind.TCP:
-            check = f"TCP connect on port {record.port}"
+            check = f"TCP connect on {where}"
         else:
-            check = f"GET {record.readiness_path} on port {record.port}"
+            check = f"GET {record.readiness_path} on {where}"
         tail = procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES)
         logger.info("engine readiness timed out", extra={"instance_id": record.instance_id})
         return ReadinessTimeout(waited_s=timeout, check=check, tail=tail)
@@ -570,13 +766,18 @@ def _read_exit_code(path: Path) -> int | None:
         return None  # being written right now
 
 
-def _prepare(spec: LaunchSpec, port: int) -> tuple[list[str], str, dict[str, str]]:
-    """Render the spec for ``port``: the argv (program resolved), working dir and environment.
+def _prepare(
+    spec: LaunchSpec, port: int, *, socket: str | None = None
+) -> tuple[list[str], str, dict[str, str], str]:
+    """Render the spec for ``port`` (and ``socket``, the ``{socket}`` path): the argv (program
+    resolved), working dir, environment and data dir, as host paths.
 
     Creates the data and working directories. The environment is the gateway's minus its own
     ``AIGC_*`` variables (they hold secrets), plus the template's, plus the port variable.
     """
     values = {"instance_id": spec.instance_id, "port": str(port)}
+    if socket is not None:
+        values["socket"] = socket
     data_dir = os.path.abspath(render(spec.data_dir, values))
     values["data_dir"] = data_dir
     _make_dir(data_dir, "data directory")
@@ -593,7 +794,12 @@ def _prepare(spec: LaunchSpec, port: int) -> tuple[list[str], str, dict[str, str
     if not argv or not argv[0]:
         raise LaunchError("the template's launch.command is empty")
     argv[0] = _resolve_command(argv[0], working_dir, env)
-    return argv, working_dir, env
+    if socket is None and any("{socket}" in a for a in argv):
+        raise LaunchError(
+            "the template's command uses {socket}, which only sandboxed engines have; "
+            "use {port}, or run the gateway with the sandbox"
+        )
+    return argv, working_dir, env, data_dir
 
 
 def _append_separator(paths: _Paths) -> None:
@@ -639,6 +845,12 @@ def _mtime(path: Path) -> float | None:
 
 
 def _workload(record: _Record, phase: Phase, **changes: Any) -> Workload:
+    if record.socket_path is not None:
+        endpoint: Endpoint | None = Endpoint(unix_path=record.socket_path)
+    elif record.host is not None and record.port is not None:
+        endpoint = Endpoint(host=record.host, port=record.port)
+    else:
+        endpoint = None
     return Workload(
         instance_id=record.instance_id,
         phase=phase,
@@ -647,5 +859,20 @@ def _workload(record: _Record, phase: Phase, **changes: Any) -> Workload:
         port=record.port,
         started_at=record.started_at,
         labels=record.labels,
+        endpoint=endpoint,
         **changes,
     )
+
+
+def _spawn(argv: list[str], paths: _Paths, cwd: str, env: dict[str, str]) -> Any:
+    try:
+        return procs.spawn(argv, exit_file=paths.exit_code, log_file=paths.log, cwd=cwd, env=env)
+    except OSError as e:
+        raise LaunchError(f"could not launch engine command {argv[0]!r}: {e}") from e
+
+
+def _socket_root_for(state_dir: Path) -> Path:
+    """A short folder for the engines' sockets of one gateway (see ``socket_root``)."""
+    tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
+    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+    return base / "aigc" / tag
