@@ -56,7 +56,7 @@ NVIDIA_CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-m
 """Device nodes every granted GPU needs besides its own ``/dev/nvidiaN``."""
 
 FORWARD_SCRIPT = (
-    'sock=$1; port=$2; shift 2; socat UNIX-LISTEN:"$sock",fork,unlink-early '
+    'sock=$1; port=$2; shift 2; socat -lf /dev/null UNIX-LISTEN:"$sock",fork,unlink-early '
     'TCP:127.0.0.1:"$port" </dev/null & exec "$@"'
 )
 """``sh -c FORWARD_SCRIPT fwd SOCKET PORT ENGINE...``: the bridge, then the engine in the shell's
