@@ -170,7 +170,9 @@ async def test_a_daemonised_grandchild_does_not_survive_the_stop(
     """A double-forked ``setsid`` daemon leaves the engine's process group, but not its cgroup
     and PID namespace: the stop ends it, and no cgroup is left after forget. (On main the daemon
     lives on after the stop.)"""
-    await runtime.start(hostile_spec(tmp_path, "--mode", "daemon", instance_id="d-1", owner="alice"))
+    await runtime.start(
+        hostile_spec(tmp_path, "--mode", "daemon", instance_id="d-1", owner="alice")
+    )
     assert (await runtime.wait_ready("d-1", timeout=30)).phase is Phase.READY
     cgroup = _cgroup(tmp_path, "d-1")
     members = cgroups.members(cgroup)

@@ -17,7 +17,9 @@ TEST_UIDS = UidRange(231000, 231999)
 """Tests use their own corner of the default range."""
 
 
-def sandboxed_runtime(state_dir: Path, *, hidden: tuple[str, ...] = (), **config: object) -> LocalRuntime:
+def sandboxed_runtime(
+    state_dir: Path, *, hidden: tuple[str, ...] = (), **config: object
+) -> LocalRuntime:
     """A local runtime that starts every engine sandboxed (the host must support it)."""
     settings = SandboxConfig(uid_range=TEST_UIDS, hidden=(str(state_dir), *hidden), **config)  # type: ignore[arg-type]
     sandbox = Sandbox(settings, detect.probe(), state_dir=state_dir)

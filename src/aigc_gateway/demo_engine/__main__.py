@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: $PORT)")
+    parser.add_argument("--uds", help="listen on this Unix socket instead of a port")
     parser.add_argument(
         "--data-dir",
         help="folder for outputs, inputs and state.json (default: $AIGC_DEMO_DATA_DIR or cwd)",
@@ -43,12 +44,14 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parsed arguments with the environment defaults applied (``port``, ``data_dir``, ...)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.port is None:
+    if args.uds is not None:
+        args.port = args.port or 0
+    elif args.port is None:
         env_port = os.environ.get("PORT", "")
         if not env_port.isdigit():
             parser.error("--port is required (or set $PORT)")
         args.port = int(env_port)
-    if not 0 < args.port < 65536:
+    if args.uds is None and not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     if args.steps < 1:
         parser.error("--steps must be at least 1")
@@ -77,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Installed before uvicorn.run, which restores them on exit and then re-raises the signal.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     signal.signal(signal.SIGINT, _exit_after_shutdown)
-    uvicorn.run(app, host=args.host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    where = {"uds": args.uds} if args.uds else {"host": args.host, "port": port}
+    uvicorn.run(app, **where, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
 
