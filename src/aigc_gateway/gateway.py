@@ -64,6 +64,8 @@ class Gateway:
     """GPU memory each engine holds, from NVML."""
     metrics: PrometheusMetrics
     """What ``/metrics`` exposes; the proxy and the controller report to it."""
+    isolation: Isolation
+    """Whether engines are sandboxed here (the Health page and ``/healthz`` say it)."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -89,13 +91,54 @@ def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
     return problems
 
 
-def make_runtime(settings: Settings) -> Runtime:
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    """Whether engines run sandboxed here, as every surface (log, doctor, Health, /healthz)
+    reports it."""
+
+    sandboxed: bool
+    detail: str
+    """What the sandbox uses, or what is missing."""
+    warning: str | None = None
+    """Set when engines are not isolated: "engines are NOT isolated ..." and why."""
+    refusal: str | None = None
+    """Set when engine starts are refused (the host cannot sandbox, and the settings do not
+    allow engines without)."""
+
+
+def choose_isolation(settings: Settings) -> Isolation:
+    """Look at this host and apply the ``sandbox`` setting (see its docs)."""
+    from aigc_gateway.runtime.local_sandbox import SandboxMode, choose
+    from aigc_gateway.runtime.sandbox.detect import probe
+
+    support = probe()
+    decision = choose(SandboxMode(settings.sandbox), support, dev=settings.dev)
+    return Isolation(decision.sandboxed, support.describe(), decision.warning, decision.refusal)
+
+
+def make_runtime(settings: Settings, isolation: Isolation | None = None) -> Runtime:
     from aigc_gateway.runtime.local import LocalRuntime
     from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+    from aigc_gateway.runtime.sandbox.detect import probe
+    from aigc_gateway.runtime.sandbox.launch import Sandbox, SandboxConfig
+    from aigc_gateway.runtime.sandbox.uids import parse_range
 
+    isolation = isolation or choose_isolation(settings)
     settings.runtime_dir.mkdir(parents=True, exist_ok=True)
     mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
-    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps)
+    sandbox = None
+    if isolation.sandboxed:
+        config = SandboxConfig(
+            uid_range=parse_range(settings.sandbox_uid_range),
+            pids_max=settings.sandbox_pids_max,
+            tmp_bytes=settings.sandbox_tmp_mib << 20,
+            shm_bytes=settings.sandbox_tmp_mib << 20,
+            hidden=(str(settings.data_dir.resolve()),),
+        )
+        sandbox = Sandbox(config, probe(), state_dir=settings.runtime_dir)
+    return LocalRuntime(
+        state_dir=settings.runtime_dir, mps=mps, sandbox=sandbox, refusal=isolation.refusal
+    )
 
 
 async def open_gateway(
@@ -113,7 +156,10 @@ async def open_gateway(
     await db.migrate()
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
-    runtime = runtime or make_runtime(settings)
+    isolation = choose_isolation(settings)
+    if isolation.warning:
+        log.warning("%s", isolation.warning)
+    runtime = runtime or make_runtime(settings, isolation)
     hub = EventHub()
     inventory, gpu_note = build_inventory(settings)
     gpus = GpuBroker(inventory.gpus, gpu_note)
@@ -197,4 +243,5 @@ async def open_gateway(
         pricebook=pricebook,
         gpu_usage=GpuUsage(),
         metrics=metrics,
+        isolation=isolation,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from tests.support.sandbox import sandboxed_runtime
 
 from aigc_gateway.runtime.base import (
     LaunchSpec,
@@ -24,7 +25,6 @@ from aigc_gateway.runtime.base import (
     ReadinessTimeout,
 )
 from aigc_gateway.runtime.local import LocalRuntime
-from tests.support.sandbox import sandboxed_runtime
 
 pytestmark = pytest.mark.needs("sandbox")
 
