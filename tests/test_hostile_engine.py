@@ -17,6 +17,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -131,16 +132,20 @@ async def test_fork_bomb_stops_at_pids_max(runtime: LocalRuntime, tmp_path: Path
     """A fork bomb gets no further than the cgroup's pids limit, and the stop ends all of it.
     (On main it forks until the host's limit.)"""
     spec = hostile_spec(
-        tmp_path, "--mode", "forkbomb", instance_id="bomb-1", owner="alice",
+        tmp_path, "--mode", "idle", instance_id="bomb-1", owner="alice",
         resources=EngineResources(cpu=1, memory_mib=512, pids=40),
     )  # fmt: skip
     await runtime.start(spec)
-    assert (await runtime.wait_ready("bomb-1", timeout=30)).phase is Phase.READY
-    result = json.loads((tmp_path / "volumes" / "alice" / "bomb-1" / "forkbomb.json").read_text())
-    assert result["children"] < 40
+    ready = await runtime.wait_ready("bomb-1", timeout=30)
+    assert ready.phase is Phase.READY and ready.endpoint and ready.endpoint.unix_path
+    transport = httpx.AsyncHTTPTransport(uds=ready.endpoint.unix_path)
+    async with httpx.AsyncClient(transport=transport) as client:
+        result = (await client.get("http://engine/forkbomb", timeout=30)).json()
+    assert 20 < result["children"] < 40
+    assert "Resource temporarily unavailable" in result["error"]
     cgroup = _cgroup(tmp_path, "bomb-1")
     members = cgroups.members(cgroup)
-    assert 30 < len(members) <= 40
+    assert 20 < len(members) <= 40
     await runtime.stop("bomb-1", grace=0.2)
     assert not any(psutil.pid_exists(p) and _alive(p) for p in members)
 

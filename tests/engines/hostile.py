@@ -6,8 +6,8 @@ ports on the host's loopback, another engine's socket), writes ``<data>/report.j
 (``{attempt: {"ok": bool, "detail": str}}``, ``ok`` meaning the escape *worked*), then serves
 HTTP on $PORT so that readiness says the report is there.
 
-Other modes misbehave, then serve: ``oom`` allocates past any memory limit; ``forkbomb`` forks
-until refused and reports how many processes it reached; ``cpu`` spins two threads; ``daemon``
+Other modes misbehave, then serve: ``oom`` allocates past any memory limit; ``GET /forkbomb`` (any
+mode) forks until refused and answers how many processes it reached; ``cpu`` spins two threads; ``daemon``
 leaves a double-forked, ``setsid`` grandchild that writes its pid to ``<data>/daemon.pid``.
 Standard library only.
 """
@@ -113,17 +113,17 @@ def oom() -> None:
         hog.append(bytearray(16 << 20))
 
 
-def forkbomb(data: Path) -> None:
-    children = 0
+def forkbomb() -> dict[str, object]:
+    children: list[int] = []
     try:
         while True:
             pid = os.fork()
             if pid == 0:
                 time.sleep(3600)
                 os._exit(0)
-            children += 1
+            children.append(pid)
     except OSError as exc:
-        (data / "forkbomb.json").write_text(json.dumps({"children": children, "error": str(exc)}))
+        return {"children": len(children), "error": str(exc)}
 
 
 def cpu() -> None:
@@ -148,7 +148,7 @@ def daemon(data: Path) -> None:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = b"hostile ok\n"
+        body = json.dumps(forkbomb()).encode() if self.path == "/forkbomb" else b"hostile ok\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -169,8 +169,6 @@ def main() -> None:
         probe(data, json.loads(args.targets))
     elif args.mode == "oom":
         oom()
-    elif args.mode == "forkbomb":
-        forkbomb(data)
     elif args.mode == "cpu":
         cpu()
     elif args.mode == "daemon":

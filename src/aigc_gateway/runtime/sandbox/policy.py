@@ -140,6 +140,10 @@ def _mounts(policy: SandboxPolicy) -> list[str]:
         args += ["--ro-bind-try", path, path]
     for name, target in policy.root_links:
         args += ["--symlink", target, name] if target is not None else ["--ro-bind", name, name]
+    # The private /proc, /dev, /tmp and /dev/shm first: host paths under /tmp are bound onto it.
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--size", str(policy.tmp_bytes), "--tmpfs", "/tmp"]  # noqa: S108
+    args += ["--size", str(policy.shm_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108
     ro = _outermost(p for p in policy.read_only if not _under_any(p, policy.system_dirs))
     args += _parents([*ro, *policy.read_write, DATA_DIR, SOCKET_DIR])
     for path in ro:
@@ -147,10 +151,6 @@ def _mounts(policy: SandboxPolicy) -> list[str]:
     for path in policy.hidden:
         if any(_under(path, r) for r in ro):
             args += ["--tmpfs", path]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    # The sandbox's own private /tmp and /dev/shm (size-limited tmpfs), not the host's.
-    args += ["--size", str(policy.tmp_bytes), "--tmpfs", "/tmp"]  # noqa: S108
-    args += ["--size", str(policy.shm_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108
     for node in policy.devices:
         args += ["--dev-bind", node, node]
     for path in policy.read_write:
@@ -180,6 +180,9 @@ def _forward(policy: SandboxPolicy) -> list[str]:
     return [policy.shell, "-c", FORWARD_SCRIPT, "aigc-forward", sock, str(policy.port)]
 
 
+_OWN_MOUNTS = frozenset({"/proc", "/dev", "/dev/shm", "/tmp"})  # noqa: S108 - inside the sandbox
+
+
 def _parents(paths: Iterable[str]) -> list[str]:
     """``--dir`` (mode 0755) for every folder above a mount point that bwrap would otherwise
     create as 0700 (unreadable to the engine's uid)."""
@@ -191,7 +194,7 @@ def _parents(paths: Iterable[str]) -> list[str]:
             parent = posixpath.dirname(parent)
     args: list[str] = []
     for folder in sorted(wanted, key=lambda p: (p.count("/"), p)):
-        if not _under_any(folder, SYSTEM_DIRS):
+        if not _under_any(folder, SYSTEM_DIRS) and folder not in _OWN_MOUNTS:
             args += ["--perms", "0755", "--dir", folder]
     return args
 
