@@ -44,7 +44,9 @@ def test_the_command_line_isolates_everything() -> None:
     assert ("/run/aigc/x/y", "/run/aigc") in pairs(head, "--bind")
     assert pairs(head, "--ro-bind") == [("/srv/gw", "/srv/gw")]  # /opt: a system dir
     assert ("/opt", "/opt") in pairs(head, "--ro-bind-try")
-    assert head[head.index("--tmpfs") + 1] == "/srv/gw"  # the data dir covered inside /srv/gw
+    covered = [head[i + 1] for i, a in enumerate(head) if a == "--tmpfs"]
+    assert covered == ["/tmp", "/dev/shm", "/srv/gw"]  # the data dir covered inside /srv/gw
+    assert head.index("/tmp") < head.index("--ro-bind")  # host paths under /tmp stay visible
     assert head[head.index("/tmp") - 2 : head.index("/tmp")] == [str(1 << 20), "--tmpfs"]
     assert pairs(head, "--dev-bind") == [
         ("/dev/nvidia1", "/dev/nvidia1"),
