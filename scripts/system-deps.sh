@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# System packages the test suite needs: a real PostgreSQL server, nginx, Chromium (Debian's
-# packages), and the
+# System packages the test suite needs: a real PostgreSQL server, nginx, Chromium, the engine
+# sandbox's tools (Debian's packages), and the
 # node modules of the test OIDC provider (tests/oidc, pinned by its package-lock.json).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
@@ -13,6 +13,11 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 [ -e /usr/lib/nginx/modules/ngx_http_js_module.so ] || missing+=(libnginx-mod-http-js)
 # A real browser for the dashboard tests (Playwright drives it with executable_path).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The engine sandbox (src/aigc_gateway/runtime/sandbox/): namespaces, the uid drop (util-linux),
+# and the Unix-socket forwarder into each engine's network namespace.
+[ -x /usr/bin/bwrap ] || missing+=(bubblewrap)
+[ -x /usr/bin/setpriv ] || missing+=(util-linux)
+[ -x /usr/bin/socat ] || missing+=(socat)
 # A CJK font, so the Chinese dashboard's screenshots (test artifacts) show their text.
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 

@@ -24,4 +24,6 @@ if [ "${1:-}" != "--rehearse" ]; then
   echo "MPS control: ${MPS_CONTROL:-not found}"
 fi
 export PYTHONUNBUFFERED=1
-exec $PY bench/gpu/check.py "$@"
+$PY bench/gpu/check.py "$@"
+# GPU enforcement by the sandbox: only granted cards' device nodes; no bypass of an MPS share.
+if [ "${1:-}" != "--rehearse" ]; then $PY bench/gpu/sandbox_check.py; fi

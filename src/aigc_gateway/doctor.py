@@ -32,6 +32,20 @@ def gpu_summary() -> tuple[bool, str]:
     return count > 0, f"{count} GPU(s): {', '.join(map(str, names))}" if count else "no GPU found"
 
 
+def sandbox_report(settings: Settings, say: Callable[[str], None]) -> None:
+    """Whether engines run sandboxed here, what the sandbox uses or lacks, and the warning."""
+    from aigc_gateway.gateway import choose_isolation
+
+    iso = choose_isolation(settings)
+    if iso.sandboxed:
+        say(f"ok    engine sandbox (sandbox: {settings.sandbox}): {iso.detail}")
+        say(f"      uids {settings.sandbox_uid_range}, pids max {settings.sandbox_pids_max}")
+        return
+    say(f"WARN  {iso.warning}")
+    if iso.refusal:
+        say(f"      engine starts are refused: {iso.refusal}")
+
+
 async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:
     ok = True
 
@@ -68,6 +82,7 @@ async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:
         say(f"note  single sign-on with {settings.oidc_issuer}; register at the provider:")
         say(f"        redirect URI:             {settings.oidc_redirect_uri}")
         say(f"        post-logout redirect URI: {settings.oidc_post_logout_redirect_uri}")
+    sandbox_report(settings, say)
     has_gpus, gpus = gpu_summary()
     say(f"note  GPUs: {gpus}")
     mps = shutil.which(settings.mps_control)

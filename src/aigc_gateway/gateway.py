@@ -26,7 +26,7 @@ from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
-from aigc_gateway.runtime.base import Runtime
+from aigc_gateway.runtime.base import Isolation, Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
@@ -65,6 +65,8 @@ class Gateway:
     """GPU memory each engine holds, from NVML."""
     metrics: PrometheusMetrics
     """What ``/metrics`` exposes; the proxy and the controller report to it."""
+    isolation: Isolation
+    """Whether engines are sandboxed here (the Health page and ``/healthz`` say it)."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -105,6 +107,29 @@ def make_runtime(settings: Settings) -> Runtime:
     return runtime
 
 
+def choose_isolation(settings: Settings) -> Isolation:
+    """What the local runtime would do on this host under the ``sandbox`` setting (for
+    ``doctor``, which starts no runtime)."""
+    from aigc_gateway.runtime.plugins import local_isolation
+
+    return local_isolation(settings)
+
+
+def isolation_of(runtime: Runtime) -> Isolation:
+    """What ``runtime`` says of its engines' isolation; a runtime that does not say is taken
+    not to isolate them."""
+    said = getattr(runtime, "isolation", None)
+    if isinstance(said, Isolation):
+        return said
+    name = getattr(runtime, "name", type(runtime).__name__)
+    return Isolation(
+        sandboxed=False,
+        detail=f"the {name!r} runtime does not report a sandbox",
+        warning=f"engines are NOT isolated from each other or from the gateway "
+        f"(the {name!r} runtime does not report a sandbox)",
+    )
+
+
 async def open_gateway(
     settings: Settings,
     *,
@@ -121,6 +146,9 @@ async def open_gateway(
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
     runtime = runtime or make_runtime(settings)
+    isolation = isolation_of(runtime)
+    if isolation.warning:
+        log.warning("%s", isolation.warning)
     hub = EventHub()
     discovery = await runtime.gpus() if settings.gpu_discovery else None
     inventory, gpu_note = build_inventory(settings, discovery)
@@ -202,4 +230,5 @@ async def open_gateway(
         pricebook=pricebook,
         gpu_usage=GpuUsage(),
         metrics=metrics,
+        isolation=isolation,
     )

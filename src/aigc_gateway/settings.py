@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     runtime: str = "local"
     """The runtime that runs engines, by name: ``local`` (shipped), or one a package registers
     in the ``aigc_gateway.runtimes`` entry-point group."""
+    sandbox: Literal["auto", "on", "off"] = "auto"
+    """Run every engine in its own sandbox (bubblewrap namespaces, a per-user uid, cgroup
+    limits, only its granted GPUs, reached only over a Unix socket; docs/security.md).
+    ``auto``: where the host supports it; where it does not, engines are refused, except in
+    ``--dev`` mode, which runs them unsandboxed with a warning. ``on``: always (starts fail,
+    saying what is missing, where the host cannot). ``off``: never (engines are then NOT
+    isolated from each other or from the gateway)."""
+    sandbox_uid_range: str = "200000-265535"
+    """The OS uids given to users' engines, one per user for good (``first-last``); nothing
+    else on the host may use them."""
+    sandbox_pids_max: int = Field(default=1024, ge=16)
+    """Most processes (and threads) one sandboxed engine may have."""
+    sandbox_tmp_mib: int = Field(default=1024, ge=16)
+    """Size of each sandboxed engine's private ``/tmp`` and ``/dev/shm`` (memory-backed)."""
     gpus: list[DeclaredGpu] = Field(default_factory=list)
     """A declared GPU inventory; empty: discover this host's cards with NVML."""
     gpu_discovery: bool = True
@@ -196,6 +210,13 @@ class Settings(BaseSettings):
                 "or run with --dev for a local demo"
             )
         return self
+
+    @field_validator("sandbox_uid_range")
+    @classmethod
+    def _check_uid_range(cls, value: str) -> str:
+        from aigc_gateway.runtime.sandbox.uids import parse_range
+
+        return str(parse_range(value))
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:

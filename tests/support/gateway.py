@@ -108,9 +108,18 @@ readiness: {{http: /, timeout_s: 60}}
     return folder
 
 
+TEST_SANDBOX = "off"
+"""The ``sandbox`` setting of the gateways the tests run (here and as processes). Chosen
+explicitly: engines run unsandboxed there until the proxy reaches them by
+``Workload.endpoint`` (their Unix socket; issue 13's runtime boundary), then this becomes
+``"auto"``. The sandbox itself is tested by tests/runtime/test_sandbox.py and
+tests/test_hostile_engine.py."""
+
+
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "dev": True,
+        "sandbox": TEST_SANDBOX,
         "data_dir": tmp / "data",
         "templates_dir": write_templates(tmp / "templates"),
         "reconcile_interval_s": 0.3,

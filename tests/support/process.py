@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.gateway import TEST_SANDBOX
+
 
 @contextmanager
 def gateway_process(
@@ -24,7 +26,13 @@ def gateway_process(
     once it accepts requests. The caller keeps and closes ``listener``."""
     listener.listen(128)  # connections wait for the gateway's accept, never refused
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
-    env = {**base, "AIGC_RECONCILE_INTERVAL_S": "0.3", "AIGC_STOP_GRACE_S": "3", **env_extra}
+    env = {
+        **base,
+        "AIGC_RECONCILE_INTERVAL_S": "0.3",
+        "AIGC_STOP_GRACE_S": "3",
+        "AIGC_SANDBOX": TEST_SANDBOX,
+        **env_extra,
+    }
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -97,7 +97,15 @@ def _oidc_provider() -> str | None:
     )
 
 
+def _sandbox() -> str | None:
+    from aigc_gateway.runtime.sandbox.detect import probe
+
+    missing = probe().missing()
+    return f"{'; '.join(missing)} (run scripts/system-deps.sh as root)" if missing else None
+
+
 TOOLS: dict[str, Callable[[], str | None]] = {
+    "sandbox": _sandbox,
     "postgresql": _postgresql,
     "nginx": _nginx,
     "chromium": _chromium,

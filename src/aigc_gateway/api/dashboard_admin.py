@@ -247,6 +247,7 @@ async def admin_health(request: Request, gw: GatewayDep, who: MaybeUser) -> Resp
             t("admin.health.template_count", n=loaded, problems=problems),
         ),
         v.HealthCheck("admin.health.version", True, __version__),
+        isolation_check(gw, t),
     ]
     return render(
         viewer,
@@ -257,6 +258,17 @@ async def admin_health(request: Request, gw: GatewayDep, who: MaybeUser) -> Resp
         gpu_ok=gpu_ok,
         gpu_detail=gpu_detail,
     )
+
+
+def isolation_check(gw: Gateway, t: Translator) -> v.HealthCheck:
+    """Whether engines are sandboxed here; when not, the warning every surface shows."""
+    iso = gw.isolation
+    if iso.sandboxed:
+        return v.HealthCheck(
+            "admin.health.isolation", True, t("admin.health.isolated", detail=iso.detail)
+        )
+    why = iso.warning or iso.detail
+    return v.HealthCheck("admin.health.isolation", False, t("admin.health.not_isolated", why=why))
 
 
 CordonMode = Literal["cordon", "drain"] | None

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessCheck, ReadinessKind
+from aigc_gateway.runtime.base import (
+    EngineResources,
+    GpuGrant,
+    LaunchSpec,
+    ReadinessCheck,
+    ReadinessKind,
+)
 from aigc_gateway.templates.loader import expand
 from aigc_gateway.templates.schema import Template
 
@@ -44,4 +50,9 @@ def launch_spec(
         log_max_bytes=log_max_bytes,
         labels=labels,
         gpu=gpu,
+        resources=EngineResources(
+            cpu=template.resources.cpu,
+            memory_mib=round(template.resources.memory_gib * 1024),
+        ),
+        read_only_paths=(launch.install_dir,) if launch.install_dir else (),
     )

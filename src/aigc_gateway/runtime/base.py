@@ -65,7 +65,9 @@ __all__ = [
     "Endpoint",
     "GpuDevice",
     "GpuDiscovery",
+    "EngineResources",
     "GpuGrant",
+    "Isolation",
     "LaunchError",
     "LaunchSpec",
     "NotSupported",
@@ -187,6 +189,22 @@ class GpuDiscovery:
 
 
 @dataclass(frozen=True, slots=True)
+class Isolation:
+    """Whether a runtime's engines run sandboxed, as every surface (log, doctor, Health,
+    ``/healthz``) reports it. A runtime says so in an ``isolation`` attribute; one that does not
+    is taken not to isolate its engines."""
+
+    sandboxed: bool
+    detail: str
+    """What the sandbox uses, or what is missing."""
+    warning: str | None = None
+    """Set when engines are not isolated: "engines are NOT isolated ..." and why."""
+    refusal: str | None = None
+    """Set when engine starts are refused (the host cannot sandbox, and the settings do not
+    allow engines without)."""
+
+
+@dataclass(frozen=True, slots=True)
 class GpuGrant:
     """GPUs placed for one workload: whole cards, or (``memory_mib`` set) a share of one card."""
 
@@ -201,6 +219,16 @@ class GpuGrant:
     @property
     def is_share(self) -> bool:
         return self.memory_mib is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineResources:
+    """What one engine may use: CPU cores (a quota), memory and processes (hard limits)."""
+
+    cpu: float | None = None
+    memory_mib: int | None = None
+    pids: int | None = None
+    """None: the runtime's default (``sandbox_pids_max``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +258,10 @@ class LaunchSpec:
     """Free-form facts the runtime records and returns in :class:`Workload` (owner, template)."""
     gpu: GpuGrant | None = None
     """The GPUs this engine may use (None: no GPU; the runtime hides every card)."""
+    resources: EngineResources = field(default_factory=lambda: EngineResources())
+    """Limits a sandboxing runtime enforces (cgroups); others may ignore them."""
+    read_only_paths: tuple[str, ...] = ()
+    """Host paths the engine needs read-only besides its command's own (an install dir)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,13 +36,16 @@ process's exit (a pidfd, so an adopted engine's exit is noticed at once too).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -54,10 +57,12 @@ import httpx
 
 from aigc_gateway.errors import Conflict, UserError
 from aigc_gateway.runtime import local_procs as procs
+from aigc_gateway.runtime import local_sandbox as sbx
 from aigc_gateway.runtime import nvml
 from aigc_gateway.runtime.base import (
     Endpoint,
     GpuDiscovery,
+    Isolation,
     LaunchError,
     LaunchSpec,
     NotSupported,
@@ -70,6 +75,10 @@ from aigc_gateway.runtime.base import (
 )
 from aigc_gateway.runtime.connect import base_url, httpx_transport
 from aigc_gateway.runtime.mps import MpsControl, MpsError, mps_root_for
+from aigc_gateway.runtime.sandbox import cgroups
+from aigc_gateway.runtime.sandbox.gpu import device_minors
+from aigc_gateway.runtime.sandbox.launch import Sandbox, engine_paths
+from aigc_gateway.runtime.sandbox.policy import DATA_DIR, SOCKET_DIR, SOCKET_NAME, rewrite_path
 from aigc_gateway.runtime.volumes import LocalVolumes, Volumes
 
 __all__ = ["LocalRuntime"]
@@ -97,6 +106,7 @@ class _Record:
     pid: int
     pgid: int
     host: str | None
+    """``None`` for a sandboxed engine: it has no port on the host, only its socket."""
     port: int | None
     started_at: float
     create_time: float | None
@@ -120,6 +130,30 @@ class _Record:
     """Set by a stop: when the engine ended (the exit file's time, or when the stop saw the last
     process go), seconds since the epoch; ``None`` if that is unknown (it was gone already and
     left no exit file)."""
+    uid: int | None = None
+    """Sandboxed: the uid the engine runs as."""
+    cgroup: dict[str, Any] | None = None
+    """Sandboxed: the engine's :class:`~.sandbox.cgroups.Cgroup` (as a dict)."""
+    socket_path: str | None = None
+    """Sandboxed: the Unix socket the gateway reaches the engine on."""
+    forwarded: bool = False
+    """Sandboxed: the socket is socat's bridge to the engine's port in its namespace (else
+    the engine listens on the socket itself)."""
+    memory_bytes: int | None = None
+    """Sandboxed: the cgroup's memory limit, for the out-of-memory message."""
+
+    @property
+    def sandbox_cgroup(self) -> cgroups.Cgroup | None:
+        if self.cgroup is None:
+            return None
+        c = self.cgroup
+        return cgroups.Cgroup(
+            int(c["version"]),
+            tuple(c["dirs"]),
+            memory_dir=c.get("memory_dir"),
+            cpuacct_dir=c.get("cpuacct_dir"),
+            freezer_dir=c.get("freezer_dir"),
+        )
 
     def to_json(self) -> str:
         return json.dumps({"version": _RECORD_VERSION, **asdict(self)}, indent=1)
@@ -170,10 +204,30 @@ class LocalRuntime:
         probe_interval_s: float = 0.01,
         mps: MpsControl | None = None,
         volumes: Volumes | None = None,
+        sandbox: Sandbox | None = None,
+        refusal: str | None = None,
+        socket_root: Path | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
+        """``sandbox``: run every engine in it (see :mod:`.sandbox`); ``None``: as a plain
+        process. ``refusal``: refuse every start with this message (the host cannot sandbox and
+        the settings do not allow engines without). ``socket_root``: where the engines' socket
+        folders live (a short path: a socket path must stay under 108 bytes)."""
         self._state_dir = Path(state_dir)
         # Default: the gateway's layout (<data>/runtime/local beside <data>/volumes).
         self.volumes: Volumes = volumes or LocalVolumes(self._state_dir.parent.parent / "volumes")
+        self._sandbox = sandbox
+        self._refusal = refusal
+        self.isolation = isolation or Isolation(
+            sandboxed=sandbox is not None,
+            detail="bubblewrap sandbox" if sandbox is not None else "no sandbox",
+            warning=None
+            if sandbox is not None
+            else "engines are NOT isolated from each other or from the gateway (no sandbox)",
+            refusal=refusal,
+        )
+        """What this runtime reports of its engines' isolation (the gateway shows it)."""
+        self._socket_root = socket_root or _socket_root_for(self._state_dir)
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._mps = mps if mps is not None else MpsControl(mps_root_for(self._state_dir))
         self._host = host
@@ -195,6 +249,10 @@ class LocalRuntime:
                 return current
             await self._clear_previous(previous, paths)
         paths.exit_code.unlink(missing_ok=True)
+        if self._refusal is not None:
+            raise LaunchError(self._refusal)
+        if self._sandbox is not None:
+            return await self._start_sandboxed(spec, paths, self._sandbox)
 
         socket_path = _socket_path(paths) if uses_socket(spec) else None
         if socket_path is not None:
@@ -202,33 +260,14 @@ class LocalRuntime:
             port = spec.port
         else:
             port = spec.port if spec.port is not None else self._pick_port()
-        argv, working_dir, env = _prepare(spec, port, socket_path)
+        argv, working_dir, env, _ = _prepare(spec, port, socket=socket_path)
         env.update(await self._gpu_env(spec))
-        try:
-            proc = procs.spawn(
-                argv, exit_file=paths.exit_code, log_file=paths.log, cwd=working_dir, env=env
-            )
-        except OSError as e:
-            raise LaunchError(f"could not launch engine command {argv[0]!r}: {e}") from e
-        record = _Record(
-            instance_id=spec.instance_id,
-            pid=proc.pid,
-            pgid=proc.pid,  # start_new_session: the wrapper leads its own session and group
-            host=None if socket_path else self._host,
-            port=None if socket_path else port,
-            socket_path=socket_path,
-            started_at=time.time(),
-            create_time=procs.process_create_time(proc.pid),
-            start_stamp=procs.process_stamp(proc.pid),
-            boot_id=self._boot_id,
-            command=argv,
-            readiness_kind=str(spec.readiness.kind),
-            readiness_path=spec.readiness.path,
-            log_max_bytes=spec.log_max_bytes,
-            labels=dict(spec.labels),
-            gpu_devices=list(spec.gpu.devices) if spec.gpu else [],
-            gpu_memory_mib=spec.gpu.memory_mib if spec.gpu else None,
-        )
+        proc = _spawn(argv, paths, working_dir, env)
+        if socket_path is not None:  # an engine that listens on its own socket
+            record = self._new_record(spec, proc.pid, argv, host=None, port=None)
+            record.socket_path = socket_path
+        else:
+            record = self._new_record(spec, proc.pid, argv, host=self._host, port=port)
         _save(paths, record)
         logger.info(
             "engine started",
@@ -239,6 +278,93 @@ class LocalRuntime:
             },
         )
         return _workload(record, Phase.STARTING)
+
+    async def _start_sandboxed(self, spec: LaunchSpec, paths: _Paths, sandbox: Sandbox) -> Workload:
+        """Start the engine in its sandbox (see :mod:`.sandbox.launch`), reached on its socket."""
+        own_socket = any("{socket}" in a for a in (*spec.command, *spec.env.values()))
+        port = spec.port if spec.port is not None else sandbox.config.engine_port
+        argv, working_dir, env, data_dir = _prepare(
+            spec, port, socket=f"{SOCKET_DIR}/{SOCKET_NAME}"
+        )
+        env.update(await self._gpu_env(spec))
+        inside = [rewrite_path(a, data_dir) for a in argv]
+        env = {k: rewrite_path(v, data_dir) for k, v in env.items()}
+        if "HOME" not in spec.env:
+            env["HOME"] = DATA_DIR
+        shares = [env[k] for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY") if k in env]
+        resources = spec.resources
+        limits = cgroups.Limits(
+            memory_bytes=resources.memory_mib << 20 if resources.memory_mib else None,
+            cpu=resources.cpu,
+            pids=resources.pids or sandbox.config.pids_max,
+        )
+        socket_dir = self._socket_dir(spec.instance_id)
+        try:
+            prepared = await asyncio.to_thread(
+                sandbox.prepare,
+                instance_id=spec.instance_id,
+                owner=spec.labels.get("owner", "_unowned"),
+                command=inside,
+                volume=data_dir,
+                socket_dir=str(socket_dir),
+                limits=limits,
+                port=None if own_socket else port,
+                read_only=engine_paths(
+                    argv,
+                    env,
+                    volume=data_dir,
+                    working_dir=working_dir,
+                    extra=spec.read_only_paths,
+                ),
+                read_write=[p for p in shares if os.path.isdir(p)],
+                gpu_minors=device_minors(spec.gpu.devices) if spec.gpu else (),
+            )
+        except OSError as e:
+            raise LaunchError(f"could not prepare the engine's sandbox: {e}") from e
+        (socket_dir / SOCKET_NAME).unlink(missing_ok=True)
+        workdir_inside = rewrite_path(working_dir, data_dir)
+        if workdir_inside != DATA_DIR:
+            prepared.argv[prepared.argv.index("--chdir") + 1] = workdir_inside
+        proc = _spawn(prepared.argv, paths, data_dir, env)
+        record = self._new_record(spec, proc.pid, inside, host=None, port=None)
+        record.uid = prepared.uid
+        record.cgroup = asdict(prepared.cgroup)
+        record.socket_path = prepared.socket_path
+        record.forwarded = not own_socket
+        record.memory_bytes = prepared.memory_bytes
+        _save(paths, record)
+        logger.info(
+            "engine started in its sandbox",
+            extra={
+                "instance_id": spec.instance_id,
+                "engine_pid": proc.pid,
+                "uid": prepared.uid,
+                "socket": prepared.socket_path,
+            },
+        )
+        return _workload(record, Phase.STARTING)
+
+    def _new_record(
+        self, spec: LaunchSpec, pid: int, argv: list[str], *, host: str | None, port: int | None
+    ) -> _Record:
+        return _Record(
+            instance_id=spec.instance_id,
+            pid=pid,
+            pgid=pid,  # start_new_session: the wrapper leads its own session and group
+            host=host,
+            port=port,
+            started_at=time.time(),
+            create_time=procs.process_create_time(pid),
+            start_stamp=procs.process_stamp(pid),
+            boot_id=self._boot_id,
+            command=argv,
+            readiness_kind=str(spec.readiness.kind),
+            readiness_path=spec.readiness.path,
+            log_max_bytes=spec.log_max_bytes,
+            labels=dict(spec.labels),
+            gpu_devices=list(spec.gpu.devices) if spec.gpu else [],
+            gpu_memory_mib=spec.gpu.memory_mib if spec.gpu else None,
+        )
 
     async def wait_ready(self, instance_id: str, *, timeout: float) -> Workload:
         paths = self._paths(instance_id)
@@ -292,6 +418,7 @@ class LocalRuntime:
             record.ready = False
             _save(paths, record)
             paths.exit_code.unlink(missing_ok=True)
+            self._drop_sandbox(record)
             logger.info("engine stopped", extra={"instance_id": instance_id})
         if record.gpu_memory_mib is not None:
             await self._release_share(record)
@@ -333,7 +460,9 @@ class LocalRuntime:
                 )
             if not record.stopped:
                 await self._terminate(record, 0.0)  # leftovers of an engine that exited
+            self._drop_sandbox(record)
         shutil.rmtree(paths.dir, ignore_errors=True)
+        shutil.rmtree(self._socket_dir(instance_id), ignore_errors=True)
 
     async def gpus(self) -> GpuDiscovery:
         """This host's cards, as NVML reports them (node ``local``)."""
@@ -350,9 +479,41 @@ class LocalRuntime:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-        clients, self._uds_clients = list(self._uds_clients.values()), {}
-        for client in clients:
+        clients, self._uds_clients = self._uds_clients, {}
+        for client in clients.values():
             await client.aclose()
+
+    # -- the sandbox ----------------------------------------------------------------------------
+
+    @property
+    def sandboxed(self) -> bool:
+        """Whether this runtime starts engines in a sandbox."""
+        return self._sandbox is not None
+
+    def leftover_cgroups(self) -> builtins.list[str]:
+        """Engine cgroups that exist on this host now (none once every engine is stopped)."""
+        return self._sandbox.leftovers() if self._sandbox is not None else []
+
+    def _socket_dir(self, instance_id: str) -> Path:
+        return self._socket_root / hashlib.sha256(instance_id.encode()).hexdigest()[:16]
+
+    def _drop_sandbox(self, record: _Record) -> None:
+        """Remove a stopped engine's cgroup (killing anything left in it) and its socket."""
+        cgroup = record.sandbox_cgroup
+        if cgroup is not None:
+            if cgroups.members(cgroup):
+                cgroups.kill_all(cgroup)
+            if not cgroups.remove(cgroup):
+                logger.warning(
+                    "engine cgroup still busy after the stop; left for the next start",
+                    extra={"instance_id": record.instance_id, "cgroup": cgroup.dirs},
+                )
+        if record.socket_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(record.socket_path)
+        client = self._uds_clients.pop(record.socket_path or "", None)
+        if client is not None:
+            asyncio.ensure_future(client.aclose())  # noqa: RUF006 - closes at once, nothing to await
 
     # -- GPUs -----------------------------------------------------------------------------------
 
@@ -430,13 +591,15 @@ class LocalRuntime:
         leader_alive = procs.process_alive(record.pid, record.start_stamp)
         code = _read_exit_code(paths.exit_code)
         if code is not None:
+            cgroup = record.sandbox_cgroup
+            oom = sbx.oom_message(cgroup, record.memory_bytes) if cgroup is not None else None
             return _workload(
                 record,
                 Phase.EXITED,
                 exit_code=code,
                 exited_at=_mtime(paths.exit_code),
                 log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
-                message=procs.describe_exit(code),
+                message=oom or procs.describe_exit(code),
             )
         if leader_alive:
             return _workload(record, Phase.READY if record.ready else Phase.STARTING)
@@ -460,6 +623,9 @@ class LocalRuntime:
     def _group_lives(self, record: _Record) -> bool:
         if record.boot_id != self._boot_id:
             return False  # started before the last boot: nothing of it can be left
+        cgroup = record.sandbox_cgroup
+        if cgroup is not None and cgroups.members(cgroup):
+            return True
         return procs.group_is_ours(record.pgid, record.start_stamp) and procs.group_alive(
             record.pgid
         )
@@ -486,6 +652,9 @@ class LocalRuntime:
         ``SIGTERM``; the forced kill spares it) and records the engine's exit and end time."""
         if not self._group_lives(record):
             return None
+        cgroup = record.sandbox_cgroup
+        if cgroup is not None:
+            return await self._terminate_sandboxed(record, cgroup, grace)
         pgid = record.pgid
         strays = procs.descendants_outside_group(record.pid, pgid)
         extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
@@ -504,17 +673,23 @@ class LocalRuntime:
             logger.error("engine processes survived SIGKILL", extra=extra)
         return time.time()
 
-    def _http(self, record: _Record) -> httpx.AsyncClient:
-        if record.socket_path is not None:
-            client = self._uds_clients.get(record.socket_path)
-            if client is None:
-                client = self._uds_clients[record.socket_path] = httpx.AsyncClient(
-                    transport=httpx_transport(_endpoint(record)),
-                    trust_env=False,
-                    follow_redirects=False,
-                    limits=httpx.Limits(max_keepalive_connections=0),
-                )
-            return client
+    async def _terminate_sandboxed(
+        self, record: _Record, cgroup: cgroups.Cgroup, grace: float
+    ) -> float | None:
+        """The cgroup's stop (see :mod:`.local_sandbox`), then the wait for the wrapper, which
+        records the engine's end as bwrap returns."""
+        extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
+        bwrap = self._sandbox.support.bwrap if self._sandbox is not None else None
+        ended, empty = await sbx.terminate_cgroup(
+            cgroup, bwrap=bwrap or "/usr/bin/bwrap", grace=grace, kill_wait_s=KILL_WAIT_S
+        )
+        if not empty:
+            logger.error("engine processes survived the cgroup's kill", extra=extra)
+        if not await procs.wait_gone(record.pgid, (), KILL_WAIT_S / 2):
+            procs.kill_group_but(record.pgid, keep=record.pid)
+        return ended if ended is not None else time.time()
+
+    def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 trust_env=False,  # never send a local probe through a proxy from the environment
@@ -527,21 +702,37 @@ class LocalRuntime:
         """One readiness check, bounded by ``limit_s``; ``True`` if it passed."""
         try:
             async with asyncio.timeout(limit_s):
+                if record.socket_path is not None:
+                    return await self._probe_socket(record, record.socket_path, limit_s)
+                if record.host is None or record.port is None:
+                    return False
                 if record.readiness_kind == ReadinessKind.TCP:
-                    if record.socket_path is not None:
-                        _, writer = await asyncio.open_unix_connection(record.socket_path)
-                    else:
-                        _, writer = await asyncio.open_connection(record.host, record.port)
+                    _, writer = await asyncio.open_connection(record.host, record.port)
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
                     return True
                 path = record.readiness_path if record.readiness_path.startswith("/") else "/"
                 url = f"{base_url(_endpoint(record))}{path}"
-                async with self._http(record).stream("GET", url, timeout=limit_s) as response:
+                async with self._http().stream("GET", url, timeout=limit_s) as response:
                     return response.status_code < 500
         except (OSError, TimeoutError, httpx.HTTPError):
             return False
+
+    async def _probe_socket(self, record: _Record, path: str, limit_s: float) -> bool:
+        if record.readiness_kind == ReadinessKind.TCP:
+            return await sbx.probe_tcp_over_socket(path, forwarded=record.forwarded)
+        client = self._uds_clients.get(path)
+        if client is None:
+            client = self._uds_clients[path] = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=path, retries=0),
+                trust_env=False,
+                follow_redirects=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        target = record.readiness_path if record.readiness_path.startswith("/") else "/"
+        async with client.stream("GET", f"http://engine{target}", timeout=limit_s) as response:
+            return response.status_code < 500
 
     async def _probe_racing(
         self, record: _Record, exited: asyncio.Future[None] | None, remaining: float
@@ -621,10 +812,11 @@ def _read_exit_code(path: Path) -> int | None:
 
 
 def _prepare(
-    spec: LaunchSpec, port: int | None, socket_path: str | None = None
-) -> tuple[list[str], str, dict[str, str]]:
-    """Render the spec for ``port`` (or the engine's own ``socket_path``): the argv (program
-    resolved), working dir and environment.
+    spec: LaunchSpec, port: int | None, *, socket: str | None = None
+) -> tuple[list[str], str, dict[str, str], str]:
+    """Render the spec for ``port`` (and ``socket``, the ``{socket}`` path the engine listens
+    on itself, if its command names one): the argv (program resolved), working dir, environment
+    and data dir, as host paths.
 
     Creates the data and working directories. The environment is the gateway's minus its own
     ``AIGC_*`` variables (they hold secrets), plus the template's, plus the port variable.
@@ -632,8 +824,8 @@ def _prepare(
     values = {"instance_id": spec.instance_id}
     if port is not None:
         values["port"] = str(port)
-    if socket_path is not None:
-        values["socket"] = socket_path
+    if socket is not None:
+        values["socket"] = socket
     data_dir = os.path.abspath(render(spec.data_dir, values))
     values["data_dir"] = data_dir
     _make_dir(data_dir, "data directory")
@@ -650,7 +842,12 @@ def _prepare(
     if not argv or not argv[0]:
         raise LaunchError("the template's launch.command is empty")
     argv[0] = _resolve_command(argv[0], working_dir, env)
-    return argv, working_dir, env
+    if socket is None and any("{socket}" in a for a in argv):
+        raise LaunchError(
+            "the template's command uses {socket}, which only sandboxed engines have; "
+            "use {port}, or run the gateway with the sandbox"
+        )
+    return argv, working_dir, env, data_dir
 
 
 def _append_separator(paths: _Paths) -> None:
@@ -725,3 +922,17 @@ def _workload(record: _Record, phase: Phase, **changes: Any) -> Workload:
         labels=record.labels,
         **changes,
     )
+
+
+def _spawn(argv: list[str], paths: _Paths, cwd: str, env: dict[str, str]) -> Any:
+    try:
+        return procs.spawn(argv, exit_file=paths.exit_code, log_file=paths.log, cwd=cwd, env=env)
+    except OSError as e:
+        raise LaunchError(f"could not launch engine command {argv[0]!r}: {e}") from e
+
+
+def _socket_root_for(state_dir: Path) -> Path:
+    """A short folder for the engines' sockets of one gateway (see ``socket_root``)."""
+    tag = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
+    base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+    return base / "aigc" / tag

@@ -42,9 +42,16 @@ class MpsError(PermanentError):
 
 
 class MpsControl:
-    def __init__(self, root: Path, *, command: str = "nvidia-cuda-mps-control") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        command: str = "nvidia-cuda-mps-control",
+        nvidia_smi: str = "nvidia-smi",
+    ) -> None:
         self._root = Path(root)
         self._command = command
+        self._nvidia_smi = nvidia_smi
         self._lock = asyncio.Lock()
 
     @property
@@ -101,6 +108,7 @@ class MpsControl:
             d = self._dir(device)
             (d / "pipe").mkdir(parents=True, exist_ok=True)
             (d / "log").mkdir(parents=True, exist_ok=True)
+            await self._exclusive(device)
             out_path = d / "log" / "start.out"
             # The daemon forks and keeps whatever output it was given: a file, never a pipe we
             # would wait on for an end that does not come.
@@ -165,4 +173,50 @@ class MpsControl:
             pipe = self._dir(device) / "pipe"
             for name in ("control", "nvidia-cuda-mps-control.pid"):
                 (pipe / name).unlink(missing_ok=True)
+            await self._restore_mode(device)
             log.info("MPS control daemon stopped", extra={"gpu": device})
+
+    # -- compute mode: only the MPS daemon may create contexts on a shared card ----------------
+
+    async def _smi(self, *args: str) -> tuple[int, str]:
+        program = shutil.which(self._nvidia_smi)
+        if program is None:
+            return 127, f"{self._nvidia_smi} not found"
+        proc = await asyncio.create_subprocess_exec(
+            program,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode(errors="replace").strip()
+
+    async def _exclusive(self, device: str) -> None:
+        """Set the card to ``EXCLUSIVE_PROCESS`` while its MPS daemon runs (the daemon is then
+        the only process that can hold a context, so a client that ignores the pipe directory
+        cannot bypass its memory limit); the mode it had is kept for :meth:`_restore_mode`."""
+        saved = self._dir(device) / "compute_mode"
+        code, mode = await self._smi(
+            "-i", device, "--query-gpu=compute_mode", "--format=csv,noheader"
+        )
+        if code != 0:
+            log.warning("GPU share: compute mode not set (%s)", mode, extra={"gpu": device})
+            return
+        if not saved.exists():
+            saved.write_text(mode)
+        code, said = await self._smi("-i", device, "-c", "EXCLUSIVE_PROCESS")
+        if code != 0:
+            log.warning("GPU share: EXCLUSIVE_PROCESS refused: %s", said, extra={"gpu": device})
+
+    async def _restore_mode(self, device: str) -> None:
+        saved = self._dir(device) / "compute_mode"
+        try:
+            mode = saved.read_text().strip()
+        except FileNotFoundError:
+            return
+        code, said = await self._smi("-i", device, "-c", mode.upper().replace(" ", "_"))
+        if code != 0:
+            log.warning("GPU compute mode not restored: %s", said, extra={"gpu": device})
+            return
+        saved.unlink(missing_ok=True)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 from aigc_gateway.errors import UserError
 
 if TYPE_CHECKING:
-    from aigc_gateway.runtime.base import Runtime
+    from aigc_gateway.runtime.base import Isolation, Runtime
     from aigc_gateway.settings import Settings
 
-__all__ = ["GROUP", "RuntimeFactory", "available", "load", "local"]
+__all__ = ["GROUP", "RuntimeFactory", "available", "load", "local", "local_isolation"]
 
 GROUP = "aigc_gateway.runtimes"
 
@@ -67,13 +67,46 @@ def load(name: str) -> RuntimeFactory:
     return factory  # type: ignore[no-any-return]
 
 
+def local_isolation(settings: Settings) -> Isolation:
+    """This host's sandbox support under the ``sandbox`` setting (see its docs)."""
+    from aigc_gateway.runtime.base import Isolation
+    from aigc_gateway.runtime.local_sandbox import SandboxMode, choose
+    from aigc_gateway.runtime.sandbox.detect import probe
+
+    support = probe()
+    decision = choose(SandboxMode(settings.sandbox), support, dev=settings.dev)
+    return Isolation(decision.sandboxed, support.describe(), decision.warning, decision.refusal)
+
+
 def local(settings: Settings) -> Runtime:
-    """The local runtime: engines as process groups on this host."""
+    """The local runtime: engines as process groups on this host, each in its sandbox where
+    the ``sandbox`` setting and the host allow (see :func:`local_isolation`)."""
     from aigc_gateway.runtime.local import LocalRuntime
     from aigc_gateway.runtime.mps import MpsControl, mps_root_for
+    from aigc_gateway.runtime.sandbox.detect import probe
+    from aigc_gateway.runtime.sandbox.launch import Sandbox, SandboxConfig
+    from aigc_gateway.runtime.sandbox.uids import parse_range
     from aigc_gateway.runtime.volumes import LocalVolumes
 
+    isolation = local_isolation(settings)
     settings.runtime_dir.mkdir(parents=True, exist_ok=True)
     mps = MpsControl(mps_root_for(settings.runtime_dir), command=settings.mps_control)
     volumes = LocalVolumes(settings.volumes_dir)
-    return LocalRuntime(state_dir=settings.runtime_dir, mps=mps, volumes=volumes)
+    sandbox = None
+    if isolation.sandboxed:
+        config = SandboxConfig(
+            uid_range=parse_range(settings.sandbox_uid_range),
+            pids_max=settings.sandbox_pids_max,
+            tmp_bytes=settings.sandbox_tmp_mib << 20,
+            shm_bytes=settings.sandbox_tmp_mib << 20,
+            hidden=(str(settings.data_dir.resolve()),),
+        )
+        sandbox = Sandbox(config, probe(), state_dir=settings.runtime_dir)
+    return LocalRuntime(
+        state_dir=settings.runtime_dir,
+        mps=mps,
+        volumes=volumes,
+        sandbox=sandbox,
+        refusal=isolation.refusal,
+        isolation=isolation,
+    )

@@ -97,6 +97,10 @@ class Launch(Strict):
     requires: list[str] = Field(default_factory=list)
     """What must be present for the engine to count as installed: paths (may use
     ``{install_dir}``), or ``python:<module>`` for a module importable by the gateway's Python."""
+    network: Literal["none", "outbound"] = "none"
+    """What the engine may reach: ``none`` (default), only its own loopback inside its
+    sandbox. ``outbound`` (internet access through a user-mode network stack, with the host,
+    private ranges and metadata addresses refused) is not supported yet."""
     stop_grace_s: float | None = Field(default=None, ge=0, le=600)
     """Seconds between the stop signal (SIGTERM) and the kill; empty: the gateway's
     ``stop_grace_s`` setting."""
@@ -125,6 +129,17 @@ class Launch(Strict):
     @classmethod
     def _port_env_name(cls, v: str | None) -> str | None:
         return None if v is None else check_env_name(v)
+
+    @field_validator("network")
+    @classmethod
+    def _network_supported(cls, v: str) -> str:
+        if v == "outbound":
+            raise ValueError(
+                "network: outbound is not supported yet (engines get no network but their own "
+                "loopback); use network: none and provide the files the engine needs in its "
+                "volume or install dir"
+            )
+        return v
 
     @model_validator(mode="after")
     def _install_dir_set(self) -> Launch:
