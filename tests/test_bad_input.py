@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.support.gateway import Api, engine_url
+from tests.support.gateway import Api, engine_client
 
 
 async def test_unknown_template_is_404_with_code(alice: Api) -> None:
@@ -87,7 +87,7 @@ async def test_running_engine_crash_is_reported_failed(alice: Api, admin: Api) -
     import httpx
 
     inst = await alice.wait_state((await alice.create("tiny"))["id"], "running")
-    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as engine:
+    async with await engine_client(admin, inst["id"]) as engine:
         with pytest.raises(httpx.HTTPError):
             await engine.get("/crash", params={"code": "7"})
     failed = await alice.wait_state(inst["id"], "failed", timeout=30)

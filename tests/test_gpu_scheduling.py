@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 
@@ -24,7 +23,7 @@ from tests.support.fake_mps import calls, install_fake_mps
 from tests.support.gateway import (
     Api,
     add_user,
-    engine_url,
+    engine_client,
     make_settings,
     stop_engines_async,
     write_templates,
@@ -62,8 +61,8 @@ def mps_calls(tmp_path: Path) -> list[str]:
 
 
 async def engine_env(admin: Api, inst: dict[str, Any]) -> dict[str, str]:
-    async with httpx.AsyncClient() as client:
-        r = await client.get(f"{await engine_url(admin, inst['id'])}/env")
+    async with await engine_client(admin, inst["id"]) as client:
+        r = await client.get("/env")
     assert r.status_code == 200
     return dict(r.json())
 

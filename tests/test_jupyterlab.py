@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from tests.support.gateway import Api, engine_url
+from tests.support.gateway import Api, engine_client
 
 pytestmark = [
     pytest.mark.slow,
@@ -17,7 +16,7 @@ async def test_jupyterlab_keeps_files_across_pause_and_resume(alice: Api, admin:
     created = await alice.create("jupyterlab")
     inst = await alice.wait_state(created["id"], "running", "failed", timeout=90)
     assert inst["state"] == "running", inst["reason"]
-    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"]), timeout=30) as lab:
+    async with await engine_client(admin, inst["id"], timeout=30) as lab:
         status = (await lab.get("/api/status")).json()
         assert "started" in status
         # As a browser does: the page sets the _xsrf cookie, writes echo it in a header.
@@ -33,7 +32,7 @@ async def test_jupyterlab_keeps_files_across_pause_and_resume(alice: Api, admin:
     await alice.act(inst["id"], "resume")
     inst = await alice.wait_state(inst["id"], "running", "failed", timeout=90)
     assert inst["state"] == "running", inst["reason"]
-    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"]), timeout=30) as lab:
+    async with await engine_client(admin, inst["id"], timeout=30) as lab:
         r = await lab.get("/api/contents/notes.txt", params={"content": "1"})
         assert r.status_code == 200
         assert r.json()["content"] == "saved before pause"

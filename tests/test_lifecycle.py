@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import socket
 
-import httpx
 import psutil
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.support.gateway import Api, engine_url
+from tests.support.gateway import Api, engine_client, engine_endpoint
 
 
-def port_is_free(port: int) -> bool:
+def endpoint_is_closed(endpoint: str) -> bool:
+    """Nothing answers at an engine's endpoint (``unix:/path`` or ``host:port``) any more."""
+    if endpoint.startswith("unix:"):
+        with socket.socket(socket.AF_UNIX) as s:
+            return s.connect_ex(endpoint.removeprefix("unix:")) != 0
+    host, port = endpoint.rsplit(":", 1)
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+        return s.connect_ex((host, int(port))) != 0
 
 
 async def test_tiny_engine_full_lifecycle(alice: Api, admin: Api, gateway: RunningGateway) -> None:
@@ -23,11 +27,10 @@ async def test_tiny_engine_full_lifecycle(alice: Api, admin: Api, gateway: Runni
     assert inst["state"] in ("pending", "starting")
     inst = await alice.wait_state(inst["id"], "running", "failed")
     assert inst["state"] == "running", inst["reason"]
-    engine = await engine_url(admin, inst["id"])
-    async with httpx.AsyncClient(base_url=engine) as direct:
+    engine = await engine_endpoint(admin, inst["id"])
+    async with await engine_client(admin, inst["id"]) as direct:
         assert (await direct.get("/")).text == "ok"
         await direct.get("/write", params={"name": "out.txt", "content": "made before pause"})
-    port = int(engine.rsplit(":", 1)[1])
     pid = (await alice.client.get(f"/api/instances/{inst['id']}/events")).json()
     spawned = [e for e in pid if e["kind"] == "progress" and "pid" in e["data"]]
     engine_pid = spawned[-1]["data"]["pid"]
@@ -35,14 +38,14 @@ async def test_tiny_engine_full_lifecycle(alice: Api, admin: Api, gateway: Runni
 
     await alice.act(inst["id"], "pause")
     await alice.wait_state(inst["id"], "paused")
-    assert (await admin.get(inst["id"]))["engine_url"] is None
+    assert (await admin.get(inst["id"]))["engine_endpoint"] is None
     assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == "zombie"
-    assert port_is_free(port)
+    assert endpoint_is_closed(engine)
 
     await alice.act(inst["id"], "resume")
     resumed = await alice.wait_state(inst["id"], "running", "failed")
     assert resumed["state"] == "running", resumed["reason"]
-    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as direct:
+    async with await engine_client(admin, inst["id"]) as direct:
         assert (await direct.get("/read", params={"name": "out.txt"})).text == "made before pause"
 
     r = await alice.client.delete(f"/api/instances/{inst['id']}")
@@ -56,7 +59,7 @@ async def test_tiny_engine_full_lifecycle(alice: Api, admin: Api, gateway: Runni
 
     # A new instance of the same family sees the kept data.
     again = await alice.wait_state((await alice.create("tiny"))["id"], "running")
-    async with httpx.AsyncClient(base_url=await engine_url(admin, again["id"])) as direct:
+    async with await engine_client(admin, again["id"]) as direct:
         assert (await direct.get("/read", params={"name": "out.txt"})).text == "made before pause"
     r = await alice.client.delete(f"/api/instances/{again['id']}", params={"delete_data": "true"})
     await alice.wait_state(again["id"], "deleted")
@@ -100,7 +103,7 @@ async def test_an_action_answers_the_state_after_it(alice: Api) -> None:
     assert inst["actions"] == ["open", "pause", "restart", "delete"]
     restarted = await alice.act(inst["id"], "restart")
     assert restarted["state"] == "stopping" and restarted["desired_state"] == "running"
-    assert restarted["engine_url"] is None
+    assert restarted["engine_endpoint"] is None
     assert restarted["actions"] == ["open", "pause", "delete"]
     again = await alice.settled(inst["id"])
     assert again["state"] == "running" and again["started_at"] != inst["started_at"]
@@ -142,9 +145,7 @@ async def test_logs_tail_counts_lines(alice: Api) -> None:
 async def test_demo_engine_generates_into_user_data(alice: Api, admin: Api, template: str) -> None:
     inst = await alice.wait_state((await alice.create(template))["id"], "running", "failed")
     assert inst["state"] == "running", inst["reason"]
-    async with httpx.AsyncClient(
-        base_url=await engine_url(admin, inst["id"]), timeout=30
-    ) as engine:
+    async with await engine_client(admin, inst["id"], timeout=30) as engine:
         job = (await engine.post("/api/generate", json={"prompt": "a red fox", "seed": 1})).json()
         async with engine.stream("GET", f"/api/jobs/{job['job']}/events") as events:
             kinds = [
@@ -159,7 +160,7 @@ async def test_demo_engine_generates_into_user_data(alice: Api, admin: Api, temp
     await alice.wait_state(inst["id"], "paused")
     await alice.act(inst["id"], "resume")
     inst = await alice.wait_state(inst["id"], "running")
-    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as engine:
+    async with await engine_client(admin, inst["id"]) as engine:
         assert [o["name"] for o in (await engine.get("/api/outputs")).json()] == [
             o["name"] for o in outputs
         ]

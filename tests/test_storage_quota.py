@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import RunningGateway
-from tests.support.gateway import Api, engine_url
+from tests.support.gateway import Api, engine_client
 from tests.support.hosts import browser_for
 
 QUOTA = int(0.0001 * 1024**3)
@@ -20,7 +19,7 @@ QUOTA = int(0.0001 * 1024**3)
 
 async def engine_writes(admin: Api, inst: dict[str, Any], name: str, size: int) -> None:
     """The engine writes ``size`` bytes into its data folder, as files ``name.0``, ``name.1``…"""
-    async with httpx.AsyncClient(base_url=await engine_url(admin, inst["id"])) as engine:
+    async with await engine_client(admin, inst["id"]) as engine:
         for n, start in enumerate(range(0, size, 40_000)):
             part = "x" * min(40_000, size - start)
             r = await engine.get("/write", params={"name": f"{name}.{n}", "content": part})

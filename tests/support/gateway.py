@@ -108,12 +108,10 @@ readiness: {{http: /, timeout_s: 60}}
     return folder
 
 
-TEST_SANDBOX = "off"
-"""The ``sandbox`` setting of the gateways the tests run (here and as processes). Chosen
-explicitly: engines run unsandboxed there until the proxy reaches them by
-``Workload.endpoint`` (their Unix socket; issue 13's runtime boundary), then this becomes
-``"auto"``. The sandbox itself is tested by tests/runtime/test_sandbox.py and
-tests/test_hostile_engine.py."""
+TEST_SANDBOX = "auto"
+"""The ``sandbox`` setting of the gateways the tests run (here and as processes): every engine
+of the suite runs in its sandbox wherever the host supports it (as root with bubblewrap and
+cgroups, as CI does), reached over its Unix socket."""
 
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
@@ -280,12 +278,23 @@ class Api:
         return await self.wait_state(instance_id, *want[current["desired_state"]], timeout=timeout)
 
 
-async def engine_url(admin: Api, instance_id: str) -> str:
-    """Where an instance's engine listens on this host, for tests that talk to it directly: only
-    administrators are told (users reach engines through the gateway)."""
-    found = (await admin.get(instance_id))["engine_url"]
+async def engine_endpoint(admin: Api, instance_id: str) -> str:
+    """How an instance's engine is reached on this host (``unix:/path`` for a sandboxed one,
+    ``host:port`` otherwise), for tests that talk to it directly: only administrators are told
+    (users reach engines through the gateway)."""
+    found = (await admin.get(instance_id))["engine_endpoint"]
     assert found is not None, "the engine is not running"
     return str(found)
+
+
+async def engine_client(admin: Api, instance_id: str, **options: Any) -> httpx.AsyncClient:
+    """An HTTP client straight to an instance's engine (over its Unix socket where it has one),
+    bypassing the gateway: what a test needs to drive or inspect the engine itself."""
+    where = await engine_endpoint(admin, instance_id)
+    if where.startswith("unix:"):
+        transport = httpx.AsyncHTTPTransport(uds=where.removeprefix("unix:"))
+        return httpx.AsyncClient(base_url="http://engine", transport=transport, **options)
+    return httpx.AsyncClient(base_url=f"http://{where}", **options)
 
 
 async def stop_engines_async(settings: Settings) -> None:

@@ -63,9 +63,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Endpoint",
+    "EngineResources",
     "GpuDevice",
     "GpuDiscovery",
-    "EngineResources",
     "GpuGrant",
     "Isolation",
     "LaunchError",

@@ -73,7 +73,7 @@ from aigc_gateway.runtime.base import (
     render,
     uses_socket,
 )
-from aigc_gateway.runtime.connect import base_url, httpx_transport
+from aigc_gateway.runtime.connect import base_url
 from aigc_gateway.runtime.mps import MpsControl, MpsError, mps_root_for
 from aigc_gateway.runtime.sandbox import cgroups
 from aigc_gateway.runtime.sandbox.gpu import device_minors
@@ -124,8 +124,6 @@ class _Record:
     gpu_devices: list[str] = field(default_factory=list)
     gpu_memory_mib: int | None = None
     """Set for a memory share: the card's MPS daemon serves it."""
-    socket_path: str | None = None
-    """The engine's own Unix socket (its command named ``{socket}``); then no port is used."""
     ended_at: float | None = None
     """Set by a stop: when the engine ended (the exit file's time, or when the stop saw the last
     process go), seconds since the epoch; ``None`` if that is unknown (it was gone already and
@@ -135,7 +133,8 @@ class _Record:
     cgroup: dict[str, Any] | None = None
     """Sandboxed: the engine's :class:`~.sandbox.cgroups.Cgroup` (as a dict)."""
     socket_path: str | None = None
-    """Sandboxed: the Unix socket the gateway reaches the engine on."""
+    """The Unix socket the gateway reaches the engine on (sandboxed, or an engine whose
+    command names ``{socket}``); then no port of the host is used."""
     forwarded: bool = False
     """Sandboxed: the socket is socat's bridge to the engine's port in its namespace (else
     the engine listens on the socket itself)."""
@@ -610,6 +609,22 @@ class LocalRuntime:
                 log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
                 message=f"engine supervisor killed: its wrapper (pid {record.pid}), which records "
                 "the engine's exit, is gone while the engine still runs; the engine is stopped",
+            )
+        if record.sandbox_cgroup is not None and not record.stopped:
+            # A sandbox dies with its supervisor (bwrap's --die-with-parent): the engine ended
+            # when the wrapper was killed, and nothing could record it. The first look that
+            # finds it so records the time (an upper bound, so the ledger loses no second), and
+            # every later look returns that same time.
+            if record.ended_at is None:
+                record.ended_at = time.time()
+                _save(paths, record)
+            return _workload(
+                record,
+                Phase.EXITED,
+                exited_at=record.ended_at,
+                log_tail=procs.read_log_tail(paths.log, paths.log1, LOG_TAIL_BYTES),
+                message=f"engine supervisor killed: its wrapper (pid {record.pid}), which records "
+                "the engine's exit, is gone, and the sandboxed engine ended with it",
             )
         return Workload(
             record.instance_id,

@@ -142,20 +142,30 @@ def detect(root: Path = Path("/sys/fs/cgroup")) -> CgroupLayout | None:
     return CgroupLayout(CgroupVersion.V1, str(root), mounts) if mounts else None
 
 
-def plan(layout: CgroupLayout, name: str, limits: Limits) -> tuple[Cgroup, list[Write]]:
-    """The cgroup for engine ``name`` and the files to write to limit it (pure)."""
+def plan(
+    layout: CgroupLayout, name: str, limits: Limits, *, scope: str = ""
+) -> tuple[Cgroup, list[Write]]:
+    """The cgroup for engine ``name`` and the files to write to limit it (pure). ``scope``
+    (one gateway's folder under :data:`PARENT`) keeps the engines of gateways sharing a host
+    apart: same names never meet, and each lists only its own leftovers."""
     if layout.version is CgroupVersion.V2:
-        return _plan_v2(layout, name, limits)
-    return _plan_v1(layout, name, limits)
+        return _plan_v2(layout, name, limits, scope)
+    return _plan_v1(layout, name, limits, scope)
 
 
-def _plan_v2(layout: CgroupLayout, name: str, limits: Limits) -> tuple[Cgroup, list[Write]]:
-    folder = os.path.join(layout.root, PARENT, name)
+def _plan_v2(
+    layout: CgroupLayout, name: str, limits: Limits, scope: str
+) -> tuple[Cgroup, list[Write]]:
+    folder = os.path.join(layout.root, PARENT, scope, name)
     enable = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in layout.mounts)
     writes = [
         Write(os.path.join(layout.root, "cgroup.subtree_control"), enable, required=False),
         Write(os.path.join(layout.root, PARENT, "cgroup.subtree_control"), enable),
     ]
+    if scope:
+        writes.append(
+            Write(os.path.join(layout.root, PARENT, scope, "cgroup.subtree_control"), enable)
+        )
     if limits.memory_bytes is not None:
         writes.append(Write(os.path.join(folder, "memory.max"), str(limits.memory_bytes)))
         writes.append(Write(os.path.join(folder, "memory.swap.max"), "0", required=False))
@@ -169,10 +179,12 @@ def _plan_v2(layout: CgroupLayout, name: str, limits: Limits) -> tuple[Cgroup, l
     return cgroup, writes
 
 
-def _plan_v1(layout: CgroupLayout, name: str, limits: Limits) -> tuple[Cgroup, list[Write]]:
+def _plan_v1(
+    layout: CgroupLayout, name: str, limits: Limits, scope: str
+) -> tuple[Cgroup, list[Write]]:
     dirs: dict[str, str] = {}
     for controller, mount in layout.mounts.items():
-        dirs[controller] = os.path.join(mount, PARENT, name)
+        dirs[controller] = os.path.join(mount, PARENT, scope, name)
     writes: list[Write] = []
     memory, cpu, pids = dirs.get("memory"), dirs.get("cpu"), dirs.get("pids")
     if limits.memory_bytes is not None and memory is not None:
@@ -327,6 +339,13 @@ def remove(cgroup: Cgroup) -> bool:
             if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
                 raise
             gone = False
+            continue
+        # The gateway's scope folder (see plan), once its last engine is gone; another
+        # engine's cgroup in it keeps it (an rmdir of a folder with children fails).
+        scope = os.path.dirname(folder)
+        if os.path.basename(scope) != PARENT:
+            with contextlib.suppress(OSError):
+                os.rmdir(scope)
     return gone
 
 
@@ -363,11 +382,12 @@ def _field(text: str, key: str) -> int:
     return 0
 
 
-def leftovers(layout: CgroupLayout) -> list[str]:
-    """Names of the engine cgroups that exist now, in any hierarchy (sorted, once each)."""
+def leftovers(layout: CgroupLayout, *, scope: str = "") -> list[str]:
+    """Names of the engine cgroups (of ``scope``, see :func:`plan`) that exist now, in any
+    hierarchy (sorted, once each)."""
     names: set[str] = set()
     for mount in set(layout.mounts.values()):
-        parent = Path(mount, PARENT)
+        parent = Path(mount, PARENT, scope)
         with contextlib.suppress(OSError):
             names.update(e.name for e in os.scandir(parent) if e.is_dir())
     return sorted(names)

@@ -10,6 +10,7 @@ so a second ``prepare`` for the same id replaces the first cleanly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -65,6 +66,9 @@ class Sandbox:
         self.support = support
         self._layout = support.cgroup
         self._uids = UidMap(Path(state_dir) / "uids.json", config.uid_range)
+        # This gateway's cgroups sit in a folder of their own (named after its state dir), so
+        # gateways sharing a host (tests, a staging copy) never meet.
+        self._scope = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
         self._links = host_root_links()
 
     def uid_for(self, owner: str) -> int:
@@ -116,7 +120,7 @@ class Sandbox:
 
     def reset_cgroup(self, instance_id: str, limits: cgroups.Limits) -> cgroups.Cgroup:
         """A fresh cgroup for the instance (a leftover of an earlier start is emptied first)."""
-        cgroup, writes = cgroups.plan(self._layout, instance_id, limits)
+        cgroup, writes = cgroups.plan(self._layout, instance_id, limits, scope=self._scope)
         if any(os.path.isdir(d) for d in cgroup.dirs):
             cgroups.kill_all(cgroup)
             cgroups.remove(cgroup)
@@ -124,8 +128,8 @@ class Sandbox:
         return cgroup
 
     def leftovers(self) -> list[str]:
-        """Engine cgroups that exist now (for tests and ``doctor``)."""
-        return cgroups.leftovers(self._layout)
+        """This gateway's engine cgroups that exist now (for tests and ``doctor``)."""
+        return cgroups.leftovers(self._layout, scope=self._scope)
 
 
 def _own(volume: str, uid: int) -> None:
