@@ -61,7 +61,7 @@ async def test_concurrent_pause_and_resume_end_consistent(alice: Api, admin: Api
     desired = (await alice.get(inst["id"]))["desired_state"]
     settled = await alice.settled(inst["id"])
     assert settled["state"] == desired
-    assert ((await admin.get(inst["id"]))["engine_url"] is not None) == (desired == "running")
+    assert ((await admin.get(inst["id"]))["engine_endpoint"] is not None) == (desired == "running")
     events = (await alice.client.get(f"/api/instances/{inst['id']}/events")).json()
     transitions = [(e["from"], e["to"]) for e in events if e["kind"] == "transition"]
     for (_, to), (frm, _) in itertools.pairwise(transitions):
@@ -70,4 +70,4 @@ async def test_concurrent_pause_and_resume_end_consistent(alice: Api, admin: Api
     await alice.act(inst["id"], "pause")
     paused = await alice.settled(inst["id"])
     assert paused["state"] == "paused"
-    assert (await admin.get(inst["id"]))["engine_url"] is None
+    assert (await admin.get(inst["id"]))["engine_endpoint"] is None

@@ -10,8 +10,17 @@ from pathlib import Path
 import httpx
 import psutil
 
+from aigc_gateway.runtime import plugins
+from aigc_gateway.runtime.local import LocalRuntime
 from aigc_gateway.settings import Settings
-from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
+from tests.support.gateway import (
+    Api,
+    add_user,
+    endpoint_client,
+    engine_client,
+    stop_engines_async,
+    write_templates,
+)
 from tests.support.process import gateway_process
 
 
@@ -56,8 +65,8 @@ async def _kill_and_readopt(
             for inst in running:
                 again = await api.get(inst["id"])
                 assert again["state"] == "running"
-                assert again["engine_url"] == inst["engine_url"]
-                async with httpx.AsyncClient(base_url=again["engine_url"]) as engine:
+                assert again["engine_endpoint"] == inst["engine_endpoint"]
+                async with await engine_client(api, inst["id"]) as engine:
                     assert (await engine.get("/")).text == "ok"
                 events = (await api.client.get(f"/api/instances/{inst['id']}/events")).json()
                 assert [e["data"]["pid"] for e in events if "pid" in e["data"]][-1] == pids[
@@ -77,6 +86,16 @@ async def _kill_and_readopt(
                 await api.wait_state(inst["id"], "deleted")
         finally:
             await api.aclose()
+    # Nothing of the sandboxes is left behind: no engine cgroup, no socket.
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates)
+    runtime = plugins.local(settings)
+    assert isinstance(runtime, LocalRuntime)
+    try:
+        if runtime.sandboxed:
+            assert runtime.leftover_cgroups() == []
+        assert not [p for p in (data / "runtime").rglob("*.sock")]
+    finally:
+        await runtime.close()
 
 
 async def test_engine_crash_while_gateway_is_down_is_reported_after_restart(
@@ -101,7 +120,7 @@ async def _crash_while_down(
         await api.aclose()
         gw.kill()
         gw.wait(10)
-    async with httpx.AsyncClient(base_url=inst["engine_url"]) as engine:
+    async with endpoint_client(inst["engine_endpoint"]) as engine:
         with suppress(httpx.HTTPError):
             await engine.get("/crash", params={"code": "9"})
     with gateway_process(data, templates, listener):

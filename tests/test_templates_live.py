@@ -65,4 +65,8 @@ async def test_openapi_and_health_are_served(gateway: RunningGateway) -> None:
             "ok": True,
             "version": health["version"],
             "checks": {"store": True, "runtime": True, "controller": True},
+            "details": {"sandbox": health["details"]["sandbox"]},
         }
+        sandbox = health["details"]["sandbox"]
+        # The warning is there exactly when engines are not isolated.
+        assert ("warning" in sandbox) is (not sandbox["isolated"]) and sandbox["detail"]

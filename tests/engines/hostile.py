@@ -173,7 +173,7 @@ def main() -> None:
         cpu()
     elif args.mode == "daemon":
         daemon(data)
-    server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
     print(f"hostile engine ({args.mode}) listening", flush=True)
     server.serve_forever()
 

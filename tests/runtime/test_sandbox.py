@@ -194,3 +194,26 @@ async def test_volume_files_belong_to_the_users_uid(runtime: LocalRuntime, tmp_p
     uid = os.stat(volume).st_uid
     assert uid != 0
     assert os.stat(volume / "old" / "model.bin").st_uid == uid
+
+
+async def test_an_engine_sees_none_of_the_gateways_environment(
+    runtime: LocalRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's environment holds its operator's credentials whatever their names; a
+    sandboxed engine gets its template's variables and the locale and paths only. (Before,
+    everything but ``AIGC_*`` passed through.)"""
+    monkeypatch.setenv("PGPASSWORD", "operator-secret")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cloud-secret")
+    dump = (
+        "import json, os, sys; d = sys.argv[1]; "
+        "open(d + '/env.json', 'w').write(json.dumps(dict(os.environ))); "
+        "os.execv(sys.executable, [sys.executable, sys.argv[2], '--data-dir', d])"
+    )
+    await runtime.start(
+        spec(tmp_path, sys.executable, "-c", dump, "{data_dir}", str(ENGINES / "tiny.py"),
+             env={"MODEL": "sdxl"})
+    )  # fmt: skip
+    assert (await runtime.wait_ready("s1", timeout=20)).phase is Phase.READY
+    seen = json.loads((tmp_path / "volumes" / "s1" / "env.json").read_text())
+    assert "PGPASSWORD" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
+    assert seen["MODEL"] == "sdxl" and seen["HOME"] == "/data" and seen["PATH"]

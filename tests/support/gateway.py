@@ -290,7 +290,11 @@ async def engine_endpoint(admin: Api, instance_id: str) -> str:
 async def engine_client(admin: Api, instance_id: str, **options: Any) -> httpx.AsyncClient:
     """An HTTP client straight to an instance's engine (over its Unix socket where it has one),
     bypassing the gateway: what a test needs to drive or inspect the engine itself."""
-    where = await engine_endpoint(admin, instance_id)
+    return endpoint_client(await engine_endpoint(admin, instance_id), **options)
+
+
+def endpoint_client(where: str, **options: Any) -> httpx.AsyncClient:
+    """An HTTP client to the engine endpoint ``where`` (``unix:/path`` or ``host:port``)."""
     if where.startswith("unix:"):
         transport = httpx.AsyncHTTPTransport(uds=where.removeprefix("unix:"))
         return httpx.AsyncClient(base_url="http://engine", transport=transport, **options)

@@ -285,6 +285,7 @@ class LocalRuntime:
         argv, working_dir, env, data_dir = _prepare(
             spec, port, socket=f"{SOCKET_DIR}/{SOCKET_NAME}"
         )
+        env = sbx.engine_environment(env, template=spec.env, port_env=spec.port_env)
         env.update(await self._gpu_env(spec))
         inside = [rewrite_path(a, data_dir) for a in argv]
         env = {k: rewrite_path(v, data_dir) for k, v in env.items()}
@@ -696,7 +697,13 @@ class LocalRuntime:
         extra = {"instance_id": record.instance_id, "engine_pid": record.pid}
         bwrap = self._sandbox.support.bwrap if self._sandbox is not None else None
         ended, empty = await sbx.terminate_cgroup(
-            cgroup, bwrap=bwrap or "/usr/bin/bwrap", grace=grace, kill_wait_s=KILL_WAIT_S
+            cgroup,
+            bwrap=bwrap or "/usr/bin/bwrap",
+            grace=grace,
+            kill_wait_s=KILL_WAIT_S,
+            before_kill=lambda: logger.warning(
+                "engine still running after %.1f s, killing it", grace, extra=extra
+            ),
         )
         if not empty:
             logger.error("engine processes survived the cgroup's kill", extra=extra)

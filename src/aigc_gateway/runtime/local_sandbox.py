@@ -19,6 +19,7 @@ import enum
 import os
 import signal
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aigc_gateway.runtime.sandbox import cgroups
@@ -111,17 +112,25 @@ async def wait_cgroup_empty(cgroup: cgroups.Cgroup, limit_s: float) -> bool:
 
 
 async def terminate_cgroup(
-    cgroup: cgroups.Cgroup, *, bwrap: str, grace: float, kill_wait_s: float
+    cgroup: cgroups.Cgroup,
+    *,
+    bwrap: str,
+    grace: float,
+    kill_wait_s: float,
+    before_kill: Callable[[], None] = lambda: None,
 ) -> tuple[float | None, bool]:
     """Stop everything in ``cgroup`` (see the module docstring): ``SIGTERM`` to all but bwrap,
-    up to ``grace`` seconds, then kill the cgroup. Returns when it was seen empty (``None`` if it
-    was empty already) and whether it is empty now."""
+    up to ``grace`` seconds, then (after calling ``before_kill``, when a grace ran out) kill the
+    cgroup. Returns when it was seen empty (``None`` if it was empty already) and whether it is
+    empty now."""
     if not cgroups.members(cgroup):
         return None, True
     real = os.path.realpath(bwrap)
     cgroups.signal_all(cgroup, signal.SIGTERM, skip=lambda pid: is_program(pid, real))
     if grace > 0 and await wait_cgroup_empty(cgroup, grace):
         return time.time(), True
+    if grace > 0:
+        before_kill()
     cgroups.kill_all(cgroup)
     empty = await wait_cgroup_empty(cgroup, kill_wait_s)
     return time.time(), empty
@@ -155,3 +164,21 @@ def oom_message(cgroup: cgroups.Cgroup, memory_bytes: int | None) -> str | None:
     gib = memory_bytes / (1 << 30)
     limit = f"{gib:.3g} GiB" if gib >= 1 else f"{memory_bytes / (1 << 20):.4g} MiB"
     return f"out of memory (limit {limit})"
+
+
+PASSED_THROUGH = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM", "PYTHONPATH")
+"""What a sandboxed engine keeps of the gateway's own environment (and every ``LC_*``): how
+to find programs and speak the locale. Nothing else: a gateway's environment holds its
+operator's credentials (database, cloud, proxies) whatever their names."""
+
+
+def engine_environment(
+    rendered: Mapping[str, str], *, template: Mapping[str, str], port_env: str | None
+) -> dict[str, str]:
+    """The environment of a sandboxed engine, from what the runtime ``rendered`` for it (the
+    gateway's environment plus the template's): the template's own variables, the port
+    variable, the GPU variables the runtime set, and :data:`PASSED_THROUGH` of the rest."""
+    keep = set(template) | {port_env or "", "CUDA_VISIBLE_DEVICES"}
+    return {
+        k: v for k, v in rendered.items() if k in keep or k in PASSED_THROUGH or k.startswith("LC_")
+    }
