@@ -393,6 +393,9 @@ def start_gateway(
     listener = bound_socket()
     port = listener.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIGC_")}
+    # The backends are shared with chp and nginx, which reach them on loopback TCP: engines
+    # outside the sandbox here (the Unix-socket target is an engine serving its own socket).
+    env["AIGC_SANDBOX"] = "off"
     env.update(extra_env)
     argv = [
         sys.executable,
