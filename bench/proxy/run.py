@@ -20,7 +20,12 @@ One run, one workload, five targets (the first four in front of the same backend
    engine's through that gateway, same run (goal >= 0.9);
 6. ``gateway-asgi`` (skip with ``--no-asgi``): a second gateway, with engines of its own and
    ``AIGC_PROXY_FAST_PATH=false``, relaying through the ASGI proxy alone: the baseline the
-   connection-level path is measured against in the same run.
+   connection-level path is measured against in the same run;
+7. ``gateway-sandboxed`` (skip with ``--no-sandboxed``; absent where the host cannot sandbox): a
+   third gateway whose engines run in their sandboxes (``AIGC_SANDBOX=on``), reached through
+   the socket that socat bridges into each engine's network namespace.
+   ``sandboxed_vs_tcp_small_rps`` = its small req/s over the TCP engine's, same run. (The other
+   gateways run their engines outside the sandbox: chp and nginx share them over TCP.)
 
 The backends (see ``backend.py``) are the gateway's engines, reused by the other targets once the
 gateway reports them running: nginx serving ``/small`` (``ok\\n``) and ``/big`` (10 MiB), and a
@@ -94,7 +99,15 @@ from backend import (  # noqa: E402
 from tests.support.gateway import Api, add_user, stop_engines_async  # noqa: E402
 from tests.support.hosts import browser_for  # noqa: E402
 
+from aigc_gateway.runtime.sandbox.detect import probe  # noqa: E402
 from aigc_gateway.settings import Settings  # noqa: E402
+
+
+def sandbox_missing() -> str | None:
+    """Why this host cannot run engines sandboxed, or None when it can."""
+    missing = probe().missing()
+    return "; ".join(missing) if missing else None
+
 
 CHP = HERE / "node_modules" / ".bin" / "configurable-http-proxy"
 USER = "bench"
@@ -343,7 +356,9 @@ class Target:
         return f"ws://{self.ws_host or f'127.0.0.1:{self.port}'}{self.ws_path}"
 
 
-def template_yaml(template_id: str, argv: list[str], readiness: dict[str, Any]) -> str:
+def template_yaml(
+    template_id: str, argv: list[str], readiness: dict[str, Any], resources: str
+) -> str:
     return f"""
 id: {template_id}
 family: {template_id}
@@ -353,13 +368,17 @@ launch:
   command: {json.dumps(argv)}
   stop_grace_s: 3
 readiness: {json.dumps({**readiness, "timeout_s": 30})}
-resources: {{cpu: 0.1, memory_gib: 0.1}}
+resources: {resources}
 idle: {{pause_after_minutes: null}}
 """
 
 
-def write_templates(folder: Path, www: Path, cpus: Cpus) -> Path:
+def write_templates(folder: Path, www: Path, cpus: Cpus, *, sandboxed: bool = False) -> Path:
+    """The backends' templates. Outside a sandbox ``resources`` only inform placement; in one
+    they are cgroup limits, so sandboxed backends get a whole core (the backends' own CPU is
+    pinned anyway) and room for the 10 MiB file."""
     folder.mkdir(parents=True, exist_ok=True)
+    resources = "{cpu: 1, memory_gib: 1}" if sandboxed else "{cpu: 0.1, memory_gib: 0.1}"
     pin = ["--cpus", cpus.backend] if cpus.backend else []
     script = str(HERE / "backend.py")
     http = [
@@ -374,15 +393,15 @@ def write_templates(folder: Path, www: Path, cpus: Cpus) -> Path:
         str(www),
     ]
     (folder / "bench-http.yaml").write_text(
-        template_yaml("bench-http", [*http, *pin], {"http": "/small"})
+        template_yaml("bench-http", [*http, *pin], {"http": "/small"}, resources)
     )
     ws = ["{python}", script, "ws", "--port", "{port}"]
     unix = [*http[:3], "--uds", "{socket}", *http[5:]]
     (folder / "bench-http-unix.yaml").write_text(
-        template_yaml("bench-http-unix", [*unix, *pin], {"http": "/small"})
+        template_yaml("bench-http-unix", [*unix, *pin], {"http": "/small"}, resources)
     )
     (folder / "bench-ws.yaml").write_text(
-        template_yaml("bench-ws", [*ws, *pin], {"http": None, "tcp": True})
+        template_yaml("bench-ws", [*ws, *pin], {"http": None, "tcp": True}, resources)
     )
     return folder
 
@@ -507,7 +526,8 @@ async def gateway_target(
         engines = [(await admin.get(i["id"]))["engine_url"] for i in (http_inst, ws_inst)]
     finally:
         await admin.aclose()
-    http_up, ws_up = engines[0].removeprefix("http://"), engines[1].removeprefix("http://")
+    # A sandboxed gateway's engines have no TCP address (only their sockets): "".
+    http_up, ws_up = ((e or "").removeprefix("http://") for e in engines)
     return target, http_up, ws_up, over_unix
 
 
@@ -803,6 +823,14 @@ def report(targets: dict[str, Target], args: argparse.Namespace, cpus: Cpus) -> 
         figures["unix_vs_tcp_large_mbps"] = round(
             mean(over_unix, "large_mbps") / mean(gw, "large_mbps"), 3
         )
+    boxed = targets.get("gateway-sandboxed")
+    if boxed is not None:  # a sandboxed engine, through its socat bridge, vs loopback TCP
+        figures["sandboxed_vs_tcp_small_rps"] = round(
+            mean(boxed, "small_rps") / mean(gw, "small_rps"), 3
+        )
+        figures["sandboxed_vs_tcp_large_mbps"] = round(
+            mean(boxed, "large_mbps") / mean(gw, "large_mbps"), 3
+        )
     asgi = targets.get("gateway-asgi")
     if asgi is not None:  # the connection-level path against the ASGI one, same run
         figures["small_rps_vs_asgi"] = round(mean(gw, "small_rps") / mean(asgi, "small_rps"), 3)
@@ -844,6 +872,12 @@ def report(targets: dict[str, Target], args: argparse.Namespace, cpus: Cpus) -> 
             f"goal (Unix-socket engine vs loopback TCP, through the gateway): small req/s >= "
             f"0.9x: {'met' if ratio >= 0.9 else 'missed'} ({ratio}x)"
         )
+    if "sandboxed_vs_tcp_small_rps" in figures:
+        print(
+            "sandboxed engine (its socket, bridged by socat in its namespace) vs loopback TCP: "
+            f"small req/s {figures['sandboxed_vs_tcp_small_rps']}x, "
+            f"10 MiB {figures['sandboxed_vs_tcp_large_mbps']}x"
+        )
     return figures
 
 
@@ -868,6 +902,12 @@ async def main() -> None:
         action="store_false",
         help="skip the second gateway that relays through the ASGI proxy alone (the baseline "
         "of the connection-level path)",
+    )
+    parser.add_argument(
+        "--no-sandboxed",
+        dest="sandboxed",
+        action="store_false",
+        help="skip the third gateway whose engines run sandboxed (reached through socat)",
     )
     parser.add_argument(
         "--gateway-env",
@@ -900,6 +940,11 @@ async def main() -> None:
         asgi_settings = Settings(
             dev=True, data_dir=root / "gateway-asgi-data", templates_dir=templates
         )
+        boxed_templates = write_templates(root / "templates-sandboxed", www, cpus, sandboxed=True)
+        boxed_settings = Settings(
+            dev=True, data_dir=root / "gateway-sandboxed-data", templates_dir=boxed_templates
+        )
+        sandboxed = args.sandboxed and not sandbox_missing()
         try:
             print("starting the gateway and its two engines (the backends) …", flush=True)
             gateway, http_up, ws_up, over_unix = await gateway_target(
@@ -920,6 +965,15 @@ async def main() -> None:
                 )
                 asgi.name = "gateway-asgi"
                 targets["gateway-asgi"] = asgi
+            if sandboxed:
+                print("starting a third gateway, its engines sandboxed …", flush=True)
+                boxed, _, _, _ = await gateway_target(
+                    procs, boxed_settings, cpus, {**gateway_env, "AIGC_SANDBOX": "on"}
+                )
+                boxed.name = "gateway-sandboxed"
+                targets["gateway-sandboxed"] = boxed
+            elif args.sandboxed:
+                print(f"no sandboxed target: {sandbox_missing()}", flush=True)
             direct = targets["direct"]
             direct.ws_host, direct.ws_port = ws_up, int(ws_up.rsplit(":", 1)[1])
             for target in targets.values():
@@ -935,6 +989,8 @@ async def main() -> None:
                 await stop_engines_async(settings)
                 if args.asgi:
                     await stop_engines_async(asgi_settings)
+                if sandboxed:
+                    await stop_engines_async(boxed_settings)
             finally:
                 kill_leftovers(root)
     figures = report(targets, args, cpus)

@@ -6,6 +6,7 @@ stop gracefully, survive a gateway restart, and leave nothing behind. On today's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -217,3 +218,29 @@ async def test_an_engine_sees_none_of_the_gateways_environment(
     seen = json.loads((tmp_path / "volumes" / "s1" / "env.json").read_text())
     assert "PGPASSWORD" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
     assert seen["MODEL"] == "sdxl" and seen["HOME"] == "/data" and seen["PATH"]
+
+
+async def test_a_burst_of_new_connections_is_accepted_not_refused(
+    runtime: LocalRuntime, tmp_path: Path
+) -> None:
+    """A Unix socket refuses a connect at once when its listen backlog is full; with socat's
+    default backlog (5), 64 clients connecting together got errors (seen as 502s under load)."""
+    await runtime.start(
+        spec(tmp_path, sys.executable, str(ENGINES / "tiny.py"), "--data-dir", "{data_dir}")
+    )
+    ready = await runtime.wait_ready("s1", timeout=20)
+    assert ready.endpoint is not None and ready.endpoint.unix_path
+    path = ready.endpoint.unix_path
+
+    async def one() -> bytes:
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n\r\n")
+            return await reader.read(-1)
+        finally:
+            writer.close()
+
+    answers = await asyncio.gather(*(one() for _ in range(64)), return_exceptions=True)
+    refused = [a for a in answers if not isinstance(a, bytes)]
+    assert refused == []
+    assert all(a.startswith(b"HTTP/1.") and b" 200 " in a[:20] for a in answers)  # type: ignore[union-attr]

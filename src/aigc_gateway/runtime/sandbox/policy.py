@@ -56,11 +56,15 @@ NVIDIA_CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-m
 """Device nodes every granted GPU needs besides its own ``/dev/nvidiaN``."""
 
 FORWARD_SCRIPT = (
-    'sock=$1; port=$2; shift 2; socat -lf /dev/null UNIX-LISTEN:"$sock",fork,unlink-early '
+    "sock=$1; port=$2; shift 2; socat -b 262144 -lf /dev/null "
+    'UNIX-LISTEN:"$sock",fork,unlink-early,backlog=1024 '
     'TCP:127.0.0.1:"$port" </dev/null & exec "$@"'
 )
 """``sh -c FORWARD_SCRIPT fwd SOCKET PORT ENGINE...``: the bridge, then the engine in the shell's
-place. socat is the engine's child, in its sandbox and cgroup; it ends with the PID namespace."""
+place. socat is the engine's child, in its sandbox and cgroup; it ends with the PID namespace.
+Its listen backlog is raised from socat's 5: a Unix socket refuses a connect at once when the
+backlog is full, so a burst of new client connections (a page's parallel requests) would get
+502s instead of waiting to be accepted."""
 
 
 @dataclass(frozen=True, slots=True)
