@@ -6,22 +6,22 @@ controller's waits (no test waits out a time-out or a back-off)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from aigc_gateway.gateway import Gateway, open_gateway
+from aigc_gateway.gateway import Gateway
 from aigc_gateway.lifecycle.events import EventRecord
 from aigc_gateway.lifecycle.service import Action, CreateRequest
-from aigc_gateway.runtime.local import LocalRuntime
 from aigc_gateway.settings import Settings
 from aigc_gateway.store import instances as repo
 from tests.support.fake_runtimes import ExitsDuringStart, FailingStop, HangingStart
 from tests.support.faketime import FakeTime
-from tests.support.gateway import make_settings, stop_engines_async
-from tests.test_controller_errors import alice, settled, transitions
+from tests.support.gateway import make_settings
+from tests.test_controller_errors import alice, cleanup, opened, settled, transitions
+
+__all__ = ["cleanup"]  # the fixture, shared with test_controller_errors (its gateways closed)
 
 
 @pytest.fixture
@@ -29,24 +29,6 @@ def settings(tmp_path: Path) -> Settings:
     found = make_settings(tmp_path, watch_templates=False, launch_timeout_s=90)
     found.runtime_dir.mkdir(parents=True, exist_ok=True)
     return found
-
-
-@pytest.fixture
-async def cleanup(settings: Settings) -> AsyncIterator[list[Gateway]]:
-    opened: list[Gateway] = []
-    yield opened
-    for gw in opened:
-        await gw.close()
-    await stop_engines_async(settings)
-
-
-async def opened(
-    settings: Settings, cleanup: list[Gateway], time: FakeTime, runtime: LocalRuntime
-) -> Gateway:
-    gw = await open_gateway(settings, runtime=runtime, sleep=time.sleep)
-    cleanup.append(gw)
-    await gw.controller.start()
-    return gw
 
 
 async def reason(gw: Gateway, instance_id: str) -> str:
