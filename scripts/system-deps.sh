@@ -18,6 +18,11 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 [ -x /usr/bin/bwrap ] || missing+=(bubblewrap)
 [ -x /usr/bin/setpriv ] || missing+=(util-linux)
 [ -x /usr/bin/socat ] || missing+=(socat)
+# network: outbound (runtime/sandbox/network.py): named namespaces, a user-mode network stack,
+# and the nftables rules that refuse the host and private ranges in each engine's namespace.
+[ -x /usr/sbin/ip ] || [ -x /usr/bin/ip ] || missing+=(iproute2)
+[ -x /usr/bin/pasta ] || missing+=(passt)
+[ -x /usr/sbin/nft ] || missing+=(nftables)
 # A CJK font, so the Chinese dashboard's screenshots (test artifacts) show their text.
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 

@@ -32,7 +32,7 @@ from tests.support.sandbox import HOSTILE
 pytestmark = pytest.mark.needs("sandbox")
 
 
-def hostile_template(targets: dict[str, object]) -> str:
+def hostile_template(targets: dict[str, object], network: str = "none") -> str:
     command = [
         sys.executable,
         HOSTILE,
@@ -49,13 +49,19 @@ display: {{name: {{en: "Hostile", zh-CN: "恶意"}}}}
 launch:
   command: {json.dumps(command)}
   stop_grace_s: 1
+  network: {network}
 readiness: {{http: /, timeout_s: 90}}
 """
 
 
+@pytest.mark.parametrize(
+    "network", ["none", pytest.param("outbound", marks=pytest.mark.needs("outbound-network"))]
+)
 async def test_a_hostile_engine_reaches_nothing_of_the_gateway_or_its_other_tenant(
-    tmp_path: Path, listener: socket.socket
+    tmp_path: Path, listener: socket.socket, network: str
 ) -> None:
+    """Also with ``network: outbound`` (the internet: tests/test_outbound_network.py): the
+    gateway's port and the metadata address stay out of reach."""
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates)
     root = await add_user(settings, "root", admin=True)
@@ -65,25 +71,26 @@ async def test_a_hostile_engine_reaches_nothing_of_the_gateway_or_its_other_tena
         with gateway_process(data, templates, listener) as gw:
             admin, alice, bob = Api(url, root), Api(url, tokens["alice"]), Api(url, tokens["bob"])
             try:
-                report = await _hostile_report(gw.pid, data, templates, admin, alice, bob)
+                report = await _hostile_report(gw.pid, data, templates, network, admin, alice, bob)
             finally:
                 for api in (admin, alice, bob):
                     await api.aclose()
     finally:
         await stop_engines_async(settings)
-    escaped = {name: r["detail"] for name, r in report.items() if r["ok"]}
-    assert escaped == {}
+    worked = {name for name, r in report.items() if r["ok"]}
+    # With outbound the engine has a network (it reaches the DNS), and still none of the above.
+    assert worked == ({"dns"} if network == "outbound" else set()), report
     tried = {
         "read_database", "read_secret", "proc_root_database", "proc_environ", "proc_fd",
         "list_other_volume", "read_other_file", "see_processes", "signal_gateway",
         "connect_gateway_port", "connect_metadata", "connect_other_socket",
-        "setuid_root_file", "become_root", "no_new_privs", "whoami",
+        "setuid_root_file", "become_root", "no_new_privs", "whoami", "dns",
     }  # fmt: skip
     assert set(report) == tried
 
 
 async def _hostile_report(
-    gateway_pid: int, data: Path, templates: Path, admin: Api, alice: Api, bob: Api
+    gateway_pid: int, data: Path, templates: Path, network: str, admin: Api, alice: Api, bob: Api
 ) -> dict[str, dict[str, object]]:
     neighbour = await alice.wait_state((await alice.create("tiny"))["id"], "running")
     other_socket = await engine_endpoint(admin, neighbour["id"])
@@ -101,8 +108,9 @@ async def _hostile_report(
         "other_file": str(model),
         "tcp_ports": {"gateway_port": int(admin.client.base_url.port or 0)},
         "other_socket": other_socket.removeprefix("unix:"),
+        "resolve": "example.com",
     }
-    (templates / "hostile.yaml").write_text(hostile_template(targets))
+    (templates / "hostile.yaml").write_text(hostile_template(targets, network))
     reloaded = await admin.client.post("/api/templates/reload")
     assert reloaded.status_code == 200 and not reloaded.json()["problems"], reloaded.text
     inst = await bob.wait_state((await bob.create("hostile"))["id"], "running", "failed")

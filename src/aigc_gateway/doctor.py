@@ -40,10 +40,25 @@ def sandbox_report(settings: Settings, say: Callable[[str], None]) -> None:
     if iso.sandboxed:
         say(f"ok    engine sandbox (sandbox: {settings.sandbox}): {iso.detail}")
         say(f"      uids {settings.sandbox_uid_range}, pids max {settings.sandbox_pids_max}")
+        say(outbound_line(settings))
         return
     say(f"WARN  {iso.warning}")
     if iso.refusal:
         say(f"      engine starts are refused: {iso.refusal}")
+
+
+def outbound_line(settings: Settings) -> str:
+    """What ``network: outbound`` templates get here."""
+    from aigc_gateway.runtime.sandbox.detect import probe
+
+    missing = probe().outbound_missing()
+    if missing:
+        return f"WARN  network: outbound engines cannot start here: {'; '.join(missing)}"
+    allowed = ", ".join(settings.sandbox_outbound_allow) or "none"
+    return (
+        "ok    network: outbound (pasta, nftables): the internet; host, private and metadata "
+        f"addresses refused (allowed private networks: {allowed})"
+    )
 
 
 async def run_doctor(settings: Settings, say: Callable[[str], None]) -> bool:

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     IPvAnyNetwork,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -96,6 +97,10 @@ class Settings(BaseSettings):
     """Most processes (and threads) one sandboxed engine may have."""
     sandbox_tmp_mib: int = Field(default=1024, ge=16)
     """Size of each sandboxed engine's private ``/tmp`` and ``/dev/shm`` (memory-backed)."""
+    sandbox_outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Private networks (``10.1.2.0/24``; in the environment, comma-separated) that engines of
+    ``network: outbound`` templates may reach although every private, link-local and host
+    address is refused to them otherwise: an internal model mirror or package index."""
     gpus: list[DeclaredGpu] = Field(default_factory=list)
     """A declared GPU inventory; empty: discover this host's cards with NVML."""
     gpu_discovery: bool = True
@@ -179,7 +184,7 @@ class Settings(BaseSettings):
         except UserError as exc:
             raise ValueError(exc.message) from exc
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "sandbox_outbound_allow", mode="before")
     @classmethod
     def _split_proxies(cls, value: Any) -> Any:
         return (
@@ -188,15 +193,15 @@ class Settings(BaseSettings):
             else value
         )
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "sandbox_outbound_allow")
     @classmethod
-    def _check_proxies(cls, value: list[str]) -> list[str]:
+    def _check_networks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         for entry in value:
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 raise ValueError(
-                    f"trusted_proxies: {entry!r} is not an IP address or network "
+                    f"{info.field_name}: {entry!r} is not an IP address or network "
                     "(e.g. 10.0.0.5 or 10.0.0.0/24)"
                 ) from None
         return value

@@ -2,7 +2,8 @@
 
 ``--mode probe`` (default) makes each attempt named in ``--targets`` (a JSON object: paths of the
 gateway's database and secret, the gateway's pid, another user's volume and a file in it, TCP
-ports on the host's loopback, another engine's socket), writes ``<data>/report.json``
+ports on the host's loopback, another engine's socket; ``outbound``: ``{name: [host, port]}``
+to connect to, reported as ``out_<name>``; ``resolve``: a name to ask the DNS about), writes ``<data>/report.json``
 (``{attempt: {"ok": bool, "detail": str}}``, ``ok`` meaning the escape *worked*), then serves
 HTTP on $PORT so that readiness says the report is there.
 
@@ -71,6 +72,25 @@ def other_processes() -> str:
     raise PermissionError(f"only the sandbox's own processes are visible ({len(seen)})")
 
 
+def dns_query(name: str) -> str:
+    """One DNS question (type A) to the first nameserver of ``/etc/resolv.conf``: any answer
+    (even "no such name") means the resolver was reached."""
+    servers = [
+        line.split()[1]
+        for line in Path("/etc/resolv.conf").read_text().splitlines()
+        if line.startswith("nameserver") and len(line.split()) > 1
+    ]
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    query = b"\x4a\x11\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname + b"\x00\x01\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(query, (servers[0], 53))
+        answer = sock.recv(512)
+    if answer[:2] != query[:2]:
+        raise ValueError("an answer to another question")
+    return f"{servers[0]} answered (rcode {answer[3] & 15})"
+
+
 def setuid_root() -> str:
     path = "/data/suid"
     shutil.copy("/usr/bin/id", path)
@@ -79,8 +99,8 @@ def setuid_root() -> str:
     return "setuid-root file made"
 
 
-def probe(data: Path, targets: dict[str, object]) -> None:
-    report: dict[str, dict[str, object]] = {}
+def gateway(report: dict[str, dict[str, object]], targets: dict[str, object]) -> None:
+    """The gateway's files and process, another user's volume, the host's processes."""
     pid = int(str(targets["gateway_pid"]))
     db, secret = str(targets["database"]), str(targets["secret"])
     attempt(report, "read_database", lambda: read(db))
@@ -92,9 +112,19 @@ def probe(data: Path, targets: dict[str, object]) -> None:
     attempt(report, "read_other_file", lambda: read(str(targets["other_file"])))
     attempt(report, "see_processes", other_processes)
     attempt(report, "signal_gateway", lambda: os.kill(pid, 0))
+
+
+def probe(data: Path, targets: dict[str, object]) -> None:
+    report: dict[str, dict[str, object]] = {}
+    if "gateway_pid" in targets:
+        gateway(report, targets)
     for name, port in dict(targets.get("tcp_ports", {})).items():  # type: ignore[call-overload]
         attempt(report, f"connect_{name}", lambda p=port: connect_tcp("127.0.0.1", int(p)))
     attempt(report, "connect_metadata", lambda: connect_tcp("169.254.169.254", 80))
+    for name, (host, port) in dict(targets.get("outbound", {})).items():  # type: ignore[call-overload]
+        attempt(report, f"out_{name}", lambda h=host, p=port: connect_tcp(str(h), int(p)))
+    if targets.get("resolve"):
+        attempt(report, "dns", lambda: dns_query(str(targets["resolve"])))
     if targets.get("other_socket"):
         attempt(report, "connect_other_socket", lambda: connect_unix(str(targets["other_socket"])))
     attempt(report, "setuid_root_file", setuid_root)

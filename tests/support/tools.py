@@ -104,8 +104,17 @@ def _sandbox() -> str | None:
     return f"{'; '.join(missing)} (run scripts/system-deps.sh as root)" if missing else None
 
 
+def _outbound_network() -> str | None:
+    from aigc_gateway.runtime.sandbox.detect import probe
+
+    support = probe()
+    missing = [*support.missing(), *support.outbound_missing()]
+    return f"{'; '.join(missing)} (run scripts/system-deps.sh as root)" if missing else None
+
+
 TOOLS: dict[str, Callable[[], str | None]] = {
     "sandbox": _sandbox,
+    "outbound-network": _outbound_network,
     "postgresql": _postgresql,
     "nginx": _nginx,
     "chromium": _chromium,

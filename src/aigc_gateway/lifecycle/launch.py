@@ -55,4 +55,5 @@ def launch_spec(
             memory_mib=round(template.resources.memory_gib * 1024),
         ),
         read_only_paths=(launch.install_dir,) if launch.install_dir else (),
+        network=launch.network,
     )

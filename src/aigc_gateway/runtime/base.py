@@ -262,6 +262,9 @@ class LaunchSpec:
     """Limits a sandboxing runtime enforces (cgroups); others may ignore them."""
     read_only_paths: tuple[str, ...] = ()
     """Host paths the engine needs read-only besides its command's own (an install dir)."""
+    network: str = "none"
+    """What a sandboxing runtime lets the engine reach: ``none`` (its own loopback only) or
+    ``outbound`` (the internet, but not the host, private ranges or metadata addresses)."""
 
 
 @dataclass(frozen=True, slots=True)

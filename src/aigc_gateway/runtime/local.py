@@ -140,6 +140,8 @@ class _Record:
     the engine listens on the socket itself)."""
     memory_bytes: int | None = None
     """Sandboxed: the cgroup's memory limit, for the out-of-memory message."""
+    netns: str | None = None
+    """Sandboxed with ``network: outbound``: its network namespace (removed with the sandbox)."""
 
     @property
     def sandbox_cgroup(self) -> cgroups.Cgroup | None:
@@ -318,6 +320,7 @@ class LocalRuntime:
                 ),
                 read_write=[p for p in shares if os.path.isdir(p)],
                 gpu_minors=device_minors(spec.gpu.devices) if spec.gpu else (),
+                network=spec.network,
             )
         except OSError as e:
             raise LaunchError(f"could not prepare the engine's sandbox: {e}") from e
@@ -332,6 +335,7 @@ class LocalRuntime:
         record.socket_path = prepared.socket_path
         record.forwarded = not own_socket
         record.memory_bytes = prepared.memory_bytes
+        record.netns = prepared.netns
         _save(paths, record)
         logger.info(
             "engine started in its sandbox",
@@ -494,6 +498,10 @@ class LocalRuntime:
         """Engine cgroups that exist on this host now (none once every engine is stopped)."""
         return self._sandbox.leftovers() if self._sandbox is not None else []
 
+    def leftover_networks(self) -> builtins.list[str]:
+        """Outbound engines' network namespaces that exist on this host now."""
+        return self._sandbox.leftover_networks() if self._sandbox is not None else []
+
     def _socket_dir(self, instance_id: str) -> Path:
         return self._socket_root / hashlib.sha256(instance_id.encode()).hexdigest()[:16]
 
@@ -508,6 +516,8 @@ class LocalRuntime:
                     "engine cgroup still busy after the stop; left for the next start",
                     extra={"instance_id": record.instance_id, "cgroup": cgroup.dirs},
                 )
+        if record.netns is not None and self._sandbox is not None:
+            self._sandbox.drop_network(record.netns)
         if record.socket_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(record.socket_path)

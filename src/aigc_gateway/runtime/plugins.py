@@ -100,6 +100,7 @@ def local(settings: Settings) -> Runtime:
             tmp_bytes=settings.sandbox_tmp_mib << 20,
             shm_bytes=settings.sandbox_tmp_mib << 20,
             hidden=(str(settings.data_dir.resolve()),),
+            outbound_allow=tuple(settings.sandbox_outbound_allow),
         )
         sandbox = Sandbox(config, probe(), state_dir=settings.runtime_dir)
     return LocalRuntime(

@@ -99,8 +99,10 @@ class Launch(Strict):
     ``{install_dir}``), or ``python:<module>`` for a module importable by the gateway's Python."""
     network: Literal["none", "outbound"] = "none"
     """What the engine may reach: ``none`` (default), only its own loopback inside its
-    sandbox. ``outbound`` (internet access through a user-mode network stack, with the host,
-    private ranges and metadata addresses refused) is not supported yet."""
+    sandbox. ``outbound``: the internet too, through a user-mode network stack (pasta), with
+    the host, private ranges and metadata addresses refused (an admin's
+    ``sandbox_outbound_allow`` lets chosen private networks through). Needs Debian's ``passt``
+    and ``nftables`` on the host; unsandboxed engines share the host's network either way."""
     stop_grace_s: float | None = Field(default=None, ge=0, le=600)
     """Seconds between the stop signal (SIGTERM) and the kill; empty: the gateway's
     ``stop_grace_s`` setting."""
@@ -129,17 +131,6 @@ class Launch(Strict):
     @classmethod
     def _port_env_name(cls, v: str | None) -> str | None:
         return None if v is None else check_env_name(v)
-
-    @field_validator("network")
-    @classmethod
-    def _network_supported(cls, v: str) -> str:
-        if v == "outbound":
-            raise ValueError(
-                "network: outbound is not supported yet (engines get no network but their own "
-                "loopback); use network: none and provide the files the engine needs in its "
-                "volume or install dir"
-            )
-        return v
 
     @model_validator(mode="after")
     def _install_dir_set(self) -> Launch:

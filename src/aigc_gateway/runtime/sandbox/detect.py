@@ -44,6 +44,24 @@ class SandboxSupport:
     capabilities: frozenset[str] = field(default_factory=frozenset)
     cgroup: cgroups.CgroupLayout | None = None
     cgroup_writable: bool = False
+    pasta: str | None = None
+    nft: str | None = None
+    ip: str | None = None
+    nsenter: str | None = None
+
+    def outbound_missing(self) -> list[str]:
+        """What keeps ``network: outbound`` from working here (the sandbox itself aside), each
+        as an instruction."""
+        problems = []
+        if self.pasta is None:
+            problems.append("pasta is not installed (apt install passt)")
+        if self.nft is None:
+            problems.append("nft is not installed (apt install nftables)")
+        if self.ip is None:
+            problems.append("ip is not installed (apt install iproute2)")
+        if self.nsenter is None:
+            problems.append("nsenter is not installed (apt install util-linux)")
+        return problems
 
     def missing(self) -> list[str]:
         """What keeps the sandbox from working here, each as an instruction."""
@@ -84,7 +102,11 @@ class SandboxSupport:
             return "; ".join(self.missing())
         assert self.cgroup is not None
         controllers = ",".join(sorted(self.cgroup.controllers))
-        return f"bubblewrap, cgroup v{int(self.cgroup.version)} ({controllers}), per-user uids"
+        outbound = "" if self.outbound_missing() else ", outbound network (pasta, nftables)"
+        return (
+            f"bubblewrap, cgroup v{int(self.cgroup.version)} ({controllers}), per-user uids"
+            + outbound
+        )
 
 
 def capabilities(status: str | None = None) -> frozenset[str]:
@@ -116,7 +138,16 @@ def probe(*, bwrap: str = "bwrap", cgroup_root: Path = Path("/sys/fs/cgroup")) -
         capabilities=capabilities(),
         cgroup=layout,
         cgroup_writable=layout is not None and _writable(layout),
+        pasta=_which("pasta"),
+        nft=_which("nft"),
+        ip=_which("ip"),
+        nsenter=_which("nsenter"),
     )
+
+
+def _which(name: str) -> str | None:
+    """``name`` on ``PATH`` or in the system folders (a service's ``PATH`` may lack sbin)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
 
 
 def _try_bwrap(program: str) -> tuple[bool, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aigc_gateway.runtime.sandbox import cgroups
 from aigc_gateway.runtime.sandbox.detect import SandboxSupport, host_root_links
+from aigc_gateway.runtime.sandbox.network import NetworkError, OutboundNetwork, Tools
 from aigc_gateway.runtime.sandbox.policy import (
     SandboxPolicy,
     gpu_device_nodes,
@@ -45,6 +46,8 @@ class SandboxConfig:
     """Host paths no engine may see (the gateway's data directory)."""
     engine_port: int = 8000
     """The port an engine without a fixed one listens on inside its own network namespace."""
+    outbound_allow: tuple[str, ...] = ()
+    """Networks an outbound engine may reach although they are private (an internal mirror)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,8 @@ class Prepared:
     cgroup: cgroups.Cgroup
     socket_path: str
     memory_bytes: int | None
+    netns: str | None = None
+    """``network: outbound``: the name of the engine's network namespace."""
 
 
 class Sandbox:
@@ -70,6 +75,13 @@ class Sandbox:
         # gateways sharing a host (tests, a staging copy) never meet.
         self._scope = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:10]
         self._links = host_root_links()
+        self._network: OutboundNetwork | None = None
+        if not support.outbound_missing():
+            assert support.ip and support.nft and support.pasta
+            tools = Tools(ip=support.ip, nft=support.nft, pasta=support.pasta)
+            self._network = OutboundNetwork(
+                tools, state_dir=Path(state_dir) / "net", scope=self._scope
+            )
 
     def uid_for(self, owner: str) -> int:
         return self._uids.uid_for(owner)
@@ -87,16 +99,20 @@ class Sandbox:
         read_only: Iterable[str] = (),
         read_write: Iterable[str] = (),
         gpu_minors: Iterable[int] = (),
+        network: str = "none",
     ) -> Prepared:
-        """Make the uid, volume, socket folder and cgroup ready; the argv to run (see above).
-        ``port`` is the engine's port inside its namespace, ``None`` when it serves the socket
-        itself. Raises :class:`OSError` (a :class:`~.cgroups.CgroupError` for the cgroup)."""
+        """Make the uid, volume, socket folder, cgroup (and for ``network="outbound"`` the
+        network namespace) ready; the argv to run (see above). ``port`` is the engine's port
+        inside its namespace, ``None`` when it serves the socket itself. Raises
+        :class:`OSError` (a :class:`~.cgroups.CgroupError` for the cgroup, a
+        :class:`~.network.NetworkError` for the network)."""
         uid = self.uid_for(owner)
         _own(volume, uid)
         os.makedirs(socket_dir, mode=0o700, exist_ok=True)
         os.chown(socket_dir, uid, uid)
         os.chmod(socket_dir, 0o700)
         cgroup = self.reset_cgroup(instance_id, limits)
+        netns = self._outbound(instance_id) if network == "outbound" else None
         present = os.listdir("/dev") if os.path.isdir("/dev") else []
         policy = SandboxPolicy(
             uid=uid,
@@ -114,9 +130,36 @@ class Sandbox:
             bwrap=self.support.bwrap or "bwrap",
             setpriv=self.support.setpriv or "setpriv",
             socat=self.support.socat or "socat",
+            nsenter=self.support.nsenter or "nsenter",
+            netns=self._network.path(netns) if netns and self._network else None,
+            resolv_conf=self._network.resolv_conf(netns) if netns and self._network else None,
+            resolv_conf_at=_resolv_conf_at(),
         )
         argv = [*cgroups.join_argv(cgroup), *sandbox_argv(policy, command)]
-        return Prepared(argv, uid, cgroup, policy.socket_path, limits.memory_bytes)
+        return Prepared(argv, uid, cgroup, policy.socket_path, limits.memory_bytes, netns)
+
+    def _outbound(self, instance_id: str) -> str:
+        if self._network is None:
+            raise NetworkError(
+                "network: outbound needs what this host lacks: "
+                + "; ".join(self.support.outbound_missing())
+            )
+        name = self._network.name_for(hashlib.sha256(instance_id.encode()).hexdigest()[:10])
+        self._network.create(name, allow=self.config.outbound_allow)
+        return name
+
+    def drop_network(self, netns: str) -> None:
+        """Remove an outbound engine's network namespace and its pasta (nothing left is fine)."""
+        if self._network is not None:
+            self._network.delete(netns)
+
+    def leftover_networks(self) -> list[str]:
+        """This gateway's outbound network namespaces that exist now."""
+        return self._network.leftovers() if self._network is not None else []
+
+    @property
+    def outbound(self) -> OutboundNetwork | None:
+        return self._network
 
     def reset_cgroup(self, instance_id: str, limits: cgroups.Limits) -> cgroups.Cgroup:
         """A fresh cgroup for the instance (a leftover of an earlier start is emptied first)."""
@@ -130,6 +173,13 @@ class Sandbox:
     def leftovers(self) -> list[str]:
         """This gateway's engine cgroups that exist now (for tests and ``doctor``)."""
         return cgroups.leftovers(self._layout, scope=self._scope)
+
+
+def _resolv_conf_at() -> str:
+    path = "/etc/resolv.conf"
+    if os.path.islink(path):
+        return os.path.normpath(os.path.join("/etc", os.readlink(path)))
+    return path
 
 
 def _own(volume: str, uid: int) -> None:

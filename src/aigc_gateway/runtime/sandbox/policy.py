@@ -8,7 +8,11 @@ turns it into the argv that runs the engine command inside it; nothing here touc
 
 The command line, outermost first::
 
-    bwrap NAMESPACES MOUNTS -- setpriv DROP -- sh -c FORWARD sock port -- ENGINE...
+    [nsenter --net=NETNS --] bwrap NAMESPACES MOUNTS -- setpriv DROP -- sh -c FORWARD sock port -- ENGINE...
+
+- ``nsenter`` only for ``network: outbound``: the engine's network namespace is then one the
+  gateway made and wired (see :mod:`.network`) instead of bwrap's own loopback-only one, and
+  the sandbox's ``/etc/resolv.conf`` is replaced by one naming that namespace's resolver.
 
 - ``bwrap`` runs as root (no user namespace, so files the engine writes are owned by its real
   uid on the host, and the host's 0700 folders above a mounted path do not matter). It gives the
@@ -93,6 +97,14 @@ class SandboxPolicy:
     """The engine's TCP port inside its network namespace, bridged to the socket; ``None`` for
     an engine that listens on the socket itself."""
     workdir: str = DATA_DIR
+    netns: str | None = None
+    """``network: outbound``: the path of the engine's prepared network namespace (``None``:
+    bwrap makes one with only loopback)."""
+    resolv_conf: str | None = None
+    """With ``netns``: the file shown as the sandbox's ``/etc/resolv.conf``."""
+    resolv_conf_at: str = "/etc/resolv.conf"
+    """Where it is mounted: the host's ``/etc/resolv.conf``, or the file that link names (a
+    link into ``/run``, as systemd-resolved makes, would dangle in the sandbox)."""
     system_dirs: tuple[str, ...] = SYSTEM_DIRS
     root_links: tuple[tuple[str, str | None], ...] = ()
     """For each of :data:`ROOT_LINKS` present on the host: its symlink target, or ``None`` for
@@ -101,6 +113,7 @@ class SandboxPolicy:
     setpriv: str = "setpriv"
     socat: str = "socat"
     shell: str = "/bin/sh"
+    nsenter: str = "nsenter"
 
     @property
     def socket_path(self) -> str:
@@ -110,9 +123,11 @@ class SandboxPolicy:
 
 def sandbox_argv(policy: SandboxPolicy, command: Sequence[str]) -> list[str]:
     """The argv that runs ``command`` (already rendered for the sandbox's view) in ``policy``."""
+    enter = [] if policy.netns is None else [policy.nsenter, f"--net={policy.netns}", "--"]
     return [
+        *enter,
         policy.bwrap,
-        *_namespaces(),
+        *_namespaces(own_network=policy.netns is None),
         *_mounts(policy),
         "--chdir",
         policy.workdir,
@@ -123,13 +138,13 @@ def sandbox_argv(policy: SandboxPolicy, command: Sequence[str]) -> list[str]:
     ]
 
 
-def _namespaces() -> list[str]:
+def _namespaces(*, own_network: bool) -> list[str]:
     # Not --unshare-all: it adds --unshare-user-try, and a user namespace would map only root.
     return [
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
-        "--unshare-net",
+        *(["--unshare-net"] if own_network else []),
         "--unshare-cgroup-try",
         "--die-with-parent",
         "--new-session",
@@ -149,9 +164,12 @@ def _mounts(policy: SandboxPolicy) -> list[str]:
     args += ["--size", str(policy.tmp_bytes), "--tmpfs", "/tmp"]  # noqa: S108
     args += ["--size", str(policy.shm_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108
     ro = _outermost(p for p in policy.read_only if not _under_any(p, policy.system_dirs))
-    args += _parents([*ro, *policy.read_write, DATA_DIR, SOCKET_DIR])
+    resolv = [] if policy.resolv_conf is None else [policy.resolv_conf_at]
+    args += _parents([*ro, *policy.read_write, DATA_DIR, SOCKET_DIR, *resolv])
     for path in ro:
         args += ["--ro-bind", path, path]
+    if policy.resolv_conf is not None:
+        args += ["--ro-bind", policy.resolv_conf, policy.resolv_conf_at]
     for path in policy.hidden:
         if any(_under(path, r) for r in ro):
             args += ["--tmpfs", path]
