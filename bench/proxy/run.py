@@ -25,7 +25,8 @@ One run, one workload, five targets (the first four in front of the same backend
    third gateway whose engines run in their sandboxes (``AIGC_SANDBOX=on``), reached through
    the socket that socat bridges into each engine's network namespace.
    ``sandboxed_vs_tcp_small_rps`` = its small req/s over the TCP engine's, same run. (The other
-   gateways run their engines outside the sandbox: chp and nginx share them over TCP.)
+   gateways run their engines outside the sandbox: chp and nginx share them over TCP.) The
+   forwarders are pinned with the backends (they belong to the engine and its cgroup).
 
 The backends (see ``backend.py``) are the gateway's engines, reused by the other targets once the
 gateway reports them running: nginx serving ``/small`` (``ok\\n``) and ``/big`` (10 MiB), and a
@@ -203,6 +204,20 @@ class Cpus:
         if self.proxy is None:
             return "not pinned"
         return f"proxy on CPU {self.proxy}; load on {self.load}; backends on {self.backend}"
+
+
+def pin_forwarders(cpus: Cpus) -> None:
+    """Put the sandboxed engines' forwarders (socat, started inside each sandbox before the
+    engine pins itself) on the backends' CPUs: they are part of the engine (its cgroup pays
+    for them), and left on the gateway's CPU they would take the proxy's core. The connections'
+    socat children inherit it."""
+    if cpus.backend is None:
+        return
+    wanted = {int(c) for c in cpus.backend.split(",")}
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "socat":
+                os.sched_setaffinity(int(entry.name), wanted)
 
 
 def plan_cpus(pin: bool) -> Cpus:
@@ -972,6 +987,7 @@ async def main() -> None:
                 )
                 boxed.name = "gateway-sandboxed"
                 targets["gateway-sandboxed"] = boxed
+                pin_forwarders(cpus)
             elif args.sandboxed:
                 print(f"no sandboxed target: {sandbox_missing()}", flush=True)
             direct = targets["direct"]
