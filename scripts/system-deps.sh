@@ -23,6 +23,8 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 [ -x /usr/sbin/ip ] || [ -x /usr/bin/ip ] || missing+=(iproute2)
 [ -x /usr/bin/pasta ] || missing+=(passt)
 [ -x /usr/sbin/nft ] || missing+=(nftables)
+# Volumes on btrfs get enforced quotas (qgroups); the tests make a loop-mounted one.
+[ -x /usr/bin/mkfs.btrfs ] || [ -x /usr/sbin/mkfs.btrfs ] || [ -x /sbin/mkfs.btrfs ] || missing+=(btrfs-progs)
 # A CJK font, so the Chinese dashboard's screenshots (test artifacts) show their text.
 [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || missing+=(fonts-wqy-zenhei)
 

@@ -8,7 +8,8 @@ to connect to, reported as ``out_<name>``; ``resolve``: a name to ask the DNS ab
 HTTP on $PORT so that readiness says the report is there.
 
 Other modes misbehave, then serve: ``oom`` allocates past any memory limit; ``GET /forkbomb`` (any
-mode) forks until refused and answers how many processes it reached; ``cpu`` spins two threads; ``daemon``
+mode) forks until refused and answers how many processes it reached; ``GET /fill/<MiB>``
+writes that much into the volume until refused and answers how much it wrote; ``cpu`` spins two threads; ``daemon``
 leaves a double-forked, ``setsid`` grandchild that writes its pid to ``<data>/daemon.pid``.
 Standard library only.
 """
@@ -176,9 +177,29 @@ def daemon(data: Path) -> None:
     os.wait()
 
 
+def fill(mib: int) -> dict[str, object]:
+    """Write ``mib`` MiB into the volume (synced, 1 MiB at a time) until refused."""
+    written, error = 0, ""
+    with open("/data/fill.bin", "ab") as f:
+        try:
+            for _ in range(mib):
+                f.write(b"f" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+                written += 1
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    return {"written_mib": written, "error": error}
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = json.dumps(forkbomb()).encode() if self.path == "/forkbomb" else b"hostile ok\n"
+        if self.path.startswith("/fill/"):
+            body = json.dumps(fill(int(self.path.rsplit("/", 1)[1]))).encode()
+        elif self.path == "/forkbomb":
+            body = json.dumps(forkbomb()).encode()
+        else:
+            body = b"hostile ok\n"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -112,7 +112,14 @@ def _outbound_network() -> str | None:
     return f"{'; '.join(missing)} (run scripts/system-deps.sh as root)" if missing else None
 
 
+def _btrfs() -> str | None:
+    from tests.support.btrfs import btrfs_problem
+
+    return btrfs_problem()
+
+
 TOOLS: dict[str, Callable[[], str | None]] = {
+    "btrfs": _btrfs,
     "sandbox": _sandbox,
     "outbound-network": _outbound_network,
     "postgresql": _postgresql,

@@ -110,7 +110,8 @@ class Controller:
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
-        self._quota_watch = QuotaWatch(StorageQuotas(registry=registry, volumes=runtime.volumes))
+        self._quotas = StorageQuotas(registry=registry, volumes=runtime.volumes)
+        self._quota_watch = QuotaWatch(self._quotas)
         self._storage_check_s = storage_check_s
         self._storage_checked = -float("inf")
         self._stop_backoff: dict[str, Backoff] = {}
@@ -623,7 +624,9 @@ class Controller:
         async with self._db.read() as session:
             volume = await session.get(Volume, inst.volume_id)
         assert volume is not None
-        data_dir = await self._runtime.volumes.create(volume.user_id, volume.family)
+        data_dir = await self._runtime.volumes.create(
+            volume.user_id, volume.family, self._quotas.quota_bytes(volume.family)
+        )
         spec = launch_spec(
             instance_id=inst.id,
             template=template,

@@ -2,10 +2,12 @@
 
 The quota of a family is the largest ``storage.quota_gib`` of the templates of that family (the
 default where no loaded template names it). Usage is measured, never estimated: the volume's
-size as the runtime reports it (``Volumes.size``: files only, links not followed). This host's
-filesystems are not asked for project quotas (detecting and configuring them needs root and a
-filesystem mounted with ``prjquota``; measuring works everywhere), so a running engine can write
-past its quota; what the quota then does, and never more:
+size as the runtime reports it (``Volumes.size``: files only, links not followed). Where the
+runtime's storage can cap a volume (the local runtime on btrfs with quotas enabled: each
+volume a subvolume with a qgroup limit, see :class:`~aigc_gateway.runtime.volumes.LocalVolumes`),
+each start sets the cap to the family's quota and a write past it fails in the engine ("Disk
+quota exceeded"). Elsewhere a running engine can write past its quota; what the quota then
+does, and never more:
 
 - at :data:`WARN_AT` (90 %) and above, the user is warned: an instance event (at a start, and
   when the periodic check sees a running instance's family cross it), and a notice on the
