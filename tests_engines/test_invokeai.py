@@ -20,7 +20,7 @@ from PIL import Image
 from playwright.async_api import Page, Request, Response, WebSocket, expect
 from tests.conftest import RunningGateway
 from tests.support.browser import chromium, context, shot
-from tests.support.gateway import Api
+from tests.support.gateway import Api, engine_endpoint
 from tests.test_dashboard_browser import sign_in
 from tests.test_proxy import cookie_for, open_through_gateway, signed_in_browser
 
@@ -177,6 +177,24 @@ async def test_ui_loads_in_chromium_with_no_failed_request(
 
 
 # --- REST, socket.io, images ---------------------------------------------------------------
+
+
+async def test_invokeai_runs_in_its_sandbox(
+    gateway: RunningGateway, invokeai: dict[str, Any]
+) -> None:
+    """InvokeAI, unmodified, in the engine sandbox like every engine: reached on its socket
+    (socat bridges it to InvokeAI's port in its own network namespace), running as its user's
+    uid, its database in the volume that uid owns."""
+    admin = Api(gateway.url, gateway.admin_token)
+    try:
+        where = await engine_endpoint(admin, invokeai["id"])
+    finally:
+        await admin.aclose()
+    assert where.startswith("unix:"), where
+    (volume,) = (gateway.settings.data_dir / "volumes").glob("*/invokeai")
+    assert volume.stat().st_uid >= 200000
+    databases = list(volume.rglob("invokeai.db"))
+    assert databases and all(d.stat().st_uid == volume.stat().st_uid for d in databases)
 
 
 async def test_rest_api_answers_through_the_instance_host(

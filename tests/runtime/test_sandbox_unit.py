@@ -42,8 +42,13 @@ def test_the_command_line_isolates_everything() -> None:
     assert "--unshare-all" not in head and "--unshare-user" not in head
     assert ("/srv/gw/volumes/u1/comfyui", DATA_DIR) in pairs(head, "--bind")
     assert ("/run/aigc/x/y", "/run/aigc") in pairs(head, "--bind")
-    assert pairs(head, "--ro-bind") == [("/srv/gw", "/srv/gw")]  # /opt: a system dir
-    assert ("/opt", "/opt") in pairs(head, "--ro-bind-try")
+    # Only the engine's own install under /opt: another engine's (its code, its shared
+    # models) is not in the sandbox.
+    assert pairs(head, "--ro-bind") == [
+        ("/opt/venvs/comfy", "/opt/venvs/comfy"),
+        ("/srv/gw", "/srv/gw"),
+    ]
+    assert {p for p, _ in pairs(head, "--ro-bind-try")} == {"/usr", "/etc"}
     covered = [head[i + 1] for i, a in enumerate(head) if a == "--tmpfs"]
     assert covered == ["/tmp", "/dev/shm", "/srv/gw"]  # the data dir covered inside /srv/gw
     assert head.index("/tmp") < head.index("--ro-bind")  # host paths under /tmp stay visible

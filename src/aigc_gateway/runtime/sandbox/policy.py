@@ -51,9 +51,10 @@ DATA_DIR = "/data"
 SOCKET_DIR = "/run/aigc"
 """Where the engine sees the folder of its socket (the host folder is per instance)."""
 SOCKET_NAME = "engine.sock"
-SYSTEM_DIRS = ("/usr", "/etc", "/opt")
+SYSTEM_DIRS = ("/usr", "/etc")
 """Host directories every sandbox sees read-only (where they exist). ``/etc`` holds no secret
-an unprivileged uid could read on the host either (``shadow`` is root's only)."""
+an unprivileged uid could read on the host either (``shadow`` is root's only). Not ``/opt``:
+engines are installed there, and one engine sees only its own install dir."""
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Top-level names that are symlinks into ``/usr`` on merged-/usr systems, or directories."""
 NVIDIA_CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
