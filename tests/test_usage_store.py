@@ -161,6 +161,29 @@ async def test_stored_data_is_billed_once_per_day(db: Database) -> None:
     )
 
 
+async def test_stored_data_is_billed_from_when_the_volume_was_made(db: Database) -> None:
+    """A volume made at 18:00 pays for the day's last 6 hours; one made the next day pays
+    nothing for it. (On the old main both paid the whole day: a volume made today was billed
+    for yesterday, the extra "<family> data" row the usage CSV test saw now and then.)"""
+    book = parse_pricebook(
+        "currency: USD\nprices:\n  - effective_from: 2026-01-01\n    storage_gib_month: 0.72\n",
+        "test",
+    )
+    day = datetime(2026, 5, 4, tzinfo=UTC)
+    data = [
+        usage.StoredData("late", "u1", "comfyui", 10.0, since=day + timedelta(hours=18)),
+        usage.StoredData("new", "u1", "sd", 10.0, since=(day + timedelta(days=1, hours=2))),
+        usage.StoredData("naive", "u1", "jl", 10.0, since=datetime(2026, 5, 3, 12)),
+    ]
+    async with db.write() as s:
+        assert await usage.record_storage(s, day, data, book) == 2
+    (late,) = await ledger(db, "late")
+    assert (late.start_at, late.cost_micros) == (day + timedelta(hours=18), 60_000)
+    assert await ledger(db, "new") == []
+    (whole,) = await ledger(db, "naive")  # made before the day (a naive UTC time): all of it
+    assert whole.cost_micros == 240_000
+
+
 holdings = st.sampled_from(
     [
         Holding("cpu"),

@@ -235,7 +235,7 @@ class Controller:
             volumes = list(await session.scalars(select(Volume)))
         measured = [await self._runtime.volumes.size(v.user_id, v.family) for v in volumes]
         sizes = [
-            usage.StoredData(v.id, v.user_id, v.family, size / 2**30)
+            usage.StoredData(v.id, v.user_id, v.family, size / 2**30, since=v.created_at)
             for v, size in zip(volumes, measured, strict=True)
         ]
         async with self._db.write() as session:

@@ -263,12 +263,16 @@ class StoredData:
     user_id: str
     family: str
     gib: float
+    since: datetime | None = None
+    """When the volume was made: a day is billed from then on only (``None``: all of it)."""
 
 
 async def record_storage(
     session: AsyncSession, day_start: datetime, volumes: Iterable[StoredData], pricebook: PriceBook
 ) -> int:
-    """Bill one UTC day of stored user data per volume (idempotent per volume and day).
+    """Bill one UTC day of stored user data per volume (idempotent per volume and day), from
+    the volume's ``since`` where that falls in the day; a volume made after the day is not
+    billed for it.
 
     Storage rows carry the size in ``share_gib`` and cost only: their ``duration_ms`` is 0, so
     hours and idle time in reports stay about engines."""
@@ -283,7 +287,8 @@ async def record_storage(
     end = day_start + timedelta(days=1)
     added: list[UsageInterval] = []
     for v in volumes:
-        if v.volume_id in done:
+        since = day_start if v.since is None else max(day_start, _aware(v.since))
+        if v.volume_id in done or since >= end:
             continue
         team_id = await team_of(session, v.user_id)
         row = UsageInterval(
@@ -296,12 +301,12 @@ async def record_storage(
             resource="storage",
             gpu_count=0,
             share_gib=round(v.gib, 3),
-            start_at=day_start,
+            start_at=since,
             end_at=end,
             observed_at=end,
             duration_ms=0,
             active_ms=0,
-            cost_micros=pricebook.storage_cost_micros(round(v.gib, 3), day_start, end),
+            cost_micros=pricebook.storage_cost_micros(round(v.gib, 3), since, end),
             currency=pricebook.currency,
             closed_by="storage",
             **_labels(day_start),
@@ -311,6 +316,10 @@ async def record_storage(
     await session.flush()
     await roll_up(session, added)
     return len(added)
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 async def observe(session: AsyncSession, instance_ids: Sequence[str], at: datetime) -> None:
