@@ -299,7 +299,12 @@ async def test_admin_instances_filters_and_batch_actions(
 
     async def shown(**params: str) -> set[str]:
         page = (await root.get("/admin/instances", params=params)).text
-        return set(re.findall(r'data-testid="select-([0-9a-f]{32})"', page))
+        listed = re.findall(r'data-testid="select-([0-9a-f]{32})"', page)
+        # The REST API's search is the page's: the same rows, in the same order.
+        answer = await admin.client.get("/api/admin/instances", params=params)
+        assert answer.status_code == 200, answer.text
+        assert [i["id"] for i in answer.json()["items"]] == listed, params
+        return set(listed)
 
     assert await shown(user="alice") == {a1["id"], a2["id"]}
     assert await shown(team="designers") == {b1["id"]}
@@ -308,6 +313,22 @@ async def test_admin_instances_filters_and_batch_actions(
     await alice.wait_state(a2["id"], "failed")
     assert {a1["id"], a2["id"]} <= await shown(state="failed")
     assert b1["id"] not in await shown(state="failed", user="bob")
+    assert await shown(user="nobody") == set()
+    # Paged: one at a time, newest first, the same three as the page's first screen.
+    seen, page_no = [], 0
+    while True:
+        body = (
+            await admin.client.get("/api/admin/instances", params={"page": page_no, "page_size": 1})
+        ).json()
+        seen += [(i["id"], i["owner"]) for i in body["items"]]
+        if not body["has_more"]:
+            break
+        page_no += 1
+    assert seen == [(b1["id"], "bob"), (a2["id"], "alice"), (a1["id"], "alice")]
+    assert (
+        await admin.client.get("/api/admin/instances", params={"state": "nap"})
+    ).status_code == 422
+    assert (await alice.client.get("/api/admin/instances")).status_code == 403
     # Each row says what its state allows: the batch buttons act on those rows only.
     failed_rows = (await root.get("/admin/instances", params={"state": "failed"})).text
     assert 'data-actions="restart delete"' in opening_tag(failed_rows, f"row-{a1['id']}")

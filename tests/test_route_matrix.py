@@ -138,6 +138,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/instances/{instance_id}/shares"): owner_or_admin(body={"user": "carol"}),
     ("DELETE", "/api/instances/{instance_id}/shares/{share_id}"): owner_or_admin(),
     ("GET", "/api/users"): admin_only(),
+    ("GET", "/api/admin/instances"): admin_only(),
     ("POST", "/api/users"): admin_only(body={"name": "{fresh}", "password": "long-enough"}),
     ("PATCH", "/api/users/{user_id}"): admin_only(body={"disabled": True}),
     ("POST", "/api/users/{user_id}/password"): admin_only(body={"password": "long-enough"}),

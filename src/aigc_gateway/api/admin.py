@@ -1,4 +1,4 @@
-"""Administration: users, teams and the audit log."""
+"""Administration: users, teams, everyone's instances and the audit log."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from pydantic import BaseModel, Field
 
 from aigc_gateway.accounts.admin import UserChanges
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
+from aigc_gateway.api.schemas import InstancePublic
+from aigc_gateway.domain.states import InstanceState
+from aigc_gateway.store.instances import InstanceFilter
 
 router = APIRouter(prefix="/api", tags=["admin"])
 
@@ -57,6 +60,16 @@ class MemberPublic(BaseModel):
     user_id: str
     name: str
     source: str
+
+
+class AdminInstancePublic(InstancePublic):
+    owner: str = Field(description="the owner's user name")
+
+
+class AdminInstancePage(BaseModel):
+    items: list[AdminInstancePublic]
+    page: int
+    has_more: bool = Field(description="a next page exists (ask for page + 1)")
 
 
 def _user(u: Any, teams: list[str]) -> UserPublic:
@@ -119,6 +132,32 @@ async def revoke_sessions(
     user_id: str, who: CurrentUser, gw: GatewayDep, client: ClientDep
 ) -> dict[str, int]:
     return {"revoked": await gw.admin.revoke_sessions(who, user_id, client)}
+
+
+@router.get("/admin/instances")
+async def search_instances(
+    who: CurrentUser,
+    gw: GatewayDep,
+    user: Annotated[str, Query(max_length=64, description="an owner's user name")] = "",
+    team: Annotated[str, Query(max_length=128, description="owners in this team")] = "",
+    template: Annotated[str, Query(max_length=128)] = "",
+    state: Annotated[InstanceState | None, Query(description="default: all but deleted")] = None,
+    page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> AdminInstancePage:
+    """Everyone's instances (administrators), filtered and paged on the server: the same
+    search as the admin Instances page, newest first."""
+    wanted = InstanceFilter(user, team, template, state.value if state else "")
+    found = await gw.instances.search(who, wanted, page=page, page_size=page_size)
+    usage = await gw.gpu_usage.by_session() if any(i.gpu_ids for i, _ in found.rows) else {}
+    items = [
+        AdminInstancePublic(
+            **InstancePublic.of(i, gw.settings, gw.gpus, usage, internal=True).model_dump(),
+            owner=owner,
+        )
+        for i, owner in found.rows
+    ]
+    return AdminInstancePage(items=items, page=found.page, has_more=found.has_more)
 
 
 @router.get("/teams")

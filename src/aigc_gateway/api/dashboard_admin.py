@@ -35,6 +35,7 @@ from aigc_gateway.doctor import gpu_summary
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
 from aigc_gateway.scheduler import Request as GpuRequest
+from aigc_gateway.store.instances import InstanceFilter
 from aigc_gateway.store.tables import Instance, Team, TeamMember, User
 from aigc_gateway.store.usage import Dimension
 from aigc_gateway.web import costs
@@ -62,24 +63,16 @@ async def admin_instances(
     viewer = gate(request, who, admin=True)
     if isinstance(viewer, Response):
         return viewer
-    stmt = select(Instance, User.name).join(User, User.id == Instance.owner_id)
-    stmt = stmt.where(Instance.state == state) if state else stmt.where(Instance.state != "deleted")
-    if user:
-        stmt = stmt.where(User.name == user)
-    if template:
-        stmt = stmt.where(Instance.template_id == template)
-    if team:
-        members = select(TeamMember.user_id).join(Team, Team.id == TeamMember.team_id)
-        stmt = stmt.where(Instance.owner_id.in_(members.where(Team.name == team)))
-    stmt = stmt.order_by(Instance.created_at.desc(), Instance.id)
-    async with gw.db.read() as session:
-        found = (await session.execute(stmt.offset(page_no * PAGE_SIZE).limit(PAGE_SIZE + 1))).all()
-        teams = (await session.scalars(select(Team.name).order_by(Team.name))).all()
+    assert who is not None
+    found = await gw.instances.search(
+        who, InstanceFilter(user, team, template, state), page=page_no, page_size=PAGE_SIZE
+    )
+    teams = sorted(t.name for t, _ in await gw.admin.list_teams(who))
     rows = [
         v.AdminInstanceRow(
             id=i.id,
             name=i.name,
-            owner=str(owner),
+            owner=owner,
             template_id=i.template_id,
             state=i.state,
             desired_state=i.desired_state,
@@ -88,7 +81,7 @@ async def admin_instances(
             created_at=i.created_at,
             actions=instance_actions(i),
         )
-        for i, owner in found[:PAGE_SIZE]
+        for i, owner in found.rows
     ]
     filters = {"user": user, "team": team, "template": template, "state": state}
     return render(
@@ -101,7 +94,7 @@ async def admin_instances(
         teams=teams,
         template_ids=sorted(gw.registry.catalog.templates),
         states=v.STATES,
-        **pager("/admin/instances", filters, page_no, len(found) > PAGE_SIZE),
+        **pager("/admin/instances", filters, page_no, found.has_more),
     )
 
 

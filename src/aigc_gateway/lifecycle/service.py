@@ -64,6 +64,15 @@ class CreateRequest:
     """Client-chosen id: a retried create with the same id returns the same instance."""
 
 
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    """One page of an administrator's instance search: each instance with its owner's name."""
+
+    rows: list[tuple[Instance, str]]
+    page: int
+    has_more: bool
+
+
 class InstanceService:
     def __init__(
         self,
@@ -238,6 +247,16 @@ class InstanceService:
                 i for i in await repo.list_by_ids(session, shared_ids) if i.owner_id != who.user_id
             ]
         return [*own, *shared]
+
+    async def search(
+        self, who: Principal, f: repo.InstanceFilter, *, page: int, page_size: int
+    ) -> InstancePage:
+        """Everyone's instances matching ``f`` (administrators only), one page of them: what
+        the admin Instances page and ``GET /api/admin/instances`` both show."""
+        require_admin(who)
+        async with self._db.read() as session:
+            found = await repo.search(session, f, offset=page * page_size, limit=page_size + 1)
+        return InstancePage(found[:page_size], page, has_more=len(found) > page_size)
 
     async def shares(self, who: Principal, instance_id: str) -> Sequence[tuple[InstanceShare, str]]:
         async with self._db.read() as session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway.auth.secrets import new_id
 from aigc_gateway.domain.states import DesiredState, InstanceState, Transition
 from aigc_gateway.errors import Conflict, NotFound
-from aigc_gateway.store.tables import Event, Instance, TemplateRevision, User, Volume
+from aigc_gateway.store.tables import (
+    Event,
+    Instance,
+    Team,
+    TeamMember,
+    TemplateRevision,
+    User,
+    Volume,
+)
 
 
 def now() -> datetime:
@@ -237,6 +246,41 @@ async def volume_in_use(session: AsyncSession, volume_id: str, *, but: str) -> b
         .limit(1)
     )
     return found is not None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceFilter:
+    """What an administrator narrows everyone's instances to; an empty field matches all.
+    Without ``state``, deleted instances are left out."""
+
+    user: str = ""
+    """An owner's user name."""
+    team: str = ""
+    """A team name: instances whose owner is a member."""
+    template: str = ""
+    state: str = ""
+
+
+async def search(
+    session: AsyncSession, f: InstanceFilter, *, offset: int, limit: int
+) -> list[tuple[Instance, str]]:
+    """Everyone's instances matching ``f`` with their owner's name, newest first (then by id,
+    so paging is stable), ``limit`` from ``offset``."""
+    stmt = select(Instance, User.name).join(User, User.id == Instance.owner_id)
+    stmt = (
+        stmt.where(Instance.state == f.state)
+        if f.state
+        else stmt.where(Instance.state != InstanceState.DELETED)
+    )
+    if f.user:
+        stmt = stmt.where(User.name == f.user)
+    if f.template:
+        stmt = stmt.where(Instance.template_id == f.template)
+    if f.team:
+        members = select(TeamMember.user_id).join(Team, Team.id == TeamMember.team_id)
+        stmt = stmt.where(Instance.owner_id.in_(members.where(Team.name == f.team)))
+    stmt = stmt.order_by(Instance.created_at.desc(), Instance.id).offset(offset).limit(limit)
+    return [(i, str(owner)) for i, owner in (await session.execute(stmt)).all()]
 
 
 async def list_by_ids(session: AsyncSession, ids: set[str]) -> Sequence[Instance]:
