@@ -22,8 +22,10 @@ from aigc_gateway.gpu.usage import GpuUsage
 from aigc_gateway.lifecycle.budgets import Budgets
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
+from aigc_gateway.lifecycle.files import FileService
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
+from aigc_gateway.lifecycle.reports import UsageReports
 from aigc_gateway.lifecycle.service import InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import Isolation, Runtime
@@ -67,6 +69,10 @@ class Gateway:
     """What ``/metrics`` exposes; the proxy and the controller report to it."""
     isolation: Isolation
     """Whether engines are sandboxed here (the Health page and ``/healthz`` say it)."""
+    files: FileService
+    """Users' data folders: listing, upload, download, delete, usage against quota."""
+    reports: UsageReports
+    """Usage and cost reports from the ledger."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -231,4 +237,6 @@ async def open_gateway(
         gpu_usage=GpuUsage(),
         metrics=metrics,
         isolation=isolation,
+        files=FileService(db=db, registry=registry, volumes=runtime.volumes),
+        reports=UsageReports(db=db, pricebook=pricebook),
     )

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from aigc_gateway.accounts.service import Client, now
 from aigc_gateway.auth.principal import Principal, Via, require_admin
@@ -16,7 +16,7 @@ from aigc_gateway.store import access as acl
 from aigc_gateway.store import sessions as sess
 from aigc_gateway.store import users as users_repo
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import Team, User
+from aigc_gateway.store.tables import Team, TeamMember, User
 
 MIN_PASSWORD = 8
 
@@ -140,6 +140,36 @@ class AdminService:
             await self._audit(session, who, "user.password_change", client, user, {})
 
     # -- teams ----------------------------------------------------------------------------------
+
+    async def search_users(
+        self, who: Principal, q: str, *, page: int, page_size: int
+    ) -> tuple[list[tuple[User, list[tuple[str, str]]]], bool]:
+        """Users whose name or display name contains ``q`` (all for ``""``), by name, one page:
+        each with its teams (id, name), and whether a next page exists. Administrators only."""
+        require_admin(who)
+        stmt = select(User).order_by(User.name)
+        if q:
+            stmt = stmt.where(
+                or_(
+                    User.name.contains(q, autoescape=True),
+                    User.display_name.contains(q, autoescape=True),
+                )
+            )
+        async with self._db.read() as session:
+            found = (
+                await session.scalars(stmt.offset(page * page_size).limit(page_size + 1))
+            ).all()
+            shown = list(found[:page_size])
+            memberships = await session.execute(
+                select(TeamMember.user_id, Team.id, Team.name)
+                .join(Team, Team.id == TeamMember.team_id)
+                .where(TeamMember.user_id.in_([u.id for u in shown]))
+                .order_by(Team.name)
+            )
+            teams_of: dict[str, list[tuple[str, str]]] = {}
+            for user_id, team_id, team_name in memberships.all():
+                teams_of.setdefault(user_id, []).append((team_id, team_name))
+        return [(u, teams_of.get(u.id, [])) for u in shown], len(found) > page_size
 
     async def list_teams(self, who: Principal) -> Sequence[tuple[Team, int]]:
         """Every team with its member count for an administrator; anyone else sees only the

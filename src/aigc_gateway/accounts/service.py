@@ -79,6 +79,14 @@ class AccountService:
 
     # -- signing in -----------------------------------------------------------------------------
 
+    async def has_password(self, who: Principal) -> bool:
+        """Whether ``who`` signs in with a local password (SSO accounts have none)."""
+        async with self._db.read() as session:
+            found = await session.scalar(
+                select(User.password_hash.is_not(None)).where(User.id == who.user_id)
+            )
+        return bool(found)
+
     async def login_local(self, username: str, password: str, client: Client) -> SignedIn:
         """Check a local account's password. Failures are counted per account and per address
         in the audit log itself, so limits hold across restarts and gateway replicas."""

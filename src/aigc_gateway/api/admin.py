@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 from aigc_gateway.accounts.admin import UserChanges
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.api.schemas import InstancePublic
+from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.states import InstanceState
-from aigc_gateway.store.instances import InstanceFilter
 
 router = APIRouter(prefix="/api", tags=["admin"])
 

@@ -16,20 +16,17 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import func, select
 from starlette.responses import RedirectResponse, Response
 
 from aigc_gateway import __version__
 from aigc_gateway.api.deps import GatewayDep, MaybeUser, optional_principal
-from aigc_gateway.api.files import file_service
 from aigc_gateway.api.schemas import InstancePublic, instance_actions
-from aigc_gateway.api.usage import build_report
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.domain.hosts import safe_next
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
 from aigc_gateway.lifecycle.storage import StorageUse
-from aigc_gateway.store.tables import Event, Instance, InstanceShare, Team, User
+from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate
 from aigc_gateway.web import costs
 from aigc_gateway.web import views as v
@@ -162,29 +159,12 @@ async def _cards(
     gw: Gateway, who: Principal, instances: Sequence[Instance], lang: str
 ) -> list[v.InstanceCard]:
     """Instance cards: the newest event ids, the owners' names and the shares, one query each."""
-    ids = [i.id for i in instances]
-    owned = [i.id for i in instances if i.owner_id == who.user_id]
-    owners = {i.owner_id for i in instances} - {who.user_id}
-    shares: dict[str, list[v.ShareView]] = {}
-    async with gw.db.read() as session:
-        newest = await session.execute(
-            select(Event.instance_id, func.max(Event.id))
-            .where(Event.instance_id.in_(ids))
-            .group_by(Event.instance_id)
-        )
-        after: dict[str, int] = {str(i): int(n) for i, n in newest.all()}
-        names = await session.execute(select(User.id, User.name).where(User.id.in_(owners)))
-        owner_names: dict[str, str] = {str(i): str(n) for i, n in names.all()}
-        rows = await session.execute(
-            select(InstanceShare.id, InstanceShare.instance_id, User.name, Team.name)
-            .outerjoin(User, User.id == InstanceShare.user_id)
-            .outerjoin(Team, Team.id == InstanceShare.team_id)
-            .where(InstanceShare.instance_id.in_(owned))
-            .order_by(InstanceShare.created_at)
-        )
-        for share_id, instance_id, user_name, team_name in rows.all():
-            kind, target = ("user", user_name) if user_name else ("team", team_name)
-            shares.setdefault(instance_id, []).append(v.ShareView(share_id, str(target), kind))
+    facts = await gw.instances.card_facts(who, instances)
+    after, owner_names = facts.newest_event, facts.owner_names
+    shares = {
+        instance_id: [v.ShareView(share_id, target, kind) for share_id, target, kind in found]
+        for instance_id, found in facts.shares.items()
+    }
     usage = await gw.gpu_usage.by_session() if any(i.gpu_ids for i in instances) else {}
     return [
         replace(_card(gw, who, i, lang, after, owner_names, shares), **_gpu_parts(gw, i, usage))
@@ -264,7 +244,7 @@ async def home(request: Request, gw: GatewayDep, who: MaybeUser) -> Response:
 async def _families(gw: Gateway, who: Principal) -> list[v.FamilyRow]:
     """The user's data folders, measured now, with their quota level."""
     rows = []
-    for u in await file_service(gw).usage(who):
+    for u in await gw.files.usage(who):
         level = StorageUse(u.family, u.used_bytes, u.quota_bytes).level
         rows.append(v.FamilyRow(u.family, u.used_bytes, u.quota_bytes, str(level)))
     return rows
@@ -309,7 +289,7 @@ async def files_folder(
         return viewer
     assert who is not None
     try:
-        found = await file_service(gw).listing(who, family, path)
+        found = await gw.files.listing(who, family, path)
     except GatewayError as exc:
         key = "error.not_found" if exc.status == 404 else "error.bad_request"
         return error_page(viewer, exc.status, key, key + "_text", exc.message)
@@ -347,10 +327,10 @@ async def my_usage(
     today = gw.controller.clock().date()  # the ledger's clock
     since = today - timedelta(days=RECENT_DAYS - 1)
     span = (since.isoformat(), today.isoformat())
-    month = await build_report(gw, who, "user", "none", f"{today:%Y-%m}-01", span[1], "mine")
-    by_instance = await build_report(gw, who, "instance", "none", *span, "mine")
-    daily = await build_report(gw, who, "user", "day", *span, "mine")
-    table = daily if per == "day" else await build_report(gw, who, "user", "week", *span, "mine")
+    month = await gw.reports.build(who, "user", "none", f"{today:%Y-%m}-01", span[1], "mine")
+    by_instance = await gw.reports.build(who, "instance", "none", *span, "mine")
+    daily = await gw.reports.build(who, "user", "day", *span, "mine")
+    table = daily if per == "day" else await gw.reports.build(who, "user", "week", *span, "mine")
     budgets = [costs.budget_view(s) for s in await gw.budgets.for_user(who.user_id)]
     title = translator(viewer.lang)("usage.chart_daily")
     chart = costs.daily_chart(daily.rows, costs.days(since, today), daily.currency, title)
@@ -401,11 +381,7 @@ async def account(request: Request, gw: GatewayDep, who: MaybeUser) -> Response:
         }
         for s in await gw.accounts.list_sessions(who)
     ]
-    async with gw.db.read() as session:
-        has_password = await session.scalar(
-            select(User.password_hash.is_not(None)).where(User.id == who.user_id)
-        )
-    viewer = replace(viewer, local_account=bool(has_password))
+    viewer = replace(viewer, local_account=await gw.accounts.has_password(who))
     return render(
         viewer, "account.html", "account", "account.title", tokens=tokens, sessions=sessions
     )

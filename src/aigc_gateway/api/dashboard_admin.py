@@ -11,10 +11,10 @@ from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import or_, select
 from starlette.responses import RedirectResponse, Response
 
 from aigc_gateway import __version__
+from aigc_gateway.accounting.reports import Report
 from aigc_gateway.accounts.service import Client
 from aigc_gateway.api.dashboard import (
     PAGE_SIZE,
@@ -29,15 +29,13 @@ from aigc_gateway.api.dashboard import (
 from aigc_gateway.api.deps import ClientDep, GatewayDep, MaybeUser
 from aigc_gateway.api.gpus import gpu_inventory, set_cordon
 from aigc_gateway.api.schemas import instance_actions
-from aigc_gateway.api.usage import Report, build_report
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.doctor import gpu_summary
+from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
+from aigc_gateway.lifecycle.reports import Dimension
 from aigc_gateway.scheduler import Request as GpuRequest
-from aigc_gateway.store.instances import InstanceFilter
-from aigc_gateway.store.tables import Instance, Team, TeamMember, User
-from aigc_gateway.store.usage import Dimension
 from aigc_gateway.web import costs
 from aigc_gateway.web import views as v
 from aigc_gateway.web.i18n import Translator
@@ -111,26 +109,7 @@ async def admin_users(
     if isinstance(viewer, Response):
         return viewer
     assert who is not None
-    stmt = select(User).order_by(User.name)
-    if q:
-        stmt = stmt.where(
-            or_(
-                User.name.contains(q, autoescape=True),
-                User.display_name.contains(q, autoescape=True),
-            )
-        )
-    async with gw.db.read() as session:
-        users = (await session.scalars(stmt.offset(page_no * PAGE_SIZE).limit(PAGE_SIZE + 1))).all()
-        shown = users[:PAGE_SIZE]
-        memberships = await session.execute(
-            select(TeamMember.user_id, Team.id, Team.name)
-            .join(Team, Team.id == TeamMember.team_id)
-            .where(TeamMember.user_id.in_([u.id for u in shown]))
-            .order_by(Team.name)
-        )
-        teams_of: dict[str, list[tuple[str, str]]] = {}
-        for user_id, team_id, team_name in memberships.all():
-            teams_of.setdefault(user_id, []).append((team_id, team_name))
+    found, more = await gw.admin.search_users(who, q, page=page_no, page_size=PAGE_SIZE)
     rows = [
         v.UserRow(
             id=u.id,
@@ -139,10 +118,10 @@ async def admin_users(
             is_admin=u.is_admin,
             disabled=u.disabled,
             sign_in="sso" if u.issuer else "local",
-            teams=teams_of.get(u.id, []),
+            teams=teams,
             created_at=u.created_at,
         )
-        for u in shown
+        for u, teams in found
     ]
     teams = [{"id": t.id, "name": t.name, "members": n} for t, n in await gw.admin.list_teams(who)]
     return render(
@@ -153,7 +132,7 @@ async def admin_users(
         users=rows,
         teams=teams,
         q=q,
-        **pager("/admin/users", {"q": q}, page_no, len(users) > PAGE_SIZE),
+        **pager("/admin/users", {"q": q}, page_no, more),
     )
 
 
@@ -415,7 +394,7 @@ async def admin_costs(
         charts=charts,
         idle_instances=idle_instances,
         idle_users=costs.idle_ranking(by_user.rows),
-        owners=await _owners(gw, [r.key for r in idle_instances if r.key]),
+        owners=await gw.instances.owner_names(who, [r.key for r in idle_instances if r.key]),
         budgets=[costs.budget_view(s) for s in await gw.budgets.all()],
         downloads=_downloads(first, last),
     )
@@ -432,7 +411,7 @@ async def _month_reports(gw: Gateway, who: Principal, first: date, last: date) -
         ("resource", "day"),
     ]
     span = (first.isoformat(), last.isoformat())
-    return [await build_report(gw, who, by, period, *span, "all") for by, period in groups]
+    return [await gw.reports.build(who, by, period, *span, "all") for by, period in groups]
 
 
 def _downloads(first: date, last: date) -> list[tuple[str, str]]:
@@ -442,17 +421,6 @@ def _downloads(first: date, last: date) -> list[tuple[str, str]]:
         (key, url_with(REPORT, {"by": by, "period": period, **csv}))
         for by, period, key in COST_GROUPS
     ]
-
-
-async def _owners(gw: Gateway, instance_ids: list[str]) -> dict[str, str]:
-    """The owners' names of these instances, by instance id (one query)."""
-    async with gw.db.read() as session:
-        found = await session.execute(
-            select(Instance.id, User.name)
-            .join(User, User.id == Instance.owner_id)
-            .where(Instance.id.in_(instance_ids))
-        )
-        return {str(i): str(name) for i, name in found.all()}
 
 
 # -- language and static files ------------------------------------------------------------------

@@ -20,8 +20,7 @@ from starlette.types import Receive, Scope, Send
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.errors import Forbidden, UserError
-from aigc_gateway.gateway import Gateway
-from aigc_gateway.lifecycle.files import Entry, FileService, OpenFile, Usage
+from aigc_gateway.lifecycle.files import Entry, OpenFile, Usage
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 
@@ -87,10 +86,6 @@ class FileStream(Response):
             self._opened.close()
 
 
-def file_service(gw: Gateway) -> FileService:
-    return FileService(db=gw.db, registry=gw.registry, volumes=gw.runtime.volumes)
-
-
 def _writer(who: Principal) -> None:
     if not who.may_write:
         raise Forbidden("this token may only read; create a token with the manage scope")
@@ -99,7 +94,7 @@ def _writer(who: Principal) -> None:
 @router.get("")
 async def list_families(gw: GatewayDep, who: CurrentUser) -> list[UsagePublic]:
     """Your data folders, one per engine family, with the bytes used and the quota."""
-    return [UsagePublic.of(u) for u in await file_service(gw).usage(who)]
+    return [UsagePublic.of(u) for u in await gw.files.usage(who)]
 
 
 @router.get("/{family}")
@@ -107,7 +102,7 @@ async def list_folder(
     family: str, gw: GatewayDep, who: CurrentUser, path: PathQuery = ""
 ) -> ListingPublic:
     """Folders and files in one folder of the family's data."""
-    found = await file_service(gw).listing(who, family, path)
+    found = await gw.files.listing(who, family, path)
     return ListingPublic(
         family=family,
         path=found.path,
@@ -120,7 +115,7 @@ async def list_folder(
 @router.get("/{family}/content", response_class=FileStream, status_code=200)
 async def download(family: str, path: PathQuery, gw: GatewayDep, who: CurrentUser) -> Response:
     """The file's bytes: images inline (previews), everything else as a download."""
-    opened = await file_service(gw).open(who, family, path)
+    opened = await gw.files.open(who, family, path)
     entry = opened.entry
     image = entry.media_type
     disposition = "inline" if image else "attachment"
@@ -153,7 +148,7 @@ async def upload(
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():
         raise UserError("invalid Content-Length", code="invalid_request")
-    entry = await file_service(gw).upload(
+    entry = await gw.files.upload(
         who, family, path, request.stream(), int(length) if length is not None else None
     )
     await gw.accounts.record(
@@ -173,7 +168,7 @@ async def delete(
 ) -> Response:
     """Delete a file, or a folder with everything in it."""
     _writer(who)
-    await file_service(gw).delete(who, family, path)
+    await gw.files.delete(who, family, path)
     await gw.accounts.record(
         who, "file.delete", client, target_type="file", target_id=family, detail={"path": path}
     )

@@ -4,7 +4,8 @@ Users see their own usage; administrators see everyone's (``scope=all``, the def
 Every figure is a sum of integers (milliseconds, micro-units of the currency), so the rows of a
 report add up to its total exactly. Whole seconds are rounded once, here: the total is rounded and
 its seconds handed to the rows by largest remainder (:func:`~aigc_gateway.accounting.apportion`),
-so they still add up; hours and money are those integers divided for display.
+so they still add up; hours and money are those integers divided for display
+(:mod:`aigc_gateway.accounting.reports`; the query: :mod:`aigc_gateway.lifecycle.reports`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from aigc_gateway.accounting import MICROS, apportion, apportion_within, format_money
+from aigc_gateway.accounting import MICROS, format_money
+from aigc_gateway.accounting.reports import Report
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.lifecycle.budgets import BudgetStatus
@@ -32,87 +34,6 @@ from aigc_gateway.store.tables import UsageInterval
 router = APIRouter(prefix="/api", tags=["usage"])
 
 DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class Figures(BaseModel):
-    milliseconds: int
-    """Exact: the sum of the ledger rows' milliseconds."""
-    active_milliseconds: int
-    gpu_milliseconds: int
-    seconds: int
-    """Whole seconds, rounded once for the report (the rows' seconds add up to the total's)."""
-    active_seconds: int
-    idle_seconds: int
-    """Held but unused: ``seconds - active_seconds``."""
-    gpu_seconds: int
-    hours: float
-    active_hours: float
-    idle_hours: float
-    gpu_hours: float
-    cost_micros: int
-    cost: str
-    """Formatted in the price book's currency, e.g. ``12.35 USD``."""
-
-    @classmethod
-    def of(cls, exact: Exact, rounded: Exact, currency: str) -> Figures:
-        """From the exact sums (milliseconds, micro-units) and their seconds as rounded for the
-        report."""
-        ms, active_ms, gpu_ms, micros = exact
-        seconds, active, gpu_s, _ = rounded
-        return cls(
-            milliseconds=ms,
-            active_milliseconds=active_ms,
-            gpu_milliseconds=gpu_ms,
-            seconds=seconds,
-            active_seconds=active,
-            idle_seconds=seconds - active,
-            gpu_seconds=gpu_s,
-            hours=round(seconds / 3600, 4),
-            active_hours=round(active / 3600, 4),
-            idle_hours=round((seconds - active) / 3600, 4),
-            gpu_hours=round(gpu_s / 3600, 4),
-            cost_micros=micros,
-            cost=format_money(micros, currency),
-        )
-
-
-Exact = tuple[int, int, int, int]
-"""Held, active and GPU time (milliseconds or seconds) and cost (micro-units)."""
-
-
-def round_once(exact: list[Exact]) -> list[Exact]:
-    """The report's lines in whole seconds, adding up to the rounded total; a line's active
-    seconds never exceed its held seconds."""
-    held = apportion([e[0] for e in exact], 1000)
-    active = apportion_within([e[1] for e in exact], held, 1000)
-    gpu = apportion([e[2] for e in exact], 1000)
-    return [(h, a, g, e[3]) for h, a, g, e in zip(held, active, gpu, exact, strict=True)]
-
-
-def _total(lines: list[Exact]) -> Exact:
-    return (
-        sum(x[0] for x in lines),
-        sum(x[1] for x in lines),
-        sum(x[2] for x in lines),
-        sum(x[3] for x in lines),
-    )
-
-
-class ReportLine(Figures):
-    key: str | None
-    label: str
-    period: str | None
-
-
-class Report(BaseModel):
-    by: str
-    period: str | None
-    since: str | None
-    until: str | None
-    scope: str
-    currency: str
-    rows: list[ReportLine]
-    total: Figures
 
 
 class IntervalPublic(BaseModel):
@@ -169,43 +90,10 @@ async def build_report(
     until: str | None,
     scope: Literal["mine", "all"] | None,
 ) -> Report:
-    effective = scope or ("all" if who.acts_as_admin else "mine")
-    if effective == "all":
-        require_admin(who)
-    per: usage.PeriodColumn | None = None if period == "none" else period
+    """The report of :class:`~aigc_gateway.lifecycle.reports.UsageReports`, its days checked
+    as query parameters (422 naming the one that is not a real day)."""
     first, last = _day(since, "since"), _day(until, "until")
-    async with gw.db.read() as session:
-        rows = await usage.report(
-            session,
-            by,
-            per,
-            since=first,
-            until=last,
-            user_id=None if effective == "all" else who.user_id,
-        )
-    currency = gw.pricebook.currency
-    exact = [(r.duration_ms, r.active_ms, r.gpu_ms, r.cost_micros) for r in rows]
-    rounded = round_once(exact)
-    lines = [
-        ReportLine(
-            key=r.key,
-            label=r.label or "(none)",
-            period=r.period,
-            **Figures.of(e, s, currency).__dict__,
-        )
-        for r, e, s in zip(rows, exact, rounded, strict=True)
-    ]
-    total = Figures.of(_total(exact), _total(rounded), currency)
-    return Report(
-        by=by,
-        period=per,
-        since=since,
-        until=until,
-        scope=effective,
-        currency=currency,
-        rows=lines,
-        total=total,
-    )
+    return await gw.reports.build(who, by, period, first, last, scope)
 
 
 def report_csv(report: Report) -> str:

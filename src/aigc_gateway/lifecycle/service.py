@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
 from aigc_gateway.auth.secrets import new_id, new_slug
 from aigc_gateway.domain.actions import Outcome, api_action, effect, judge
+from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import HOLDS_PROCESS, STABLE, DesiredState, InstanceState
 from aigc_gateway.errors import Conflict, NotFound, UserError
@@ -71,6 +72,16 @@ class InstancePage:
     rows: list[tuple[Instance, str]]
     page: int
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CardFacts:
+    newest_event: dict[str, int]
+    """Instance id → its newest event's id."""
+    owner_names: dict[str, str]
+    """User id → user name, for the owners of instances shared with the viewer."""
+    shares: dict[str, list[tuple[str, str, str]]]
+    """Own instance id → its shares as (share id, user or team name, ``user`` or ``team``)."""
 
 
 class InstanceService:
@@ -249,7 +260,7 @@ class InstanceService:
         return [*own, *shared]
 
     async def search(
-        self, who: Principal, f: repo.InstanceFilter, *, page: int, page_size: int
+        self, who: Principal, f: InstanceFilter, *, page: int, page_size: int
     ) -> InstancePage:
         """Everyone's instances matching ``f`` (administrators only), one page of them: what
         the admin Instances page and ``GET /api/admin/instances`` both show."""
@@ -257,6 +268,24 @@ class InstanceService:
         async with self._db.read() as session:
             found = await repo.search(session, f, offset=page * page_size, limit=page_size + 1)
         return InstancePage(found[:page_size], page, has_more=len(found) > page_size)
+
+    async def owner_names(self, who: Principal, instance_ids: Sequence[str]) -> dict[str, str]:
+        """The owners' user names of these instances, by instance id (administrators)."""
+        require_admin(who)
+        async with self._db.read() as session:
+            return await repo.owner_names(session, instance_ids)
+
+    async def card_facts(self, who: Principal, instances: Sequence[Instance]) -> CardFacts:
+        """What the dashboard's instance cards show beyond the rows ``who`` may already see:
+        the newest event id of each (where its live stream resumes), the owners' names of
+        instances shared with ``who``, and the shares of ``who``'s own (one query each)."""
+        owned = [i.id for i in instances if i.owner_id == who.user_id]
+        owners = {i.owner_id for i in instances} - {who.user_id}
+        async with self._db.read() as session:
+            newest = await repo.newest_event_ids(session, [i.id for i in instances])
+            names = await repo.user_names(session, owners)
+            shares = await acl.shares_of_instances(session, owned)
+        return CardFacts(newest, names, shares)
 
     async def shares(self, who: Principal, instance_id: str) -> Sequence[tuple[InstanceShare, str]]:
         async with self._db.read() as session:

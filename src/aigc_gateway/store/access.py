@@ -163,6 +163,25 @@ async def shares_of(session: AsyncSession, instance_id: str) -> Sequence[tuple[I
     return [(share, str(name)) for share, name in rows.all()]
 
 
+async def shares_of_instances(
+    session: AsyncSession, instance_ids: Sequence[str]
+) -> dict[str, list[tuple[str, str, str]]]:
+    """Instance id → its shares, oldest first, as (share id, user or team name, ``user`` or
+    ``team``), for many instances in one query."""
+    rows = await session.execute(
+        select(InstanceShare.id, InstanceShare.instance_id, User.name, Team.name)
+        .outerjoin(User, User.id == InstanceShare.user_id)
+        .outerjoin(Team, Team.id == InstanceShare.team_id)
+        .where(InstanceShare.instance_id.in_(instance_ids))
+        .order_by(InstanceShare.created_at)
+    )
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for share_id, instance_id, user_name, team_name in rows.all():
+        kind, target = ("user", user_name) if user_name else ("team", team_name)
+        found.setdefault(str(instance_id), []).append((str(share_id), str(target), kind))
+    return found
+
+
 async def remove_share(session: AsyncSession, instance_id: str, share_id: str) -> None:
     result = await session.execute(
         delete(InstanceShare).where(

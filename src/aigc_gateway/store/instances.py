@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.auth.secrets import new_id
+from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.states import DesiredState, InstanceState, Transition
 from aigc_gateway.errors import Conflict, NotFound
 from aigc_gateway.store.tables import (
@@ -248,19 +248,6 @@ async def volume_in_use(session: AsyncSession, volume_id: str, *, but: str) -> b
     return found is not None
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceFilter:
-    """What an administrator narrows everyone's instances to; an empty field matches all.
-    Without ``state``, deleted instances are left out."""
-
-    user: str = ""
-    """An owner's user name."""
-    team: str = ""
-    """A team name: instances whose owner is a member."""
-    template: str = ""
-    state: str = ""
-
-
 async def search(
     session: AsyncSession, f: InstanceFilter, *, offset: int, limit: int
 ) -> list[tuple[Instance, str]]:
@@ -281,6 +268,32 @@ async def search(
         stmt = stmt.where(Instance.owner_id.in_(members.where(Team.name == f.team)))
     stmt = stmt.order_by(Instance.created_at.desc(), Instance.id).offset(offset).limit(limit)
     return [(i, str(owner)) for i, owner in (await session.execute(stmt)).all()]
+
+
+async def owner_names(session: AsyncSession, instance_ids: Sequence[str]) -> dict[str, str]:
+    """Instance id → its owner's user name."""
+    found = await session.execute(
+        select(Instance.id, User.name)
+        .join(User, User.id == Instance.owner_id)
+        .where(Instance.id.in_(instance_ids))
+    )
+    return {str(i): str(name) for i, name in found.all()}
+
+
+async def newest_event_ids(session: AsyncSession, instance_ids: Sequence[str]) -> dict[str, int]:
+    """Instance id → the id of its newest event."""
+    found = await session.execute(
+        select(Event.instance_id, func.max(Event.id))
+        .where(Event.instance_id.in_(instance_ids))
+        .group_by(Event.instance_id)
+    )
+    return {str(i): int(n) for i, n in found.all()}
+
+
+async def user_names(session: AsyncSession, user_ids: set[str]) -> dict[str, str]:
+    """User id → user name."""
+    found = await session.execute(select(User.id, User.name).where(User.id.in_(user_ids)))
+    return {str(i): str(n) for i, n in found.all()}
 
 
 async def list_by_ids(session: AsyncSession, ids: set[str]) -> Sequence[Instance]:
