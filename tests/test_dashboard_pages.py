@@ -367,6 +367,23 @@ async def test_admin_users_audit_templates_and_health(
     await root.put(f"/api/teams/{team.json()['id']}/members/{bob_row.group(1)}", headers=token)
     html = (await root.get("/admin/users")).text
     assert "render-farm (1 members)" in html and f'data-team="{team.json()["id"]}"' in html
+    # The REST API's user search is the page's: the same users, in the same order, with teams.
+    for params in ({}, {"q": "bo"}, {"q": "o"}, {"q": "nobody"}):
+        page = (await root.get("/admin/users", params=params)).text
+        listed = re.findall(r'<tr data-testid="user-([^"]+)"', page)
+        answer = (await admin.client.get("/api/admin/users", params=params)).json()
+        assert [u["name"] for u in answer["items"]] == listed, params
+    bob = (await admin.client.get("/api/admin/users", params={"q": "bob"})).json()["items"]
+    assert [(u["name"], u["teams"], u["disabled"]) for u in bob] == [("bob", ["render-farm"], True)]
+    first = (await admin.client.get("/api/admin/users", params={"page_size": 2})).json()
+    second = (await admin.client.get("/api/admin/users", params={"page_size": 2, "page": 1})).json()
+    assert (
+        first["has_more"]
+        and [u["name"] for u in first["items"] + second["items"]]
+        == sorted(u["name"] for u in (await admin.client.get("/api/users")).json())[
+            : 2 + len(second["items"])
+        ]
+    )
     # Audit: filters and paging with `before`.
     audit = (await root.get("/admin/audit", params={"action": "user."})).text
     assert "user.update" in audit and "auth.login" not in audit

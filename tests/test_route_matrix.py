@@ -139,6 +139,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/api/instances/{instance_id}/shares/{share_id}"): owner_or_admin(),
     ("GET", "/api/users"): admin_only(),
     ("GET", "/api/admin/instances"): admin_only(),
+    ("GET", "/api/admin/users"): admin_only(),
     ("POST", "/api/users"): admin_only(body={"name": "{fresh}", "password": "long-enough"}),
     ("PATCH", "/api/users/{user_id}"): admin_only(body={"disabled": True}),
     ("POST", "/api/users/{user_id}/password"): admin_only(body={"password": "long-enough"}),

@@ -160,6 +160,27 @@ async def search_instances(
     return AdminInstancePage(items=items, page=found.page, has_more=found.has_more)
 
 
+class AdminUserPage(BaseModel):
+    items: list[UserPublic]
+    page: int
+    has_more: bool = Field(description="a next page exists (ask for page + 1)")
+
+
+@router.get("/admin/users")
+async def search_users(
+    who: CurrentUser,
+    gw: GatewayDep,
+    q: Annotated[str, Query(max_length=128, description="in the name or display name")] = "",
+    page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> AdminUserPage:
+    """Users (administrators), searched and paged on the server: the admin Users page's
+    search, by name."""
+    found, more = await gw.admin.search_users(who, q, page=page, page_size=page_size)
+    items = [_user(u, [name for _, name in teams]) for u, teams in found]
+    return AdminUserPage(items=items, page=page, has_more=more)
+
+
 @router.get("/teams")
 async def list_teams(who: CurrentUser, gw: GatewayDep) -> list[TeamPublic]:
     return [TeamPublic(id=t.id, name=t.name, members=n) for t, n in await gw.admin.list_teams(who)]
