@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from aigc_gateway.accounts.service import Client, now
+from aigc_gateway.accounts.service import now
+from aigc_gateway.auth.actor import Client
 from aigc_gateway.auth.principal import Principal, Via, require_admin
 from aigc_gateway.auth.secrets import hash_password, verify_password
 from aigc_gateway.errors import Forbidden, NotFound, UserError

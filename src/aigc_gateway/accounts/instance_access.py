@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
-from aigc_gateway.accounts.service import Client, now
+from aigc_gateway.accounts.service import now
+from aigc_gateway.auth.actor import Client
 from aigc_gateway.auth.principal import Access, Principal, Via, authorize_instance
 from aigc_gateway.domain.hosts import instance_slug, instance_url_target, safe_next
 from aigc_gateway.domain.states import InstanceState

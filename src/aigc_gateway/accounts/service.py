@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from aigc_gateway.auth.actor import Client
 from aigc_gateway.auth.oidc import Identity
 from aigc_gateway.auth.principal import (
     Principal,
@@ -41,14 +42,6 @@ TOUCH_EVERY = timedelta(minutes=1)
 class TooManyAttempts(UserError):
     status = 429
     code = "too_many_attempts"
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    """Where a request came from, for the audit log and rate limits."""
-
-    ip: str | None
-    user_agent: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,20 +377,6 @@ class AccountService:
             user_agent=client.user_agent,
             detail=detail,
         )
-
-    async def record(
-        self,
-        who: Principal,
-        action: str,
-        client: Client,
-        *,
-        target_type: str | None = None,
-        target_id: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        """Write one audit entry for an action done elsewhere (instance actions, shares)."""
-        async with self._db.write() as session:
-            await self._audit(session, who, action, client, target_type, target_id, detail or {})
 
     async def list_audit(
         self,

@@ -15,7 +15,6 @@ from starlette.responses import RedirectResponse, Response
 
 from aigc_gateway import __version__
 from aigc_gateway.accounting.reports import Report
-from aigc_gateway.accounts.service import Client
 from aigc_gateway.api.dashboard import (
     PAGE_SIZE,
     REPORT,
@@ -29,6 +28,7 @@ from aigc_gateway.api.dashboard import (
 from aigc_gateway.api.deps import ClientDep, GatewayDep, MaybeUser
 from aigc_gateway.api.gpus import gpu_inventory, set_cordon
 from aigc_gateway.api.schemas import instance_actions
+from aigc_gateway.auth.actor import Client
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.doctor import gpu_summary
 from aigc_gateway.domain.queries import InstanceFilter

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from aigc_gateway.accounts.service import Client
+from aigc_gateway.auth.actor import Client
 from aigc_gateway.auth.credentials import bearer_secret
 from aigc_gateway.auth.principal import Principal, Via, authorize_method
 from aigc_gateway.errors import Forbidden, Unauthorized

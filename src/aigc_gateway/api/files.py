@@ -149,15 +149,12 @@ async def upload(
     if length is not None and not length.isdigit():
         raise UserError("invalid Content-Length", code="invalid_request")
     entry = await gw.files.upload(
-        who, family, path, request.stream(), int(length) if length is not None else None
-    )
-    await gw.accounts.record(
         who,
-        "file.upload",
-        client,
-        target_type="file",
-        target_id=family,
-        detail={"path": entry.path, "size": entry.size},
+        family,
+        path,
+        request.stream(),
+        int(length) if length is not None else None,
+        client=client,
     )
     return EntryPublic.of(entry)
 
@@ -168,8 +165,5 @@ async def delete(
 ) -> Response:
     """Delete a file, or a folder with everything in it."""
     _writer(who)
-    await gw.files.delete(who, family, path)
-    await gw.accounts.record(
-        who, "file.delete", client, target_type="file", target_id=family, detail={"path": path}
-    )
+    await gw.files.delete(who, family, path, client=client)
     return Response(status_code=204)

@@ -197,17 +197,9 @@ async def set_cordon(
     gpu_id: str,
     mode: Literal["cordon", "drain"] | None,
 ) -> CordonResult:
-    """Cordon, drain or uncordon (None) a card, and write it in the audit log (admins only:
-    the service refuses anyone else)."""
-    moved = await gw.instances.set_gpu_cordon(who, gpu_id, mode)
-    await gw.accounts.record(
-        who,
-        f"gpu.{mode or 'uncordon'}",
-        client,
-        target_type="gpu",
-        target_id=gpu_id,
-        detail={"moved": moved},
-    )
+    """Cordon, drain or uncordon (None) a card (admins only: the service refuses anyone else,
+    and audits it)."""
+    moved = await gw.instances.set_gpu_cordon(who, gpu_id, mode, client=client)
     return CordonResult(gpu_id=gpu_id, cordon=mode, moved=moved)
 
 

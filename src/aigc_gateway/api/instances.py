@@ -43,19 +43,12 @@ async def create_instance(
     """Create an instance and start it. With the same ``request_id`` a retry returns the first
     instance (200) instead of creating another."""
     inst, created = await gw.instances.create(
-        who, CreateRequest(template_id=body.template, name=body.name, request_id=body.request_id)
+        who,
+        CreateRequest(template_id=body.template, name=body.name, request_id=body.request_id),
+        client=client,
     )
     if not created:
         response.status_code = 200
-    else:
-        await gw.accounts.record(
-            who,
-            "instance.create",
-            client,
-            target_type="instance",
-            target_id=inst.id,
-            detail={"template": inst.template_id},
-        )
     return InstancePublic.of(inst, gw.settings, gw.gpus, internal=who.acts_as_admin)
 
 
@@ -75,15 +68,7 @@ async def delete_instance(
     delete_data: Annotated[bool, Query(description="also delete the data folder")] = False,
 ) -> InstancePublic:
     """Delete the instance. Its data folder is kept unless ``delete_data=true``."""
-    inst = await gw.instances.delete(who, instance_id, delete_data=delete_data)
-    await gw.accounts.record(
-        who,
-        "instance.delete",
-        client,
-        target_type="instance",
-        target_id=inst.id,
-        detail={"delete_data": delete_data},
-    )
+    inst = await gw.instances.delete(who, instance_id, delete_data=delete_data, client=client)
     return InstancePublic.of(inst, gw.settings, gw.gpus, internal=who.acts_as_admin)
 
 
@@ -186,14 +171,8 @@ async def add_share(
     instance_id: str, body: ShareCreate, gw: GatewayDep, who: CurrentUser, client: ClientDep
 ) -> SharePublic:
     """Let a user or a team open and operate the instance (not delete or reshare it)."""
-    share = await gw.instances.share(who, instance_id, user_name=body.user, team_name=body.team)
-    await gw.accounts.record(
-        who,
-        "share.create",
-        client,
-        target_type="instance",
-        target_id=instance_id,
-        detail={"user": body.user, "team": body.team},
+    share = await gw.instances.share(
+        who, instance_id, user_name=body.user, team_name=body.team, client=client
     )
     return SharePublic(
         id=share.id,
@@ -209,15 +188,7 @@ async def remove_share(
     instance_id: str, share_id: str, gw: GatewayDep, who: CurrentUser, client: ClientDep
 ) -> Response:
     """Revoke a share; access ends at once, on the API and on the instance host."""
-    await gw.instances.unshare(who, instance_id, share_id)
-    await gw.accounts.record(
-        who,
-        "share.revoke",
-        client,
-        target_type="instance",
-        target_id=instance_id,
-        detail={"share": share_id},
-    )
+    await gw.instances.unshare(who, instance_id, share_id, client=client)
     return Response(status_code=204)
 
 
@@ -227,8 +198,5 @@ async def act(
     instance_id: str, action: Action, gw: GatewayDep, who: CurrentUser, client: ClientDep
 ) -> InstancePublic:
     """``start``/``resume``, ``pause`` (engine stopped, data kept) or ``restart``. Idempotent."""
-    inst = await gw.instances.act(who, instance_id, action)
-    await gw.accounts.record(
-        who, f"instance.{action.value}", client, target_type="instance", target_id=inst.id
-    )
+    inst = await gw.instances.act(who, instance_id, action, client=client)
     return InstancePublic.of(inst, gw.settings, gw.gpus, internal=who.acts_as_admin)

@@ -253,22 +253,15 @@ async def set_budget(
     client: ClientDep,
 ) -> BudgetPublic:
     """Set a team's or user's monthly budget (replaces the previous one)."""
-    require_admin(who)
     status = await gw.budgets.set(
+        who,
         scope,
         name,
         soft=body.soft,
         hard=body.hard,
         pause_when_over=body.pause_when_over,
         max_gpus=body.max_gpus,
-    )
-    await gw.accounts.record(
-        who,
-        "budget.set",
-        client,
-        target_type=scope,
-        target_id=name,
-        detail=body.model_dump(mode="json"),
+        client=client,
     )
     return BudgetPublic.of(status)
 
@@ -277,9 +270,7 @@ async def set_budget(
 async def remove_budget(
     scope: Literal["team", "user"], name: str, gw: GatewayDep, who: CurrentUser, client: ClientDep
 ) -> None:
-    require_admin(who)
-    await gw.budgets.remove(scope, name)
-    await gw.accounts.record(who, "budget.remove", client, target_type=scope, target_id=name)
+    await gw.budgets.remove(who, scope, name, client=client)
 
 
 @router.get("/me/budgets")

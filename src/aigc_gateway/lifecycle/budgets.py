@@ -21,8 +21,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.accounting import MICROS, PriceBook, format_money
+from aigc_gateway.auth.actor import NO_CLIENT, Client
+from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.auth.secrets import new_id
 from aigc_gateway.errors import Conflict, NotFound, UserError
+from aigc_gateway.store import access as acl
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import Budget, BudgetWarning, Instance, Team, TeamMember, User
@@ -81,6 +84,7 @@ class Budgets:
 
     async def set(
         self,
+        who: Principal,
         scope: str,
         subject_name: str,
         *,
@@ -88,8 +92,11 @@ class Budgets:
         hard: Decimal | None,
         pause_when_over: bool,
         max_gpus: int | None,
+        client: Client = NO_CLIENT,
     ) -> BudgetStatus:
-        """Create or replace the budget of a team or user (idempotent)."""
+        """Create or replace the budget of a team or user (idempotent; administrators), and
+        audit it in the same transaction."""
+        require_admin(who)
         if scope not in ("team", "user"):
             raise UserError("scope is `team` or `user`", code="invalid_budget")
         if max_gpus is not None and scope != "team":
@@ -109,9 +116,23 @@ class Budgets:
             row.pause_when_over, row.max_gpus = pause_when_over, max_gpus
             row.updated_at = self._clock()
             await session.flush()
+            detail = {
+                "soft": None if soft is None else str(soft),
+                "hard": None if hard is None else str(hard),
+                "pause_when_over": pause_when_over,
+                "max_gpus": max_gpus,
+            }
+            await acl.audit_by(
+                session, who, client, "budget.set",
+                target_type=scope, target_id=subject_name, detail=detail,
+            )  # fmt: skip
             return await self._status(session, row, subject_name)
 
-    async def remove(self, scope: str, subject_name: str) -> None:
+    async def remove(
+        self, who: Principal, scope: str, subject_name: str, *, client: Client = NO_CLIENT
+    ) -> None:
+        """Remove a budget (administrators; nothing there is fine), audited with it."""
+        require_admin(who)
         async with self._db.write() as session:
             subject_id = await self._subject(session, scope, subject_name)
             row = await session.scalar(
@@ -119,6 +140,9 @@ class Budgets:
             )
             if row is not None:
                 await session.delete(row)
+            await acl.audit_by(
+                session, who, client, "budget.remove", target_type=scope, target_id=subject_name
+            )
 
     async def all(self) -> list[BudgetStatus]:
         async with self._db.read() as session:

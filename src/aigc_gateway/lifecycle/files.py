@@ -23,15 +23,18 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
+from aigc_gateway.auth.actor import NO_CLIENT, Client
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.errors import Conflict, NotFound, TemporaryError, UserError
 from aigc_gateway.lifecycle.storage import family_quotas
 from aigc_gateway.runtime import beneath
 from aigc_gateway.runtime.beneath import Kind, closing_fd
 from aigc_gateway.runtime.volumes import Volumes
+from aigc_gateway.store import access as acl
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import Volume
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -354,11 +357,14 @@ class FileService:
         path: str,
         body: AsyncIterator[bytes],
         length: int | None,
+        *,
+        client: Client = NO_CLIENT,
     ) -> Entry:
         """Stream ``body`` into a new temporary file inside the target's (opened) folder, then
         rename it into place within that folder; refuse with 413 before or while writing when it
         would go over the family's quota, with 507 when the disk is full. On any failure the
-        temporary file is removed and a file already at ``path`` is left as it was."""
+        temporary file is removed and a file already at ``path`` is left as it was. Audited once
+        the file is in place (a file is not a row: no transaction holds both)."""
         quota = await self._family(who, family)
         parts = clean_parts(path)
         if not parts:
@@ -372,7 +378,19 @@ class FileService:
                 st = await _write(target, body)
         finally:
             os.close(target.folder)
-        return _row(target.name, parts[:-1], Kind.FILE, st)
+        entry = _row(target.name, parts[:-1], Kind.FILE, st)
+        await self._audit(
+            who, client, "file.upload", family, {"path": entry.path, "size": entry.size}
+        )
+        return entry
+
+    async def _audit(
+        self, who: Principal, client: Client, action: str, family: str, detail: dict[str, Any]
+    ) -> None:
+        async with self._db.write() as session:
+            await acl.audit_by(
+                session, who, client, action, target_type="file", target_id=family, detail=detail
+            )
 
     def _prepare(
         self, who: Principal, family: str, parts: list[str], quota: int, path: str
@@ -390,8 +408,11 @@ class FileService:
                     raise
         return _Target(folder, parts[-1], room)
 
-    async def delete(self, who: Principal, family: str, path: str) -> None:
-        """Delete a file or a folder with everything in it (a link is removed, not followed)."""
+    async def delete(
+        self, who: Principal, family: str, path: str, *, client: Client = NO_CLIENT
+    ) -> None:
+        """Delete a file or a folder with everything in it (a link is removed, not followed);
+        audited once it is gone."""
         await self._family(who, family)
         parts = clean_parts(path)
         if not parts:
@@ -405,6 +426,7 @@ class FileService:
                 beneath.remove(d, parts[-1])
 
         await asyncio.to_thread(run)
+        await self._audit(who, client, "file.delete", family, {"path": path})
 
 
 def _replaced(folder: int, name: str) -> int:

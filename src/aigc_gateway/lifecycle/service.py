@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigc_gateway.auth.actor import NO_CLIENT, Client
 from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
 from aigc_gateway.auth.secrets import new_id, new_slug
 from aigc_gateway.domain.actions import Outcome, api_action, effect, judge
@@ -111,8 +112,11 @@ class InstanceService:
         self._budgets = budgets
         self._storage = StorageQuotas(registry=registry, volumes=runtime.volumes)
 
-    async def create(self, who: Principal, req: CreateRequest) -> tuple[Instance, bool]:
-        """Create an instance (desired: running). Returns it and whether it is new."""
+    async def create(
+        self, who: Principal, req: CreateRequest, *, client: Client = NO_CLIENT
+    ) -> tuple[Instance, bool]:
+        """Create an instance (desired: running). Returns it and whether it is new (a retry
+        with the same ``request_id`` is not: nothing is written, not even to the audit log)."""
         authorize_instance(who, who.user_id, Access.OPERATE)
         loaded = self._registry.get(req.template_id)
         if loaded is None or not loaded.template.enabled:
@@ -181,6 +185,10 @@ class InstanceService:
             await repo.add_event(
                 session, instance_id=inst.id, kind="action", message="created", actor=who.user_id
             )
+            await acl.audit_by(
+                session, who, client, "instance.create",
+                target_type="instance", target_id=inst.id, detail={"template": template.id},
+            )  # fmt: skip
         await self._warn(inst.id, warnings)
         await self._warn_storage(inst.id, stored)
         self._controller.routes.put(Route.of(inst))
@@ -201,7 +209,12 @@ class InstanceService:
             )
 
     async def set_gpu_cordon(
-        self, who: Principal, gpu_id: str, mode: Literal["cordon", "drain"] | None
+        self,
+        who: Principal,
+        gpu_id: str,
+        mode: Literal["cordon", "drain"] | None,
+        *,
+        client: Client = NO_CLIENT,
     ) -> list[str]:
         """Cordon a GPU (no new placements), drain it (also restart what runs on it, so those
         engines move to other cards or the queue), or uncordon it. Returns the instances being
@@ -235,6 +248,10 @@ class InstanceService:
                         actor=who.user_id,
                     )
                     moved.append(inst.id)
+            await acl.audit_by(
+                session, who, client, f"gpu.{mode or 'uncordon'}",
+                target_type="gpu", target_id=gpu_id, detail={"moved": moved},
+            )  # fmt: skip
         self._gpus.set_cordon(gpu_id, mode)
         for instance_id in moved:
             self._controller.kick(instance_id)
@@ -293,7 +310,13 @@ class InstanceService:
             return await acl.shares_of(session, instance_id)
 
     async def share(
-        self, who: Principal, instance_id: str, *, user_name: str | None, team_name: str | None
+        self,
+        who: Principal,
+        instance_id: str,
+        *,
+        user_name: str | None,
+        team_name: str | None,
+        client: Client = NO_CLIENT,
     ) -> InstanceShare:
         """Share with one user or one team (idempotent). Only the owner or an admin may."""
         if (user_name is None) == (team_name is None):
@@ -328,10 +351,16 @@ class InstanceService:
                 message=f"shared with {'user ' + str(user_name) if user_name else 'team ' + str(team_name)}",
                 actor=who.user_id,
             )
+            await acl.audit_by(
+                session, who, client, "share.create", target_type="instance",
+                target_id=inst.id, detail={"user": user_name, "team": team_name},
+            )  # fmt: skip
         self._on_access_change()
         return share
 
-    async def unshare(self, who: Principal, instance_id: str, share_id: str) -> None:
+    async def unshare(
+        self, who: Principal, instance_id: str, share_id: str, *, client: Client = NO_CLIENT
+    ) -> None:
         async with self._db.write() as session:
             inst = await self._visible(session, who, instance_id, Access.SHARE)
             await acl.remove_share(session, inst.id, share_id)
@@ -342,9 +371,15 @@ class InstanceService:
                 message="share revoked",
                 actor=who.user_id,
             )
+            await acl.audit_by(
+                session, who, client, "share.revoke", target_type="instance",
+                target_id=inst.id, detail={"share": share_id},
+            )  # fmt: skip
         self._on_access_change()
 
-    async def act(self, who: Principal, instance_id: str, action: Action) -> Instance:
+    async def act(
+        self, who: Principal, instance_id: str, action: Action, *, client: Client = NO_CLIENT
+    ) -> Instance:
         """Ask for ``action``; refuse what the state does not allow (409 ``action_not_allowed``,
         see :mod:`aigc_gateway.domain.actions`); a repeat changes nothing. When the action makes
         the controller move the instance, the answer waits (up to ``settle_s``) for that first
@@ -374,6 +409,10 @@ class InstanceService:
                         message=action.value,
                         actor=who.user_id,
                     )
+                await acl.audit_by(
+                    session, who, client, f"instance.{action.value}",
+                    target_type="instance", target_id=inst.id,
+                )  # fmt: skip
             await self._warn(inst.id, warnings)
             if changed and stored is not None:
                 await self._warn_storage(inst.id, stored)
@@ -429,7 +468,9 @@ class InstanceService:
             )
         self._hub.publish(EventRecord.of(ev))
 
-    async def delete(self, who: Principal, instance_id: str, *, delete_data: bool) -> Instance:
+    async def delete(
+        self, who: Principal, instance_id: str, *, delete_data: bool, client: Client = NO_CLIENT
+    ) -> Instance:
         async with self._db.write() as session:
             inst = await self._visible(session, who, instance_id, Access.DELETE)
             if inst.desired_state != DesiredState.DELETED or (delete_data and not inst.delete_data):
@@ -440,6 +481,10 @@ class InstanceService:
                 await repo.add_event(
                     session, instance_id=inst.id, kind="action", message=message, actor=who.user_id
                 )
+            await acl.audit_by(
+                session, who, client, "instance.delete", target_type="instance",
+                target_id=inst.id, detail={"delete_data": delete_data},
+            )  # fmt: skip
         self._controller.routes.put(Route.of(inst))
         self._controller.kick(inst.id)
         return inst

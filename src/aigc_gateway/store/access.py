@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aigc_gateway.auth.actor import Client
+from aigc_gateway.auth.principal import Principal
 from aigc_gateway.auth.secrets import new_id
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.store.tables import AuditEvent, InstanceShare, Team, TeamMember, User
@@ -190,6 +192,32 @@ async def remove_share(session: AsyncSession, instance_id: str, share_id: str) -
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound("no such share", code="share_not_found")
+
+
+async def audit_by(
+    session: AsyncSession,
+    who: Principal,
+    client: Client,
+    action: str,
+    *,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One audit entry for ``who``'s successful ``action``, in ``session``'s transaction (so
+    the entry exists exactly when the change does)."""
+    await audit(
+        session,
+        action=action,
+        at=datetime.now(UTC),
+        actor_id=who.user_id,
+        actor_name=who.name,
+        target_type=target_type,
+        target_id=target_id,
+        ip=client.ip,
+        user_agent=client.user_agent,
+        detail=detail,
+    )
 
 
 async def audit(
