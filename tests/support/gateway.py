@@ -302,12 +302,14 @@ def endpoint_client(where: str, **options: Any) -> httpx.AsyncClient:
 
 
 async def stop_engines_async(settings: Settings) -> None:
-    """Engines outlive the gateway by design; a test must not leave any behind."""
-    from aigc_gateway.runtime.local import LocalRuntime
+    """Engines outlive the gateway by design; a test must not leave any behind. The runtime is
+    the gateway's own (its sandbox included), so a stop also removes what the sandbox made
+    (an outbound engine's network namespace)."""
+    from aigc_gateway.runtime.plugins import local
 
     if not settings.runtime_dir.exists():
         return
-    runtime = LocalRuntime(state_dir=settings.runtime_dir)
+    runtime = local(settings)
     try:
         for work in await runtime.list():
             await runtime.stop(work.instance_id, grace=1)
