@@ -24,7 +24,7 @@ import pytest
 from aigc_gateway.runtime.base import EngineResources, Phase
 from aigc_gateway.runtime.local import LocalRuntime
 from aigc_gateway.runtime.sandbox import cgroups
-from tests.support.sandbox import hostile_spec, sandboxed_runtime
+from tests.support.sandbox import hostile_spec, running_sandboxed
 
 pytestmark = pytest.mark.needs("sandbox")
 
@@ -59,14 +59,8 @@ def listeners() -> Iterator[dict[str, int]]:
 
 @pytest.fixture
 async def runtime(tmp_path: Path, gateway_files: Path) -> AsyncIterator[LocalRuntime]:
-    rt = sandboxed_runtime(tmp_path / "state", hidden=(str(gateway_files),))
-    try:
+    async with running_sandboxed(tmp_path / "state", hidden=(str(gateway_files),)) as rt:
         yield rt
-    finally:
-        for w in await rt.list():
-            await rt.stop(w.instance_id, grace=0.5)
-            await rt.forget(w.instance_id)
-        await rt.close()
 
 
 async def test_every_escape_fails(

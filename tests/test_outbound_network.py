@@ -22,7 +22,7 @@ import pytest
 from aigc_gateway.runtime.base import Phase
 from aigc_gateway.runtime.local import LocalRuntime
 from tests.support.remote_host import RemoteHost, reachable, remote_host
-from tests.support.sandbox import hostile_spec, sandboxed_runtime
+from tests.support.sandbox import hostile_spec, running_sandboxed, sandboxed_runtime
 
 pytestmark = pytest.mark.needs("outbound-network")
 
@@ -52,20 +52,9 @@ def host_listeners(remote: RemoteHost) -> Iterator[dict[str, tuple[str, int]]]:
             sock.close()
 
 
-async def _runtime(state: Path, **config: object) -> AsyncIterator[LocalRuntime]:
-    rt = sandboxed_runtime(state, **config)
-    try:
-        yield rt
-    finally:
-        for w in await rt.list():
-            await rt.stop(w.instance_id, grace=0.5)
-            await rt.forget(w.instance_id)
-        await rt.close()
-
-
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
-    async for rt in _runtime(tmp_path / "state"):
+    async with running_sandboxed(tmp_path / "state") as rt:
         yield rt
 
 
@@ -145,7 +134,9 @@ async def test_an_admin_allowed_private_network_is_reachable(
 ) -> None:
     """``sandbox_outbound_allow`` lets one private network through (an internal mirror); the
     rest stays refused."""
-    async for rt in _runtime(tmp_path / "state", outbound_allow=(f"{remote.private}/32",)):
+    async with running_sandboxed(
+        tmp_path / "state", outbound_allow=(f"{remote.private}/32",)
+    ) as rt:
         report = await _report(
             rt, tmp_path, "allow-1", _targets(remote, host_listeners), network="outbound"
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aigc_gateway.runtime.base import EngineResources, LaunchSpec, ReadinessCheck
@@ -24,6 +26,19 @@ def sandboxed_runtime(
     settings = SandboxConfig(uid_range=TEST_UIDS, hidden=(str(state_dir), *hidden), **config)  # type: ignore[arg-type]
     sandbox = Sandbox(settings, detect.probe(), state_dir=state_dir)
     return LocalRuntime(state_dir=state_dir, sandbox=sandbox)
+
+
+@contextlib.asynccontextmanager
+async def running_sandboxed(state_dir: Path, **config: object) -> AsyncIterator[LocalRuntime]:
+    """:func:`sandboxed_runtime`, every engine it ran stopped and forgotten on the way out."""
+    rt = sandboxed_runtime(state_dir, **config)  # type: ignore[arg-type]
+    try:
+        yield rt
+    finally:
+        for w in await rt.list():
+            await rt.stop(w.instance_id, grace=0.5)
+            await rt.forget(w.instance_id)
+        await rt.close()
 
 
 def hostile_spec(

@@ -365,18 +365,10 @@ class AccountService:
         target_id: str | None,
         detail: dict[str, Any],
     ) -> None:
-        await acl.audit(
-            session,
-            action=action,
-            at=now(),
-            actor_id=who.user_id,
-            actor_name=who.name,
-            target_type=target_type,
-            target_id=target_id,
-            ip=client.ip,
-            user_agent=client.user_agent,
+        await acl.audit_by(
+            session, who, client, action, target_type=target_type, target_id=target_id,
             detail=detail,
-        )
+        )  # fmt: skip
 
     async def list_audit(
         self,
