@@ -20,6 +20,7 @@ from aigc_gateway.errors import UserError
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
 from aigc_gateway.lifecycle.budgets import Budgets
+from aigc_gateway.lifecycle.cluster import Cluster
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.files import FileService
@@ -32,6 +33,8 @@ from aigc_gateway.runtime.base import Isolation, Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.store.db import Database
+from aigc_gateway.store.leases import new_holder
+from aigc_gateway.store.notices import notices_for
 from aigc_gateway.templates.registry import TemplateRegistry
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,8 @@ class Gateway:
     """Users' data folders: listing, upload, download, delete, usage against quota."""
     reports: UsageReports
     """Usage and cost reports from the ledger."""
+    cluster: Cluster
+    """This process among the gateways sharing the store: its leases and notices."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -156,6 +161,10 @@ async def open_gateway(
     if isolation.warning:
         log.warning("%s", isolation.warning)
     hub = EventHub()
+    holder = new_holder()
+    cluster = Cluster(
+        db, lease_ttl_s=settings.lease_ttl_s, notices=notices_for(db.url, holder), holder=holder
+    )
     discovery = await runtime.gpus() if settings.gpu_discovery else None
     inventory, gpu_note = build_inventory(settings, discovery)
     gpus = GpuBroker(inventory.gpus, gpu_note)
@@ -184,15 +193,22 @@ async def open_gateway(
         clock=ledger_clock,
         metrics=metrics,
         sleep=sleep,
+        cluster=cluster,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
+    # Access changed here: drop the decisions cached here, and tell the other processes.
+    cluster.on("access", lambda _: access_cache.clear())
+
+    def access_changed() -> None:
+        access_cache.clear()
+        cluster.announce("access")
     service = InstanceService(
         db=db,
         registry=registry,
         controller=controller,
         runtime=runtime,
         default_limit=settings.max_instances_per_user,
-        on_access_change=access_cache.clear,
+        on_access_change=access_changed,
         gpus=gpus,
         budgets=budgets,
         hub=hub,
@@ -223,8 +239,8 @@ async def open_gateway(
         hub=hub,
         controller=controller,
         instances=service,
-        accounts=AccountService(db=db, settings=settings, on_access_change=access_cache.clear),
-        admin=AdminService(db=db, on_access_change=access_cache.clear),
+        accounts=AccountService(db=db, settings=settings, on_access_change=access_changed),
+        admin=AdminService(db=db, on_access_change=access_changed),
         instance_access=InstanceAccess(db=db, settings=settings),
         signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
         oidc=oidc,
@@ -239,4 +255,5 @@ async def open_gateway(
         isolation=isolation,
         files=FileService(db=db, registry=registry, volumes=runtime.volumes),
         reports=UsageReports(db=db, pricebook=pricebook),
+        cluster=cluster,
     )

@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     max_instances_per_user: int = Field(default=3, ge=0)
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     """Full resync period; user actions are reconciled at once regardless."""
+    lease_ttl_s: float = Field(default=15.0, ge=1)
+    """How long a gateway process's lease on an instance lasts unless renewed (every third of
+    it). Several gateways on one PostgreSQL: when one dies, another takes its instances over
+    within this time plus ``reconcile_interval_s``."""
     stop_grace_s: float = Field(default=10.0, ge=0)
     storage_check_s: float = Field(default=60.0, ge=0)
     """How often the data of running instances is measured against their storage quota (a

@@ -14,8 +14,14 @@ is logged with its traceback and retried with back-off. Two runtime failures are
 asked to stop whatever it began), and a ``stop`` that fails never lets the instance leave a
 state holding a process (its engine may still run, with its GPUs): the instance keeps stopping,
 says why in its reason and an event, and the stop is retried with doubling back-off. Each periodic job (activity flush, idle
-pauses, budget pauses, resync, storage metering) is its own guarded task, so one failing job
-stops no other.
+pauses, budget pauses, resync, storage metering, lease renewal) is its own guarded task, so one
+failing job stops no other.
+
+Several gateway processes may share one database (see :mod:`aigc_gateway.lifecycle.cluster`):
+an actor first takes its instance's lease and ends if another live process holds it; every state
+move is fenced by the lease in its own transaction; GPUs are booked under a lock across processes
+from the allocations the store records; routes, events, kicks and freed GPUs reach the other
+processes as notices.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.accounting import PriceBook
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
@@ -40,6 +47,7 @@ from aigc_gateway.domain.states import (
 )
 from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
 from aigc_gateway.lifecycle.activity import ActivityTracker
+from aigc_gateway.lifecycle.cluster import Cluster, NotHolder
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
@@ -52,7 +60,7 @@ from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
-from aigc_gateway.store.tables import GpuCordon, Instance, Volume
+from aigc_gateway.store.tables import Event, GpuCordon, Instance, Volume
 from aigc_gateway.store.usage import Holding
 from aigc_gateway.templates.registry import TemplateRegistry
 from aigc_gateway.templates.schema import Template
@@ -88,6 +96,7 @@ class Controller:
         sleep: Sleep | None = None,
         launch_timeout_s: float = 120.0,
         storage_check_s: float = 60.0,
+        cluster: Cluster | None = None,
     ) -> None:
         self._db = db
         self._runtime = runtime
@@ -122,10 +131,21 @@ class Controller:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self.resyncs = 0
         """Completed resync passes: the health page shows the loop is alive."""
+        self.cluster = cluster if cluster is not None else Cluster(db, lease_ttl_s=15.0)
+        """This process among the gateways on the store: leases, notices."""
+        self.routes.on_change = lambda instance_id: self.cluster.announce("route", instance_id)
+        self._hub.on_publish = lambda r: self.cluster.announce("event", f"{r.instance_id}:{r.id}")
+        self._chores: set[asyncio.Task[None]] = set()
+        """Work started by a notice (re-reading a route), cancelled on close."""
 
     # -- public ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.cluster.on("route", lambda iid: self._chore(f"route-{iid}", self._reload_route(iid)))
+        self.cluster.on("event", lambda subject: self._chore("event", self._heard_event(subject)))
+        self.cluster.on("kick", self._heard_kick)
+        self.cluster.on("gpus", lambda _: self._chore("gpus", self._gpus_freed()))
+        self.cluster.on_reconnect(self.reload_routes)
         held: list[Held] = []
         queued: list[Queued] = []
         async with self._db.read() as session:
@@ -171,17 +191,37 @@ class Controller:
                 job, body, period_s=self._resync_interval_s, sleep=self._sleep, metrics=self.metrics
             )
             self._jobs[job] = asyncio.create_task(run, name=f"controller-job-{job}")
+        # Leases expire on the wall clock, shared with the other processes: renewed on real
+        # time even where the loops run on a test's fake time.
+        leases = every(
+            "leases",
+            self.renew_leases,
+            period_s=self.cluster.renew_every_s,
+            sleep=asyncio.sleep,
+            metrics=self.metrics,
+        )
+        self._jobs["leases"] = asyncio.create_task(leases, name="controller-job-leases")
+        self._jobs["notices"] = asyncio.create_task(self.cluster.listen(), name="cluster-notices")
 
     async def close(self) -> None:
-        tasks = [*self._actors.values(), *self._jobs.values()]
+        """Cancel every task and give the leases back (engines keep running: the next holder,
+        another process or this one restarted, adopts them)."""
+        tasks = [*self._actors.values(), *self._jobs.values(), *self._chores]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._actors.clear()
         self._jobs.clear()
+        try:
+            await self.cluster.release_all()
+        except GatewayError as exc:  # the leases expire on their own
+            log.warning("could not give the leases back: %s", exc.message)
 
-    def kick(self, instance_id: str) -> None:
-        """Ask for ``instance_id`` to be reconciled now (cheap, idempotent)."""
+    def kick(self, instance_id: str, *, forward: bool = True) -> None:
+        """Ask for ``instance_id`` to be reconciled now (cheap, idempotent). When this process
+        does not hold its lease, the others are told too (``forward``), so its holder hears."""
+        if forward and instance_id not in self.cluster.held:
+            self.cluster.announce("kick", instance_id)
         self._wake.setdefault(instance_id, asyncio.Event()).set()
         actor = self._actors.get(instance_id)
         if actor is None or actor.done():
@@ -193,6 +233,31 @@ class Controller:
     def alive(self) -> bool:
         """Every periodic job is running (a failing one retries; only a cancelled one ends)."""
         return bool(self._jobs) and not any(task.done() for task in self._jobs.values())
+
+    async def renew_leases(self) -> None:
+        """Renew this process's leases; an instance whose lease was lost (this process stalled
+        past its expiry, and another took it over) is no longer driven here."""
+        for instance_id in await self.cluster.renew():
+            actor = self._actors.pop(instance_id, None)
+            if actor is not None:
+                actor.cancel()
+            self._wake.pop(instance_id, None)
+            self.gpus.leave_queue(instance_id)
+            if self.gpus.release(instance_id):  # its new holder books its GPUs from the store
+                self.admit()
+
+    async def reload_routes(self) -> None:
+        """Re-read every route from the store (notices from other processes may have been
+        missed), and the GPU allocations with them."""
+        async with self._db.read() as session:
+            rows = await repo.list_for(session, owner_id=None)
+            await self._sync_gpus(session)
+        known = {r.instance_id for r in self.routes.all()}
+        for inst in rows:
+            self.routes.put(Route.of(inst), announce=False)
+            known.discard(inst.id)
+        for gone in known:
+            self.routes.remove(gone, announce=False)
 
     async def flush_activity(self) -> None:
         """Write the proxy's activity marks to the store (one batch)."""
@@ -206,24 +271,39 @@ class Controller:
         """Release engines nobody used for their template's ``idle.pause_after_minutes``: the
         instance is paused (desired state), its data kept; the next request wakes it."""
         now = time.time()
+        due: list[tuple[Route, float]] = []
         for route in self.routes.all():
             if route.state != "running" or route.desired_state != "running":
                 continue
+            if route.instance_id not in self.cluster.held:
+                continue  # its holder decides (and the other processes' proxies tell the store)
             loaded = self._registry.get(route.template_id)
             minutes = loaded.template.idle.pause_after_minutes if loaded else None
             if not minutes:
                 continue
             last = max(self.activity.last(route.instance_id) or 0.0, route.ready_at or 0.0)
             if last and now - last > minutes * 60:
-                async with self._db.write() as session:
-                    paused = await repo.pause_if_running(
-                        session,
-                        route.instance_id,
-                        f"paused after {minutes:g} minutes idle (no requests); data kept",
+                due.append((route, minutes))
+        if due and self.cluster.shared:
+            # Requests proxied by the other gateways count too: they flush them to the store.
+            async with self._db.read() as session:
+                rows = await session.execute(
+                    select(Instance.id, Instance.last_activity_at).where(
+                        Instance.id.in_([r.instance_id for r, _ in due])
                     )
-                if paused is not None:
-                    self.routes.put(Route.of(paused))
-                    self.kick(route.instance_id)
+                )
+                stored = {i: at.timestamp() for i, at in rows.all() if at is not None}
+            due = [(r, m) for r, m in due if now - stored.get(r.instance_id, 0.0) > m * 60]
+        for route, minutes in due:
+            async with self._db.write() as session:
+                paused = await repo.pause_if_running(
+                    session,
+                    route.instance_id,
+                    f"paused after {minutes:g} minutes idle (no requests); data kept",
+                )
+            if paused is not None:
+                self.routes.put(Route.of(paused))
+                self.kick(route.instance_id)
 
     async def meter_storage(self) -> None:
         """Once a day, bill yesterday's stored user data (each volume's size, measured now)."""
@@ -239,6 +319,7 @@ class Controller:
             for v, size in zip(volumes, measured, strict=True)
         ]
         async with self._db.write() as session:
+            await self._db.serialise(session, "ledger")  # another gateway may bill it too
             await usage.record_storage(session, yesterday, sizes, self.pricebook)
         self._metered_day = yesterday
 
@@ -266,6 +347,8 @@ class Controller:
         if self._over_budget is None:
             return
         for instance_id in await self._over_budget():
+            if instance_id not in self.cluster.held:
+                continue  # its holder pauses it
             async with self._db.write() as session:
                 paused = await repo.pause_if_running(
                     session, instance_id, "paused: the monthly budget is used up; data kept"
@@ -275,11 +358,16 @@ class Controller:
                 self.kick(instance_id)
 
     async def resync(self) -> None:
-        """Kick every live instance and stop workloads no live instance owns."""
+        """Kick every live instance this process drives or nobody drives (taking over the
+        leases of a process that died), stop workloads no live instance owns, and (when other
+        processes share the store) re-read the routes and GPU allocations they changed."""
         async with self._db.read() as session:
             live = set(await repo.live_ids(session))
-        for instance_id in live:
-            self.kick(instance_id)
+        mine = set(await self.cluster.drivable(live))
+        for instance_id in mine:
+            self.kick(instance_id, forward=False)
+        if self.cluster.shared:
+            await self.reload_routes()
         alive = []
         for work in await self._runtime.list():
             if work.instance_id not in live and work.phase.alive:
@@ -296,7 +384,9 @@ class Controller:
                 alive.append(work.instance_id)
         async with self._db.write() as session:
             now = self.clock()
-            await usage.observe(session, alive, now)
+            # Each holder vouches for its own engines; one cut at midnight for all processes.
+            await usage.observe(session, [i for i in alive if i in mine], now)
+            await self._db.serialise(session, "ledger")
             await usage.cut_at_midnight(session, now, self.pricebook)
         self.admit()
         self.resyncs += 1
@@ -308,6 +398,56 @@ class Controller:
             self.kick(placement.instance_id)
         for refused in admission.never:
             self.kick(refused.instance_id)  # its launch finds it can never fit, and fails it
+
+    # -- notices from the other gateway processes ----------------------------------------------
+
+    def _chore(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a notice's consequence) in a task of its own, tracked for close; a
+        failure is logged (the resync re-reads the store anyway)."""
+        task = asyncio.create_task(self._logged(name, work), name=f"notice-{name}")
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    @staticmethod
+    async def _logged(name: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except GatewayError as exc:
+            log.warning("notice %s: %s", name, exc.message)
+        except Exception:
+            log.exception("notice %s failed", name)
+
+    async def _reload_route(self, instance_id: str) -> None:
+        """Re-read one instance's route from the store (another process changed it)."""
+        async with self._db.read() as session:
+            inst = await repo.get(session, instance_id)
+        if inst is None:
+            self.routes.remove(instance_id, announce=False)
+        else:
+            self.routes.put(Route.of(inst), announce=False)
+
+    async def _heard_event(self, subject: str) -> None:
+        """Another process recorded an event: hand it to the listeners here, if any."""
+        instance_id, _, event_id = subject.partition(":")
+        if not self._hub.listened(instance_id) or not event_id.isdigit():
+            return
+        async with self._db.read() as session:
+            ev = await session.get(Event, int(event_id))
+        if ev is not None:
+            self._hub.publish(EventRecord.of(ev), announce=False)
+
+    def _heard_kick(self, instance_id: str) -> None:
+        """Another process was asked to reconcile an instance: the holder does it."""
+        if instance_id in self.cluster.held:
+            self.kick(instance_id, forward=False)
+
+    async def _gpus_freed(self) -> None:
+        """Another process freed GPUs: re-read the allocations and admit who waits here."""
+        async with self._db.read() as session:
+            await self._sync_gpus(session)
+        self.admit()
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -323,6 +463,15 @@ class Controller:
                 gone = await self._reconcile(instance_id, wake)
             except asyncio.CancelledError:
                 raise
+            except NotHolder:
+                # Its lease lapsed (this process stalled); take it again unless another
+                # process has, which then drives it.
+                if await self.cluster.take(instance_id):
+                    continue
+                log.info("driven by another gateway now", extra={"instance_id": instance_id})
+                await self._reload_route(instance_id)
+                self._wake.pop(instance_id, None)
+                return
             except Exception as exc:
                 extra = {"instance_id": instance_id}
                 delay = retry_delay(exc, backoff, what="reconcile", extra=extra)
@@ -355,11 +504,15 @@ class Controller:
     # -- one reconcile pass ---------------------------------------------------------------------
 
     async def _reconcile(self, instance_id: str, wake: asyncio.Event) -> bool:
-        """Drive the instance until it is stable; return True when it no longer exists."""
+        """Drive the instance until it is stable; return True when it no longer exists here (it
+        is gone, or another gateway process drives it)."""
+        if instance_id not in self.cluster.held and not await self.cluster.take(instance_id):
+            return True
         while True:
             async with self._db.read() as session:
                 inst = await repo.get(session, instance_id)
             if inst is None or inst.state == S.DELETED:
+                await self.cluster.release(instance_id)
                 return True
             work = await self._runtime.observe(instance_id)
             situation = Situation(
@@ -413,12 +566,18 @@ class Controller:
         opens: Sequence[Holding] = (),
         opens_version: str = "",
         ended_at: datetime | None = None,
+        session: AsyncSession | None = None,
         **changes: Any,
-    ) -> None:
-        """Record ``inst → target`` and any start-progress steps in one transaction. A move to
-        starting opens the usage intervals of ``opens``; a move to a state without a process
-        closes them (at ``ended_at``, when the engine ended, or where that is unknown at the last
-        time it was seen alive) and frees the instance's GPUs, in the same transaction."""
+    ) -> Callable[[], None]:
+        """Record ``inst → target`` and any start-progress steps in one transaction, fenced by
+        this process's lease (:class:`NotHolder` when another process drives the instance now).
+        A move to starting opens the usage intervals of ``opens``; a move to a state without a
+        process closes them (at ``ended_at``, when the engine ended, or where that is unknown at
+        the last time it was seen alive) and frees the instance's GPUs, in the same transaction.
+
+        Without ``session`` the move is committed and applied here (the instance, the broker,
+        the route, the events' listeners); with one, it is recorded in that transaction and the
+        returned function applies it, to be called once the caller has committed."""
         move = transition(S(inst.state), target, reason)
         frees_gpus = target not in HOLDS_PROCESS and (
             inst.gpu_ids is not None or self.gpus.inventory.allocation(inst.id) is not None
@@ -428,7 +587,9 @@ class Controller:
         if target is not S.QUEUED and inst.queued_at is not None:
             changes.update(queued_at=None)
         source = S(inst.state)
-        async with self._db.write() as session:
+
+        async def record(session: AsyncSession) -> list[Event]:
+            await self.cluster.fence(session, inst.id)
             events = [await repo.apply_transition(session, inst, move, **changes)]
             # The ledger moves with the state, in the same transaction.
             if target is S.STARTING and opens:
@@ -451,17 +612,32 @@ class Controller:
                 events.append(
                     await repo.add_event(session, **self._progress_event(inst, step, data))
                 )
-        inst.state, inst.reason = target.value, reason
-        for key, value in changes.items():
-            setattr(inst, key, value)
-        if target is not S.QUEUED:
-            self.gpus.leave_queue(inst.id)
-        if frees_gpus and self.gpus.release(inst.id):
-            self.admit()
-        self.routes.put(Route.of(inst))
-        for ev in events:
-            self._hub.publish(EventRecord.of(ev))
-        log.info("%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id})
+            return events
+
+        def apply(events: list[Event]) -> None:
+            inst.state, inst.reason = target.value, reason
+            for key, value in changes.items():
+                setattr(inst, key, value)
+            if target is not S.QUEUED:
+                self.gpus.leave_queue(inst.id)
+            if frees_gpus and self.gpus.release(inst.id):
+                self.admit()
+            if frees_gpus:
+                self.cluster.announce("gpus")  # the others' queues may fit now
+            self.routes.put(Route.of(inst))
+            for ev in events:
+                self._hub.publish(EventRecord.of(ev))
+            log.info(
+                "%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id}
+            )
+
+        if session is not None:
+            recorded = await record(session)
+            return lambda: apply(recorded)
+        async with self._db.write() as fresh:
+            recorded = await record(fresh)
+        apply(recorded)
+        return lambda: None
 
     async def _event(self, inst: Instance, kind: str, message: str, **data: Any) -> None:
         async with self._db.write() as session:
@@ -516,17 +692,40 @@ class Controller:
         gpu = template.resources.gpu
         return Request.from_gpu_request(inst.id, gpu) if gpu.wanted else None
 
-    async def _take_gpus(self, inst: Instance, template: Template) -> Placement | None:
-        """GPUs for the launch; None when the instance had to queue or can never fit (both
-        recorded). Templates without GPUs get an empty placement."""
+    async def _take_gpus(
+        self, session: AsyncSession, inst: Instance, template: Template
+    ) -> Placement | Unplaceable:
+        """GPUs for the launch, or why not (the caller records it). In ``session``'s
+        transaction, holding the store's GPU lock: the allocations are first re-read from the
+        store, so a card another gateway process booked is never booked again here; the
+        caller records the placement in the same transaction. Templates without GPUs get an
+        empty placement."""
         gpu = template.resources.gpu
         if not gpu.wanted:
             return Placement(inst.id, (), None, "")
-        decision = self.gpus.acquire(Request.from_gpu_request(inst.id, gpu), priority=gpu.priority)
-        if isinstance(decision, Placement):
-            return decision
-        await self._refuse_or_queue(inst, template, decision, gpu.priority)
-        return None
+        await self._db.serialise(session, "gpus")
+        await self._sync_gpus(session)
+        return self.gpus.acquire(Request.from_gpu_request(inst.id, gpu), priority=gpu.priority)
+
+    async def _sync_gpus(self, session: AsyncSession) -> None:
+        """Make the broker's allocations the store's (other processes book GPUs too)."""
+        held = [
+            Held(
+                inst.id,
+                tuple(inst.gpu_ids or ()),
+                inst.gpu_memory_gib,
+                (inst.gpu_since or inst.updated_at).timestamp(),
+                inst.placement or "",
+            )
+            for inst in await session.scalars(
+                select(Instance).where(
+                    Instance.gpu_ids.is_not(None),
+                    Instance.state.in_([s.value for s in HOLDS_PROCESS]),
+                )
+            )
+            if inst.gpu_ids
+        ]
+        self.gpus.sync_held(held)
 
     async def _refuse_or_queue(
         self, inst: Instance, template: Template, why: Unplaceable, priority: int
@@ -556,53 +755,72 @@ class Controller:
 
     async def _launch(self, inst: Instance) -> None:
         """Take GPUs, record "starting" (which opens the ledger), then hand the engine to the
-        runtime. An instance recorded as starting whose engine never reached the runtime (the
-        gateway died in between, or the runtime said "not now") goes straight to the runtime
-        with what was recorded: ``start`` is idempotent."""
+        runtime. The GPUs are taken and recorded in one transaction under the store's GPU lock
+        (see :meth:`_take_gpus`). An instance recorded as starting whose engine never reached
+        the runtime (the gateway died in between, or the runtime said "not now") goes straight
+        to the runtime with what was recorded: ``start`` is idempotent."""
         if inst.state == S.STARTING:
             await self._relaunch(inst)
             return
         template, rev_id, problem = await self._template_for(inst)
-        placement: Placement | None = Placement(inst.id, (), None, "")
-        if not problem:
-            placement = await self._take_gpus(inst, template)
-            if placement is None:
-                return
-        assert placement is not None
+        decision: Placement | Unplaceable = Placement(inst.id, (), None, "")
+        try:
+            async with self._db.write() as session:
+                if not problem:
+                    decision = await self._take_gpus(session, inst, template)
+                if isinstance(decision, Placement):
+                    applied = await self._record_start(
+                        session, inst, template, rev_id, problem, decision
+                    )
+        except BaseException:
+            if self.gpus.release(inst.id):  # not recorded: give the GPUs back
+                self.admit()
+            raise
+        if not isinstance(decision, Placement):
+            await self._refuse_or_queue(inst, template, decision, template.resources.gpu.priority)
+            return
+        applied()
+        if problem:
+            await self._move(inst, S.FAILED, problem)
+            return
+        grant = self.gpus.grant(decision) if decision.gpu_ids else None
+        await self._spawn(inst, template, decision, grant)
+
+    async def _record_start(
+        self,
+        session: AsyncSession,
+        inst: Instance,
+        template: Template,
+        rev_id: int,
+        problem: str,
+        placement: Placement,
+    ) -> Callable[[], None]:
+        """Record the move to starting with its GPUs in ``session``; return what applies it. An
+        engine that cannot be installed (``problem``) opens no ledger: it fails next."""
         gpu_fields: dict[str, Any] = {}
-        grant: GpuGrant | None = None
         if placement.gpu_ids:
-            grant = self.gpus.grant(placement)
             gpu_fields = {
                 "gpu_ids": list(placement.gpu_ids),
                 "gpu_memory_gib": placement.memory_gib,
                 "gpu_since": datetime.now(UTC),
                 "placement": placement.explanation,
             }
-        try:
-            await self._move(
-                inst,
-                S.STARTING,
-                f"starting {template.display.name.en} {template.version}",
-                progress=() if problem else ((1, {}), (2, {})),
-                opens=() if problem else self._holdings(placement),
-                opens_version=template.version,
-                launched_generation=inst.generation,
-                template_revision_id=rev_id,
-                started_at=datetime.now(UTC),
-                ready_at=None,
-                exit_code=None,
-                pid=None,  # set when the runtime has the engine: see Situation.spawned
-                **gpu_fields,
-            )
-        except BaseException:
-            if self.gpus.release(inst.id):  # not recorded: give the GPUs back
-                self.admit()
-            raise
-        if problem:
-            await self._move(inst, S.FAILED, problem)
-            return
-        await self._spawn(inst, template, placement, grant)
+        return await self._move(
+            inst,
+            S.STARTING,
+            f"starting {template.display.name.en} {template.version}",
+            session=session,
+            progress=() if problem else ((1, {}), (2, {})),
+            opens=() if problem else self._holdings(placement),
+            opens_version=template.version,
+            launched_generation=inst.generation,
+            template_revision_id=rev_id,
+            started_at=datetime.now(UTC),
+            ready_at=None,
+            exit_code=None,
+            pid=None,  # set when the runtime has the engine: see Situation.spawned
+            **gpu_fields,
+        )
 
     async def _relaunch(self, inst: Instance) -> None:
         """Hand a recorded start to the runtime: the template and GPUs recorded with it."""
@@ -649,6 +867,7 @@ class Controller:
         if placement.explanation:
             spawned["placement"] = placement.explanation
         async with self._db.write() as session:
+            await self.cluster.fence(session, inst.id)
             await repo.set_fields(session, inst.id, pid=work.pid, endpoint=work.address)
             ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
         inst.pid, inst.endpoint = work.pid, work.address

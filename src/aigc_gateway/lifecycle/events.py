@@ -7,7 +7,7 @@ the stored backlog and drops ids it has seen, so no event falls between the two.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,12 +61,23 @@ class EventRecord:
 
 
 class EventHub:
+    """Live listeners per instance. ``on_publish(record)`` is told of every event published
+    here (not of those published with ``announce=False``: heard from another gateway
+    process), so that process's listeners hear it too."""
+
     QUEUE_SIZE = 1000
 
-    def __init__(self) -> None:
+    def __init__(self, on_publish: Callable[[EventRecord], None] | None = None) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[EventRecord]]] = {}
+        self.on_publish = on_publish
 
-    def publish(self, record: EventRecord) -> None:
+    def listened(self, instance_id: str) -> bool:
+        """Whether anyone here listens to ``instance_id``'s events."""
+        return bool(self._subscribers.get(instance_id))
+
+    def publish(self, record: EventRecord, *, announce: bool = True) -> None:
+        if announce and self.on_publish is not None:
+            self.on_publish(record)
         for queue in self._subscribers.get(record.instance_id, ()):
             if queue.full():
                 # A stalled listener loses the oldest live event; it can re-read the store.

@@ -1,8 +1,9 @@
 """The GPU broker: the live allocations, the wait queue and cordons, in memory.
 
 The controller is its only writer. It asks :meth:`GpuBroker.acquire` before launching an engine
-that wants GPUs, records what it got in the store in the same transaction as the move to
-``starting``, and calls :meth:`GpuBroker.release` in the transaction that records the engine gone;
+that wants GPUs (having first synchronised the allocations with the store under the store's GPU
+lock, :meth:`GpuBroker.sync_held`, since other gateway processes book GPUs too), records what it
+got in the store in the same transaction as the move to ``starting``, and calls :meth:`GpuBroker.release` in the transaction that records the engine gone;
 :meth:`GpuBroker.admit` then starts whoever waited. On start the broker is rebuilt from the store
 (:meth:`GpuBroker.restore`), so a gateway restart neither loses nor doubles an allocation and the
 queue keeps its order. All methods are synchronous and run on the event loop, so each decision sees
@@ -80,6 +81,8 @@ class GpuBroker:
         self._clock = clock
         self._since: dict[str, float] = {}
         self._why: dict[str, str] = {}
+        self._reserved: set[str] = set()
+        """Allocated here, not yet seen recorded in the store (see :meth:`sync_held`)."""
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class GpuBroker:
         was removed from the configuration), which the caller treats as released."""
         self._cordons = {g: m for g, m in cordons.items() if g in self._gpus}
         self._rebuild([])
+        self._reserved = set()
         dropped = []
         for h in held:
             try:
@@ -144,6 +148,39 @@ class GpuBroker:
         for q in sorted(queued, key=lambda q: (-q.priority, q.since)):
             self.queue.add(q.request, priority=q.priority, at=q.since)
         return dropped
+
+    def sync_held(self, held: Iterable[Held]) -> None:
+        """Make the allocations exactly those the store records (``held``): other gateway
+        processes book and free GPUs too, plus those made here and not recorded yet (an
+        admission's, whose launch records it) where they still fit; one that does not (another
+        process took the card meanwhile) is dropped, and its launch asks again. The queue and
+        the cordons stay."""
+        held = list(held)
+        recorded = {h.instance_id for h in held}
+        pending = [
+            a
+            for a in self.inventory.allocations
+            if a.instance_id in self._reserved and a.instance_id not in recorded
+        ]
+        since, why = self._since, self._why
+        self._rebuild([])
+        self._since, self._why = {}, {}
+        self._reserved -= recorded
+        for h in held:
+            try:
+                self.inventory.allocate(Allocation(h.instance_id, h.gpu_ids, h.memory_gib))
+            except PlacementError:
+                continue  # a card no longer configured here; restore() reported it
+            self._since[h.instance_id] = since.get(h.instance_id, h.since)
+            self._why[h.instance_id] = why.get(h.instance_id, h.placement)
+        for a in pending:
+            try:
+                self.inventory.allocate(a)
+            except PlacementError:
+                self._reserved.discard(a.instance_id)
+                continue
+            self._since[a.instance_id] = since.get(a.instance_id, self._clock())
+            self._why[a.instance_id] = why.get(a.instance_id, "")
 
     def acquire(self, request: Request, *, priority: int = 0) -> Placement | Unplaceable:
         """GPUs for ``request`` now, or why not. ``not_now`` means it waits in the queue (it
@@ -174,6 +211,7 @@ class GpuBroker:
     def release(self, instance_id: str) -> bool:
         """Free the instance's GPUs (idempotent) and remember how long they were held."""
         released = self.inventory.release(instance_id)
+        self._reserved.discard(instance_id)
         since = self._since.pop(instance_id, None)
         self._why.pop(instance_id, None)
         if released is None:
@@ -187,6 +225,7 @@ class GpuBroker:
         admission = self.queue.admit(self.inventory)
         now = self._clock()
         for placement in admission.placed:
+            self._reserved.add(placement.instance_id)
             self._since[placement.instance_id] = now
             self._why[placement.instance_id] = placement.explanation
         return admission
@@ -213,6 +252,7 @@ class GpuBroker:
 
     def _take(self, placement: Placement, now: float) -> None:
         self.inventory.allocate(placement)
+        self._reserved.add(placement.instance_id)
         self._since[placement.instance_id] = now
         self._why[placement.instance_id] = placement.explanation
 

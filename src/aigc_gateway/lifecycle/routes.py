@@ -6,6 +6,7 @@ at start), so the proxy never asks the store where an engine is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -65,9 +66,13 @@ class Route:
 
 
 class RouteTable:
-    def __init__(self) -> None:
+    """slug → route. ``on_change(instance_id)`` is told of every change made here (not of those
+    put with ``announce=False``: changes heard from another gateway process)."""
+
+    def __init__(self, on_change: Callable[[str], None] | None = None) -> None:
         self._by_slug: dict[str, Route] = {}
         self._slug_of: dict[str, str] = {}
+        self.on_change = on_change
 
     def get(self, slug: str) -> Route | None:
         return self._by_slug.get(slug)
@@ -76,17 +81,24 @@ class RouteTable:
         slug = self._slug_of.get(instance_id)
         return self._by_slug.get(slug) if slug else None
 
-    def put(self, route: Route) -> None:
+    def put(self, route: Route, *, announce: bool = True) -> None:
         if route.state == "deleted":
-            self.remove(route.instance_id)
+            self.remove(route.instance_id, announce=announce)
             return
+        old_slug = self._slug_of.get(route.instance_id)
+        if old_slug is not None and old_slug != route.slug:
+            self._by_slug.pop(old_slug, None)  # renamed: the old host name leads nowhere now
         self._by_slug[route.slug] = route
         self._slug_of[route.instance_id] = route.slug
+        if announce and self.on_change is not None:
+            self.on_change(route.instance_id)
 
-    def remove(self, instance_id: str) -> None:
+    def remove(self, instance_id: str, *, announce: bool = True) -> None:
         slug = self._slug_of.pop(instance_id, None)
         if slug is not None:
             self._by_slug.pop(slug, None)
+        if announce and self.on_change is not None:
+            self.on_change(instance_id)
 
     def all(self) -> list[Route]:
         return list(self._by_slug.values())

@@ -124,11 +124,29 @@ class Database:
                     raise
                 raise temporary from exc
 
+    async def serialise(self, session: AsyncSession, what: str) -> None:
+        """Hold ``what`` exclusively until ``session``'s write transaction ends, across every
+        process on this database: a read-decide-write under it (GPU booking, the ledger's
+        midnight cut) never interleaves with another process's. On PostgreSQL a transaction
+        advisory lock; SQLite's ``BEGIN IMMEDIATE`` already admits one writer at a time."""
+        if not self.is_sqlite:
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:what))"), {"what": what}
+            )
+
     async def migrate(self) -> None:
-        """Apply Alembic migrations up to head (idempotent)."""
+        """Apply Alembic migrations up to head (idempotent; several gateways starting at once
+        on one PostgreSQL take turns)."""
         async with self.write_engine.connect() as conn:
-            await conn.run_sync(_upgrade)
-            await conn.commit()
+            if not self.is_sqlite:
+                await conn.execute(text("SELECT pg_advisory_lock(hashtext('aigc-migrate'))"))
+            try:
+                await conn.run_sync(_upgrade)
+                await conn.commit()
+            finally:
+                if not self.is_sqlite:
+                    await conn.execute(text("SELECT pg_advisory_unlock(hashtext('aigc-migrate'))"))
+                    await conn.commit()
 
     async def ping(self) -> bool:
         try:

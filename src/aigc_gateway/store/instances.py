@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -309,12 +309,18 @@ async def list_by_ids(session: AsyncSession, ids: set[str]) -> Sequence[Instance
 
 
 async def set_activity(session: AsyncSession, last: dict[str, float]) -> None:
-    """Record the last proxied activity of several instances at once."""
+    """Record the last proxied activity of several instances at once. Only ever later: each
+    gateway process flushes what its own proxy saw, and one may flush an older mark after
+    another flushed a newer one."""
     for instance_id, at in last.items():
+        seen = datetime.fromtimestamp(at, UTC)
         await session.execute(
             update(Instance)
-            .where(Instance.id == instance_id)
-            .values(last_activity_at=datetime.fromtimestamp(at, UTC))
+            .where(
+                Instance.id == instance_id,
+                or_(Instance.last_activity_at.is_(None), Instance.last_activity_at < seen),
+            )
+            .values(last_activity_at=seen)
             .execution_options(synchronize_session=False)
         )
 

@@ -198,6 +198,20 @@ class GpuCordon(Base):
     at: Mapped[datetime]
 
 
+class InstanceLease(Base):
+    """Which gateway process drives an instance, until when (see :mod:`aigc_gateway.store.leases`).
+
+    Several gateways may share one database; only the holder of an unexpired lease starts, stops
+    or moves the instance. A holder renews its leases well before they expire; one that dies
+    stops renewing, and another process takes the lease over once it has expired."""
+
+    __tablename__ = "instance_leases"
+    instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    """The process: ``host:pid:random`` (see :func:`aigc_gateway.store.leases.new_holder`)."""
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class UsageInterval(Base):
     """One stretch of time an instance held a resource: the ledger.
 
