@@ -202,6 +202,7 @@ async def open_gateway(
     def access_changed() -> None:
         access_cache.clear()
         cluster.announce("access")
+
     service = InstanceService(
         db=db,
         registry=registry,

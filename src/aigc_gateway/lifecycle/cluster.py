@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Cluster", "NotHolder"]
 
-Handler = Callable[[str], None]
+Handler = Callable[[str], object]
 
 
 class NotHolder(GatewayError):

@@ -136,13 +136,14 @@ class Controller:
         self.routes.on_change = lambda instance_id: self.cluster.announce("route", instance_id)
         self._hub.on_publish = lambda r: self.cluster.announce("event", f"{r.instance_id}:{r.id}")
         self._chores: set[asyncio.Task[None]] = set()
+        self._last_event_chore: asyncio.Task[None] | None = None
         """Work started by a notice (re-reading a route), cancelled on close."""
 
     # -- public ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.cluster.on("route", lambda iid: self._chore(f"route-{iid}", self._reload_route(iid)))
-        self.cluster.on("event", lambda subject: self._chore("event", self._heard_event(subject)))
+        self.cluster.on("event", self._on_event_notice)
         self.cluster.on("kick", self._heard_kick)
         self.cluster.on("gpus", lambda _: self._chore("gpus", self._gpus_freed()))
         self.cluster.on_reconnect(self.reload_routes)
@@ -401,12 +402,25 @@ class Controller:
 
     # -- notices from the other gateway processes ----------------------------------------------
 
-    def _chore(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+    def _chore(self, name: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a notice's consequence) in a task of its own, tracked for close; a
         failure is logged (the resync re-reads the store anyway)."""
         task = asyncio.create_task(self._logged(name, work), name=f"notice-{name}")
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
+        return task
+
+    def _on_event_notice(self, subject: str) -> None:
+        """Hand events heard from other processes on in the order they were sent: a listener
+        skips ids below the last it saw, so one overtaken by the next would be lost."""
+        previous = self._last_event_chore
+
+        async def in_turn() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self._heard_event(subject)
+
+        self._last_event_chore = self._chore("event", in_turn())
 
     @staticmethod
     async def _logged(name: str, work: Coroutine[Any, Any, None]) -> None:

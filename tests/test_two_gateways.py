@@ -1,0 +1,201 @@
+"""Two gateway processes on one real PostgreSQL (and one data folder): either serves every
+instance; one drives each at a time (its lease); when the holder is killed with SIGKILL the other
+takes its instances over within the lease's expiry; events and states made by one are seen
+through the other."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import secrets
+from pathlib import Path
+
+import asyncpg
+
+from aigc_gateway.settings import Settings
+from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
+from tests.support.process import gateway_process
+from tests.support.server import bound_socket
+
+LEASE_TTL_S = 3
+
+
+async def _database(base_url: str) -> str:
+    name = "t_" + secrets.token_hex(6)
+    conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg", "postgresql") + "/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{base_url}/{name}"
+
+
+async def _lease_holder(url: str, instance_id: str) -> str | None:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        holder: str | None = await conn.fetchval(
+            "SELECT holder FROM instance_leases WHERE instance_id = $1 AND expires_at > now()",
+            instance_id,
+        )
+        return holder
+    finally:
+        await conn.close()
+
+
+async def test_two_gateways_share_instances_and_take_over_a_killed_one(
+    tmp_path: Path, pg_base_url: str
+) -> None:
+    url = await _database(pg_base_url)
+    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
+    token = await add_user(settings, "alice", admin=True)
+    bob_token = await add_user(settings, "bob")
+    env = {"AIGC_DATABASE_URL": url, "AIGC_LEASE_TTL_S": str(LEASE_TTL_S)}
+    try:
+        with (
+            bound_socket() as sock_a,
+            bound_socket() as sock_b,
+            gateway_process(data, templates, sock_a, **env) as proc_a,
+            gateway_process(data, templates, sock_b, **env) as proc_b,
+        ):
+            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
+            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
+            try:
+                # Created through A, seen running through B (its events reach B's stream).
+                inst = await a.create("tiny")
+                await b.wait_state(inst["id"], "running")
+                # Paused through B, seen through A; resumed through B.
+                await b.act(inst["id"], "pause")
+                await a.wait_state(inst["id"], "paused")
+                await b.act(inst["id"], "resume")
+                await a.wait_state(inst["id"], "running")
+                await _revoked_through_a_closes_b(a, b, inst["id"], bob_token)
+                holder = await _lease_holder(url, inst["id"])
+                assert holder is not None
+                pid = int(holder.split(":")[-2])
+                assert pid in (proc_a.pid, proc_b.pid)
+                killed, survivor = (proc_a, b) if pid == proc_a.pid else (proc_b, a)
+                killed.kill()  # SIGKILL: its leases are never given back, they expire
+                killed.wait(10)
+                # The survivor takes the instance over and drives it: pause and resume work.
+                await survivor.act(inst["id"], "pause")
+                await survivor.wait_state(inst["id"], "paused", timeout=LEASE_TTL_S + 30)
+                new_holder = await _lease_holder(url, inst["id"])
+                assert new_holder is not None and new_holder != holder
+                await survivor.act(inst["id"], "resume")
+                await survivor.wait_state(inst["id"], "running")
+                # Not driven by both: the whole history is one legal sequence of moves.
+                events = (await survivor.client.get(f"/api/instances/{inst['id']}/events")).json()
+                moves = [(e["from"], e["to"]) for e in events if e["kind"] == "transition"]
+                for (_, before), (after, _) in itertools.pairwise(moves):
+                    assert before == after, moves
+                await survivor.client.delete(f"/api/instances/{inst['id']}")
+                await survivor.wait_state(inst["id"], "deleted")
+            finally:
+                await a.aclose()
+                await b.aclose()
+    finally:
+        await stop_engines_async(settings)
+
+
+REVOKE_SEEN_S = 2.0
+"""How soon a share revoked through one gateway closes what it opened through another."""
+
+
+async def _revoked_through_a_closes_b(a: Api, b: Api, instance_id: str, bob_token: str) -> None:
+    """Alice shares with Bob through A; Bob follows the instance's events through B; Alice
+    takes the share back through A: Bob's stream on B ends within 2 s, and B refuses him."""
+    r = await a.client.post(f"/api/instances/{instance_id}/shares", json={"user": "bob"})
+    assert r.status_code == 201
+    bob = Api(str(b.client.base_url).rstrip("/"), bob_token)
+    try:
+        assert (await bob.client.get(f"/api/instances/{instance_id}")).status_code == 200
+        async with bob.client.stream(
+            "GET", f"/api/instances/{instance_id}/events/stream", timeout=None
+        ) as stream:
+            assert stream.status_code == 200
+            lines = stream.aiter_lines()
+            await anext(lines)  # the stream is open and serving
+            revoke = await a.client.delete(f"/api/instances/{instance_id}/shares/{r.json()['id']}")
+            assert revoke.status_code == 204
+            async with asyncio.timeout(REVOKE_SEEN_S):
+                async for _ in lines:
+                    pass  # the backlog, then the end of the stream
+        assert (await bob.client.get(f"/api/instances/{instance_id}")).status_code == 404
+    finally:
+        await bob.aclose()
+
+
+ONE_CARD = [
+    {
+        "id": "GPU-aaaa",
+        "type": "rtx4090",
+        "memory_gib": 24,
+        "pool": "onprem",
+        "pool_rank": 1,
+        "price_per_hour": 0.9,
+    }
+]
+
+
+async def test_two_gateways_never_book_one_gpu_twice(tmp_path: Path, pg_base_url: str) -> None:
+    """Both gateways declare the same single card; instances wanting it are created through
+    both at once: one runs on it, the others queue; when it pauses (through the other
+    gateway), the next starts on the card, never two at a time."""
+    url = await _database(pg_base_url)
+    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
+    token = await add_user(settings, "alice", admin=True)
+    env = {
+        "AIGC_DATABASE_URL": url,
+        "AIGC_LEASE_TTL_S": str(LEASE_TTL_S),
+        "AIGC_GPUS": json.dumps(ONE_CARD),
+    }
+    try:
+        with (
+            bound_socket() as sock_a,
+            bound_socket() as sock_b,
+            gateway_process(data, templates, sock_a, **env),
+            gateway_process(data, templates, sock_b, **env),
+        ):
+            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
+            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
+            try:
+                made = await asyncio.gather(
+                    *(api.create("tiny-gpu-any", name=f"g{n}") for n, api in enumerate([a, b, a]))
+                )
+                ids = [m["id"] for m in made]
+                for i in ids:
+                    await a.wait_state(i, "running", "queued")
+                ran: set[str] = set()
+                while len(ran) < len(ids):
+                    states = {i: (await b.get(i)) for i in ids}
+                    holding = [
+                        i for i, st in states.items() if st["state"] in ("starting", "running")
+                    ]
+                    assert len(holding) <= 1, states  # the one card, booked once
+                    if not holding:  # between a release and the next start: whichever it is
+                        queued = [i for i, st in states.items() if st["state"] == "queued"]
+                        waits = [asyncio.create_task(a.wait_state(i, "running")) for i in queued]
+                        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                        for task in pending:
+                            task.cancel()
+                        await asyncio.gather(*pending, return_exceptions=True)
+                        continue
+                    (one,) = holding
+                    assert (await a.wait_state(one, "running"))["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+                    ran.add(one)
+                    await (b if len(ran) % 2 else a).act(one, "pause")  # through either gateway
+                    await a.wait_state(one, "paused")
+                # Every instance had the card in turn.
+                events = [(await a.client.get(f"/api/instances/{i}/events")).json() for i in ids]
+                assert all(
+                    any(e["kind"] == "transition" and e["to"] == "running" for e in evs)
+                    for evs in events
+                )
+            finally:
+                await a.aclose()
+                await b.aclose()
+    finally:
+        await stop_engines_async(settings)
