@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from aigc_gateway.bootstrap import bootstrap
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, make_settings, stop_engines
 from tests.support.leaks import leaked_task_check, no_leaked_tasks  # noqa: F401 - fixtures
-from tests.support.pg import postgres_server
+from tests.support.pg import create_database, postgres_server
 from tests.support.server import bound_socket, serve_in_thread
 from tests.support.tools import apply_needs_markers, require_tool
 
@@ -38,25 +37,13 @@ def pg_base_url() -> Iterator[str]:
         yield url
 
 
-async def _create_database(base_url: str) -> str:
-    import asyncpg
-
-    name = "t_" + secrets.token_hex(6)
-    conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg", "postgresql") + "/postgres")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{base_url}/{name}"
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database on each backend."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
     base: str = request.getfixturevalue("pg_base_url")
-    return asyncio.run(_create_database(base))
+    return asyncio.run(create_database(base))
 
 
 @pytest.fixture

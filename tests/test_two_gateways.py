@@ -8,27 +8,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import secrets
 from pathlib import Path
 
 import asyncpg
 
 from aigc_gateway.settings import Settings
 from tests.support.gateway import Api, add_user, stop_engines_async, write_templates
+from tests.support.pg import create_database
 from tests.support.process import gateway_process
 from tests.support.server import bound_socket
 
 LEASE_TTL_S = 3
-
-
-async def _database(base_url: str) -> str:
-    name = "t_" + secrets.token_hex(6)
-    conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg", "postgresql") + "/postgres")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{base_url}/{name}"
 
 
 async def _lease_holder(url: str, instance_id: str) -> str | None:
@@ -46,7 +36,7 @@ async def _lease_holder(url: str, instance_id: str) -> str | None:
 async def test_two_gateways_share_instances_and_take_over_a_killed_one(
     tmp_path: Path, pg_base_url: str
 ) -> None:
-    url = await _database(pg_base_url)
+    url = await create_database(pg_base_url)
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
     token = await add_user(settings, "alice", admin=True)
@@ -143,7 +133,7 @@ async def test_two_gateways_never_book_one_gpu_twice(tmp_path: Path, pg_base_url
     """Both gateways declare the same single card; instances wanting it are created through
     both at once: one runs on it, the others queue; when it pauses (through the other
     gateway), the next starts on the card, never two at a time."""
-    url = await _database(pg_base_url)
+    url = await create_database(pg_base_url)
     data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
     settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
     token = await add_user(settings, "alice", admin=True)

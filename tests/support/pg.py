@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -93,3 +94,16 @@ def postgres_server() -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def create_database(base_url: str) -> str:
+    """A fresh, empty database on the server at ``base_url``; its SQLAlchemy URL."""
+    import asyncpg
+
+    name = "t_" + secrets.token_hex(6)
+    conn = await asyncpg.connect(base_url.replace("postgresql+asyncpg", "postgresql") + "/postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{base_url}/{name}"
