@@ -24,6 +24,7 @@ from aigc_gateway.auth.actor import NO_CLIENT, Client
 from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
 from aigc_gateway.auth.secrets import new_id, new_slug
 from aigc_gateway.domain.actions import Outcome, api_action, effect, judge
+from aigc_gateway.domain.instances import InstanceView
 from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import HOLDS_PROCESS, STABLE, DesiredState, InstanceState
@@ -292,7 +293,7 @@ class InstanceService:
         async with self._db.read() as session:
             return await repo.owner_names(session, instance_ids)
 
-    async def card_facts(self, who: Principal, instances: Sequence[Instance]) -> CardFacts:
+    async def card_facts(self, who: Principal, instances: Sequence[InstanceView]) -> CardFacts:
         """What the dashboard's instance cards show beyond the rows ``who`` may already see:
         the newest event id of each (where its live stream resumes), the owners' names of
         instances shared with ``who``, and the shares of ``who``'s own (one query each)."""
