@@ -266,7 +266,8 @@ async def admin_gpus(
     if isinstance(viewer, Response):
         return viewer
     t = translator(viewer.lang)
-    inventory = await gpu_inventory(gw, describe=lambda r: _wants(t, r))
+    assert who is not None
+    inventory = await gpu_inventory(gw, who, describe=lambda r: _wants(t, r))
     notice = ""
     if done in CORDON_DONE and gw.gpus.gpu(gpu) is not None:
         notice = t(CORDON_DONE[done], gpu=gpu, n=moved)

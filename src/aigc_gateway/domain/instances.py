@@ -39,24 +39,30 @@ class InstanceView(Protocol):
     @property
     def generation(self) -> int:
         """Bumped by start, resume and restart (a restart is pending while it is ahead)."""
+
     @property
     def launched_generation(self) -> int:
         """The generation the engine was last launched for."""
+
     @property
     def pid(self) -> int | None: ...
     @property
     def endpoint(self) -> str | None:
         """How the gateway reaches the engine (``unix:/path`` or ``host:port``); None while
         none runs."""
+
     @property
     def gpu_ids(self) -> list[str] | None:
         """GPUs held while the engine may run; None otherwise."""
+
     @property
     def gpu_memory_gib(self) -> float | None:
         """For a GPU share: its size."""
+
     @property
     def placement(self) -> str | None:
         """Why the scheduler chose these GPUs (or why the instance waits)."""
+
     @property
     def created_at(self) -> datetime: ...
     @property
