@@ -205,9 +205,7 @@ async def admin_health(request: Request, gw: GatewayDep, who: MaybeUser) -> Resp
         v.HealthCheck(
             "admin.health.runtime", runtime_dir.is_dir(), f"{gw.runtime.name}: {runtime_dir}"
         ),
-        v.HealthCheck(
-            "admin.health.store", store_ok, gw.db.engine.url.render_as_string(hide_password=True)
-        ),
+        v.HealthCheck("admin.health.store", store_ok, gw.db.display_url),
         v.HealthCheck(
             "admin.health.controller",
             gw.controller.alive,
