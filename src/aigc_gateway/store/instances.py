@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -278,6 +278,18 @@ async def owner_names(session: AsyncSession, instance_ids: Sequence[str]) -> dic
         .where(Instance.id.in_(instance_ids))
     )
     return {str(i): str(name) for i, name in found.all()}
+
+
+async def labels(
+    session: AsyncSession, instance_ids: Iterable[str]
+) -> dict[str, tuple[str, str, int | None]]:
+    """Instance id → (its name, its owner's user name, its engine's pid), in one query."""
+    found = await session.execute(
+        select(Instance.id, Instance.name, User.name, Instance.pid)
+        .join(User, User.id == Instance.owner_id)
+        .where(Instance.id.in_(list(instance_ids)))
+    )
+    return {str(i): (str(name), str(owner), pid) for i, name, owner, pid in found.all()}
 
 
 async def newest_event_ids(session: AsyncSession, instance_ids: Sequence[str]) -> dict[str, int]:
