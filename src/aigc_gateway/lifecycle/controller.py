@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -46,11 +46,12 @@ from aigc_gateway.domain.states import (
     transition,
 )
 from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
+from aigc_gateway.lifecycle import duties
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.cluster import Cluster, NotHolder
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
-from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
+from aigc_gateway.lifecycle.guard import Backoff, Duties, Sleep, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.lifecycle.storage import QuotaWatch, StorageQuotas
@@ -120,19 +121,26 @@ class Controller:
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
         self._quotas = StorageQuotas(registry=registry, volumes=runtime.volumes)
-        self._quota_watch = QuotaWatch(self._quotas)
         self._storage_check_s = storage_check_s
-        self._storage_checked = -float("inf")
         self._stop_backoff: dict[str, Backoff] = {}
         """Per instance whose engine the runtime failed to stop: the next retry's delay."""
-        self._metered_day: datetime | None = None
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
-        self._jobs: dict[str, asyncio.Task[None]] = {}
-        self.resyncs = 0
-        """Completed resync passes: the health page shows the loop is alive."""
+        self._duties = Duties(metrics=self.metrics, sleep=self._sleep, prefix="controller-job-")
+        self._notices: asyncio.Task[None] | None = None
         self.cluster = cluster if cluster is not None else Cluster(db, lease_ttl_s=15.0)
         """This process among the gateways on the store: leases, notices."""
+        self._resync = duties.Resync(
+            db=db,
+            runtime=runtime,
+            cluster=self.cluster,
+            pricebook=self.pricebook,
+            clock=lambda: self.clock(),
+            stop_grace_s=stop_grace_s,
+            kick=lambda instance_id: self.kick(instance_id, forward=False),
+            reload_routes=self.reload_routes,
+            admit=self.admit,
+        )
         self.routes.on_change = lambda instance_id: self.cluster.announce("route", instance_id)
         self._hub.on_publish = lambda r: self.cluster.announce("event", f"{r.instance_id}:{r.id}")
         self._chores: set[asyncio.Task[None]] = set()
@@ -178,41 +186,60 @@ class Controller:
         self._start_jobs()
 
     def _start_jobs(self) -> None:
-        """One guarded task per periodic job, each with its own back-off and metric."""
-        jobs: dict[str, Callable[[], Awaitable[None]]] = {
-            "activity": self.flush_activity,
-            "idle": self.pause_idle,
-            "budget": self.pause_over_budget,
-            "resync": self.resync,
-            "storage": self.meter_storage,
-            "quota": self.check_storage,
-        }
-        for job, body in jobs.items():
-            run = every(
-                job, body, period_s=self._resync_interval_s, sleep=self._sleep, metrics=self.metrics
-            )
-            self._jobs[job] = asyncio.create_task(run, name=f"controller-job-{job}")
+        """One guarded task per periodic duty (see :mod:`aigc_gateway.lifecycle.duties`), each
+        with its own back-off and metrics, so one failing duty stops no other."""
+        every = self._duties.every
+        period = self._resync_interval_s
+        every("activity", duties.ActivityFlush(self._db, self.activity).step, period_s=period)
+        idle = duties.IdlePauses(
+            db=self._db,
+            routes=self.routes,
+            registry=self._registry,
+            activity=self.activity,
+            cluster=self.cluster,
+            kick=self.kick,
+        )
+        every("idle", idle.step, period_s=period)
+        budget = duties.BudgetPauses(
+            db=self._db,
+            routes=self.routes,
+            cluster=self.cluster,
+            over_budget=self._over_budget,
+            kick=self.kick,
+        )
+        every("budget", budget.step, period_s=period)
+        every("resync", self._resync.step, period_s=period)
+        metering = duties.StorageMetering(
+            db=self._db,
+            volumes=self._runtime.volumes,
+            pricebook=self.pricebook,
+            clock=lambda: self.clock(),
+        )
+        every("storage", metering.step, period_s=period)
+        quota = duties.QuotaCheck(
+            db=self._db,
+            hub=self._hub,
+            watch=QuotaWatch(self._quotas),
+            check_s=self._storage_check_s,
+        )
+        every("quota", quota.step, period_s=period)
         # Leases expire on the wall clock, shared with the other processes: renewed on real
         # time even where the loops run on a test's fake time.
-        leases = every(
-            "leases",
-            self.renew_leases,
-            period_s=self.cluster.renew_every_s,
-            sleep=asyncio.sleep,
-            metrics=self.metrics,
-        )
-        self._jobs["leases"] = asyncio.create_task(leases, name="controller-job-leases")
-        self._jobs["notices"] = asyncio.create_task(self.cluster.listen(), name="cluster-notices")
+        leases = duties.LeaseRenewal(self.cluster, self._lease_lost)
+        every("leases", leases.step, period_s=self.cluster.renew_every_s, sleep=asyncio.sleep)
+        self._notices = asyncio.create_task(self.cluster.listen(), name="cluster-notices")
 
     async def close(self) -> None:
         """Cancel every task and give the leases back (engines keep running: the next holder,
         another process or this one restarted, adopts them)."""
-        tasks = [*self._actors.values(), *self._jobs.values(), *self._chores]
+        tasks = [*self._actors.values(), *self._chores]
+        if self._notices is not None:
+            tasks.append(self._notices)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(self._duties.close(), *tasks, return_exceptions=True)
         self._actors.clear()
-        self._jobs.clear()
+        self._notices = None
         try:
             await self.cluster.release_all()
         except GatewayError as exc:  # the leases expire on their own
@@ -232,20 +259,29 @@ class Controller:
 
     @property
     def alive(self) -> bool:
-        """Every periodic job is running (a failing one retries; only a cancelled one ends)."""
-        return bool(self._jobs) and not any(task.done() for task in self._jobs.values())
+        """Every periodic duty is running (a failing one retries; only a cancelled one ends),
+        and so is the listener for the other processes' notices."""
+        notices = self._notices is not None and not self._notices.done()
+        return self._duties.alive and notices
 
-    async def renew_leases(self) -> None:
-        """Renew this process's leases; an instance whose lease was lost (this process stalled
-        past its expiry, and another took it over) is no longer driven here."""
-        for instance_id in await self.cluster.renew():
-            actor = self._actors.pop(instance_id, None)
-            if actor is not None:
-                actor.cancel()
-            self._wake.pop(instance_id, None)
-            self.gpus.leave_queue(instance_id)
-            if self.gpus.release(instance_id):  # its new holder books its GPUs from the store
-                self.admit()
+    @property
+    def resyncs(self) -> int:
+        """Completed resync passes: the health page shows the loop is alive."""
+        return self._resync.passes
+
+    async def resync(self) -> None:
+        """One resync pass now (see :class:`~aigc_gateway.lifecycle.duties.Resync`)."""
+        await self._resync.step()
+
+    def _lease_lost(self, instance_id: str) -> None:
+        """Another process drives ``instance_id`` now (its lease was lost): stop driving it."""
+        actor = self._actors.pop(instance_id, None)
+        if actor is not None:
+            actor.cancel()
+        self._wake.pop(instance_id, None)
+        self.gpus.leave_queue(instance_id)
+        if self.gpus.release(instance_id):  # its new holder books its GPUs from the store
+            self.admit()
 
     async def reload_routes(self) -> None:
         """Re-read every route from the store (notices from other processes may have been
@@ -259,138 +295,6 @@ class Controller:
             known.discard(inst.id)
         for gone in known:
             self.routes.remove(gone, announce=False)
-
-    async def flush_activity(self) -> None:
-        """Write the proxy's activity marks to the store (one batch)."""
-        changed = self.activity.drain()
-        if changed:
-            async with self._db.write() as session:
-                await repo.set_activity(session, changed)
-                await usage.add_activity(session, changed)
-
-    async def pause_idle(self) -> None:
-        """Release engines nobody used for their template's ``idle.pause_after_minutes``: the
-        instance is paused (desired state), its data kept; the next request wakes it."""
-        now = time.time()
-        due: list[tuple[Route, float]] = []
-        for route in self.routes.all():
-            if route.state != "running" or route.desired_state != "running":
-                continue
-            if route.instance_id not in self.cluster.held:
-                continue  # its holder decides (and the other processes' proxies tell the store)
-            loaded = self._registry.get(route.template_id)
-            minutes = loaded.template.idle.pause_after_minutes if loaded else None
-            if not minutes:
-                continue
-            last = max(self.activity.last(route.instance_id) or 0.0, route.ready_at or 0.0)
-            if last and now - last > minutes * 60:
-                due.append((route, minutes))
-        if due and self.cluster.shared:
-            # Requests proxied by the other gateways count too: they flush them to the store.
-            async with self._db.read() as session:
-                rows = await session.execute(
-                    select(Instance.id, Instance.last_activity_at).where(
-                        Instance.id.in_([r.instance_id for r, _ in due])
-                    )
-                )
-                stored = {i: at.timestamp() for i, at in rows.all() if at is not None}
-            due = [(r, m) for r, m in due if now - stored.get(r.instance_id, 0.0) > m * 60]
-        for route, minutes in due:
-            async with self._db.write() as session:
-                paused = await repo.pause_if_running(
-                    session,
-                    route.instance_id,
-                    f"paused after {minutes:g} minutes idle (no requests); data kept",
-                )
-            if paused is not None:
-                self.routes.put(Route.of(paused))
-                self.kick(route.instance_id)
-
-    async def meter_storage(self) -> None:
-        """Once a day, bill yesterday's stored user data (each volume's size, measured now)."""
-        today = self.clock().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        yesterday = today - timedelta(days=1)
-        if self._metered_day == yesterday:
-            return
-        async with self._db.read() as session:
-            volumes = list(await session.scalars(select(Volume)))
-        measured = [await self._runtime.volumes.size(v.user_id, v.family) for v in volumes]
-        sizes = [
-            usage.StoredData(v.id, v.user_id, v.family, size / 2**30, since=v.created_at)
-            for v, size in zip(volumes, measured, strict=True)
-        ]
-        async with self._db.write() as session:
-            await self._db.serialise(session, "ledger")  # another gateway may bill it too
-            await usage.record_storage(session, yesterday, sizes, self.pricebook)
-        self._metered_day = yesterday
-
-    async def check_storage(self) -> None:
-        """At most every ``storage_check_s``: measure the data of the families that running
-        instances use, and warn those instances (an event) when their family's usage rises to
-        90 % or to 100 % of its quota (see :mod:`aigc_gateway.lifecycle.storage`). Nothing is
-        stopped or deleted."""
-        now = time.monotonic()
-        if now - self._storage_checked < self._storage_check_s:
-            return
-        self._storage_checked = now
-        async with self._db.read() as session:
-            running = [
-                i for i in await repo.list_for(session, owner_id=None) if i.state == S.RUNNING
-            ]
-        risen = await self._quota_watch.rises({(i.owner_id, i.family) for i in running})
-        for inst in running:
-            if (use := risen.get((inst.owner_id, inst.family))) is not None:
-                data = {"used_bytes": use.used_bytes, "quota_bytes": use.quota_bytes}
-                await self._event(inst, "storage", use.warning(), **data)
-
-    async def pause_over_budget(self) -> None:
-        """Pause what runs for budgets past their hard limit with ``pause_when_over``."""
-        if self._over_budget is None:
-            return
-        for instance_id in await self._over_budget():
-            if instance_id not in self.cluster.held:
-                continue  # its holder pauses it
-            async with self._db.write() as session:
-                paused = await repo.pause_if_running(
-                    session, instance_id, "paused: the monthly budget is used up; data kept"
-                )
-            if paused is not None:
-                self.routes.put(Route.of(paused))
-                self.kick(instance_id)
-
-    async def resync(self) -> None:
-        """Kick every live instance this process drives or nobody drives (taking over the
-        leases of a process that died), stop workloads no live instance owns, and (when other
-        processes share the store) re-read the routes and GPU allocations they changed."""
-        async with self._db.read() as session:
-            live = set(await repo.live_ids(session))
-        mine = set(await self.cluster.drivable(live))
-        for instance_id in mine:
-            self.kick(instance_id, forward=False)
-        if self.cluster.shared:
-            await self.reload_routes()
-        alive = []
-        for work in await self._runtime.list():
-            if work.instance_id not in live and work.phase.alive:
-                log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
-                try:
-                    await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
-                except GatewayError as exc:  # the next resync tries again
-                    log.warning(
-                        "could not stop orphan workload: %s",
-                        exc.message,
-                        extra={"instance_id": work.instance_id},
-                    )
-            elif work.phase.alive:
-                alive.append(work.instance_id)
-        async with self._db.write() as session:
-            now = self.clock()
-            # Each holder vouches for its own engines; one cut at midnight for all processes.
-            await usage.observe(session, [i for i in alive if i in mine], now)
-            await self._db.serialise(session, "ledger")
-            await usage.cut_at_midnight(session, now, self.pricebook)
-        self.admit()
-        self.resyncs += 1
 
     def admit(self) -> None:
         """Start queued instances that fit now (after a release, an uncordon, a resync)."""
