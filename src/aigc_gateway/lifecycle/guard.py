@@ -24,7 +24,7 @@ from aigc_gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "Duties", "Sleep", "Trigger", "duty", "guarded", "period", "retry_delay"]
+__all__ = ["Backoff", "Duties", "Sleep", "Trigger", "duty", "period", "retry_delay"]
 
 Sleep = Callable[[float], Awaitable[None]]
 """How loops wait (``asyncio.sleep``; tests give fake time)."""
@@ -162,18 +162,3 @@ class Duties:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks.clear()
-
-
-def guarded(name: str, body: Awaitable[None]) -> asyncio.Task[None]:
-    """A task for one-off background work (a template reload) whose failure is logged with its
-    traceback instead of being lost with an unawaited task."""
-    return asyncio.create_task(_logged(name, body), name=name)
-
-
-async def _logged(name: str, body: Awaitable[None]) -> None:
-    try:
-        await body
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s failed", name)
