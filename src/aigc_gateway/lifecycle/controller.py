@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,7 @@ from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.guard import Backoff, Duties, Sleep, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
+from aigc_gateway.lifecycle.moves import Launch, Move, Progress
 from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.lifecycle.storage import QuotaWatch, StorageQuotas
 from aigc_gateway.metrics import Metrics
@@ -61,6 +62,7 @@ from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
+from aigc_gateway.store.instances import InstanceChanges
 from aigc_gateway.store.tables import Event, GpuCordon, Instance, Volume
 from aigc_gateway.store.usage import Holding
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -70,7 +72,6 @@ log = logging.getLogger(__name__)
 
 
 S = InstanceState
-START_STEPS = ("queued", "preparing data", "launching engine", "waiting for the engine", "ready")
 
 
 class Controller:
@@ -472,70 +473,56 @@ class Controller:
         if not can_transition(S(inst.state), S.FAILED):
             raise exc
         log.warning("%s failed for good: %s", step, exc.message, extra={"instance_id": inst.id})
-        await self._move(inst, S.FAILED, exc.message)
+        await self._move(inst, Move(S.FAILED, exc.message))
 
     async def _move(
-        self,
-        inst: Instance,
-        target: InstanceState,
-        reason: str,
-        *,
-        progress: tuple[tuple[int, dict[str, Any]], ...] = (),
-        opens: Sequence[Holding] = (),
-        opens_version: str = "",
-        ended_at: datetime | None = None,
-        session: AsyncSession | None = None,
-        **changes: Any,
+        self, inst: Instance, move: Move, *, session: AsyncSession | None = None
     ) -> Callable[[], None]:
-        """Record ``inst → target`` and any start-progress steps in one transaction, fenced by
-        this process's lease (:class:`NotHolder` when another process drives the instance now).
-        A move to starting opens the usage intervals of ``opens``; a move to a state without a
-        process closes them (at ``ended_at``, when the engine ended, or where that is unknown at
-        the last time it was seen alive) and frees the instance's GPUs, in the same transaction.
+        """Record ``move`` of ``inst`` and its start-progress events in one transaction, fenced
+        by this process's lease (:class:`NotHolder` when another process drives the instance
+        now). A move to starting opens the usage intervals of its launch's holdings; a move to a
+        state without a process closes them (at ``move.ended_at``, when the engine ended, or
+        where that is unknown at the last time it was seen alive) and frees the instance's GPUs,
+        in the same transaction.
 
         Without ``session`` the move is committed and applied here (the instance, the broker,
         the route, the events' listeners); with one, it is recorded in that transaction and the
         returned function applies it, to be called once the caller has committed."""
-        move = transition(S(inst.state), target, reason)
+        source, target = S(inst.state), move.target
+        step = transition(source, target, move.reason)
         frees_gpus = target not in HOLDS_PROCESS and (
             inst.gpu_ids is not None or self.gpus.inventory.allocation(inst.id) is not None
         )
-        if frees_gpus:
-            changes.update(gpu_ids=None, gpu_memory_gib=None, gpu_since=None)
-        if target is not S.QUEUED and inst.queued_at is not None:
-            changes.update(queued_at=None)
-        source = S(inst.state)
+        changes = move.changes(inst, frees_gpus=frees_gpus)
+        launch = move.launch
 
         async def record(session: AsyncSession) -> list[Event]:
             await self.cluster.fence(session, inst.id)
-            events = [await repo.apply_transition(session, inst, move, **changes)]
+            events = [await repo.apply_transition(session, inst, step, **changes)]
             # The ledger moves with the state, in the same transaction.
-            if target is S.STARTING and opens:
+            if launch is not None and launch.holdings:
                 await usage.open_intervals(
                     session,
                     instance_id=inst.id,
                     instance_name=inst.name,
                     user_id=inst.owner_id,
                     template_id=inst.template_id,
-                    template_version=opens_version,
-                    holdings=opens,
+                    template_version=launch.template_version,
+                    holdings=launch.holdings,
                     at=self.clock(),
                     currency=self.pricebook.currency,
                 )
-            if source in HOLDS_PROCESS and target not in HOLDS_PROCESS:
+            if move.closes_ledger(source):
                 await usage.close_intervals(
-                    session, inst.id, end=ended_at, pricebook=self.pricebook
+                    session, inst.id, end=move.ended_at, pricebook=self.pricebook
                 )
-            for step, data in progress:
-                events.append(
-                    await repo.add_event(session, **self._progress_event(inst, step, data))
-                )
+            for progress in move.progress:
+                events.append(await self._progress_event(session, inst, progress))
             return events
 
         def apply(events: list[Event]) -> None:
-            inst.state, inst.reason = target.value, reason
-            for key, value in changes.items():
-                setattr(inst, key, value)
+            inst.state, inst.reason = target.value, move.reason
+            _apply_changes(inst, changes)
             if target is not S.QUEUED:
                 self.gpus.leave_queue(inst.id)
             if frees_gpus and self.gpus.release(inst.id):
@@ -546,7 +533,7 @@ class Controller:
             for ev in events:
                 self._hub.publish(EventRecord.of(ev))
             log.info(
-                "%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id}
+                "%s → %s: %s", step.source, step.target, move.reason, extra={"instance_id": inst.id}
             )
 
         if session is not None:
@@ -565,13 +552,14 @@ class Controller:
         self._hub.publish(EventRecord.of(ev))
 
     @staticmethod
-    def _progress_event(inst: Instance, step: int, data: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "instance_id": inst.id,
-            "kind": "progress",
-            "message": START_STEPS[step],
-            "data": {"step": step + 1, "steps": len(START_STEPS), **data},
-        }
+    async def _progress_event(session: AsyncSession, inst: Instance, progress: Progress) -> Event:
+        return await repo.add_event(
+            session,
+            instance_id=inst.id,
+            kind="progress",
+            message=progress.message,
+            data=progress.event_data(),
+        )
 
     async def _template_for(self, inst: Instance) -> tuple[Template, int, str]:
         """The template to launch: the loaded file if it is still the same version (so a fixed
@@ -653,23 +641,23 @@ class Controller:
                 f"{template.display.name.en} cannot be placed on this gateway's GPUs: {why.reason}"
             )
             if not can_transition(S(inst.state), S.FAILED):
-                await self._move(inst, S.STARTING, "asking for GPUs")
-            await self._move(inst, S.FAILED, reason)
+                await self._move(inst, Move(S.STARTING, "asking for GPUs"))
+            await self._move(inst, Move(S.FAILED, reason))
             return
         info = self.gpus.queue_info(inst.id)
         if inst.state == S.QUEUED:
             return  # already waiting; the API shows the live position
-        data: dict[str, Any] = {}
+        data: dict[str, object] = {}
         if info is not None:
             data = {"position": info.position, "estimate_s": info.estimate_s}
-        await self._move(
-            inst,
+        queued = Move(
             S.QUEUED,
             why.reason,
-            progress=((0, data),),
+            progress=(Progress(0, data),),
             queued_at=datetime.fromtimestamp(info.since if info else time.time(), UTC),
             queue_priority=priority,
         )
+        await self._move(inst, queued)
 
     async def _launch(self, inst: Instance) -> None:
         """Take GPUs, record "starting" (which opens the ledger), then hand the engine to the
@@ -699,7 +687,7 @@ class Controller:
             return
         applied()
         if problem:
-            await self._move(inst, S.FAILED, problem)
+            await self._move(inst, Move(S.FAILED, problem))
             return
         grant = self.gpus.grant(decision) if decision.gpu_ids else None
         await self._spawn(inst, template, decision, grant)
@@ -715,36 +703,27 @@ class Controller:
     ) -> Callable[[], None]:
         """Record the move to starting with its GPUs in ``session``; return what applies it. An
         engine that cannot be installed (``problem``) opens no ledger: it fails next."""
-        gpu_fields: dict[str, Any] = {}
-        if placement.gpu_ids:
-            gpu_fields = {
-                "gpu_ids": list(placement.gpu_ids),
-                "gpu_memory_gib": placement.memory_gib,
-                "gpu_since": datetime.now(UTC),
-                "placement": placement.explanation,
-            }
-        return await self._move(
-            inst,
+        launch = Launch(
+            generation=inst.generation,
+            template_revision_id=rev_id,
+            template_version=template.version,
+            at=datetime.now(UTC),
+            placement=placement,
+            holdings=() if problem else self._holdings(placement),
+        )
+        starting = Move(
             S.STARTING,
             f"starting {template.display.name.en} {template.version}",
-            session=session,
-            progress=() if problem else ((1, {}), (2, {})),
-            opens=() if problem else self._holdings(placement),
-            opens_version=template.version,
-            launched_generation=inst.generation,
-            template_revision_id=rev_id,
-            started_at=datetime.now(UTC),
-            ready_at=None,
-            exit_code=None,
-            pid=None,  # set when the runtime has the engine: see Situation.spawned
-            **gpu_fields,
+            progress=() if problem else (Progress(1), Progress(2)),
+            launch=launch,
         )
+        return await self._move(inst, starting, session=session)
 
     async def _relaunch(self, inst: Instance) -> None:
         """Hand a recorded start to the runtime: the template and GPUs recorded with it."""
         template, _, problem = await self._template_for(inst)
         if problem:
-            await self._move(inst, S.FAILED, problem, ended_at=self.clock())
+            await self._move(inst, Move(S.FAILED, problem, ended_at=self.clock()))
             return
         gpu_ids = tuple(inst.gpu_ids or ())
         placement = Placement(inst.id, gpu_ids, inst.gpu_memory_gib, inst.placement or "")
@@ -775,9 +754,9 @@ class Controller:
         try:
             work = await self._start_within(spec)
         except PermanentError as exc:
-            await self._move(inst, S.FAILED, exc.message, ended_at=self.clock())
+            await self._move(inst, Move(S.FAILED, exc.message, ended_at=self.clock()))
             return
-        spawned: dict[str, Any] = {
+        spawned: dict[str, object] = {
             "pid": work.pid,
             "endpoint": work.address,
             "spawned_at": work.started_at,
@@ -787,7 +766,7 @@ class Controller:
         async with self._db.write() as session:
             await self.cluster.fence(session, inst.id)
             await repo.set_fields(session, inst.id, pid=work.pid, endpoint=work.address)
-            ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
+            ev = await self._progress_event(session, inst, Progress(3, spawned))
         inst.pid, inst.endpoint = work.pid, work.address
         self._hub.publish(EventRecord.of(ev))
 
@@ -863,7 +842,7 @@ class Controller:
             reason = timeout.reason(template.readiness.timeout_s)  # not what was left of it
             stopped = await self._stop_engine(inst, self._grace(template))
             ended = self._ledger_time(stopped.exited_at) or self.clock()
-            await self._move(inst, S.FAILED, reason, ended_at=ended)
+            await self._move(inst, Move(S.FAILED, reason, ended_at=ended))
         elif woken.done() and not woken.cancelled():
             wake.clear()  # consumed: the next pass re-reads what changed
         elif not ready.cancelled() and ready.exception() is not None:
@@ -871,15 +850,15 @@ class Controller:
 
     async def _mark_running(self, inst: Instance, work: Workload) -> None:
         ready = datetime.now(UTC)
-        await self._move(
-            inst,
+        running = Move(
             S.RUNNING,
             "engine is ready",
-            progress=((4, {"endpoint": work.address}),),
+            progress=(Progress(4, {"endpoint": work.address}),),
             ready_at=ready,
             pid=work.pid,
             endpoint=work.address,
         )
+        await self._move(inst, running)
         if inst.started_at is not None:
             self.metrics.instance_started(
                 inst.template_id, (ready - inst.started_at).total_seconds()
@@ -896,7 +875,7 @@ class Controller:
         # before its GPUs are given to someone else.
         grace = None if work.phase is Phase.EXITED and work.exit_code is None else 0.0
         ended = await self._end_engine(inst, work, grace=grace)
-        await self._move(inst, S.FAILED, reason, ended_at=ended, exit_code=work.exit_code)
+        await self._move(inst, Move(S.FAILED, reason, ended_at=ended, exit_code=work.exit_code))
         await self._event(inst, "exit", reason, exit_code=work.exit_code, log_tail=tail[-4096:])
 
     async def _stop(self, inst: Instance) -> None:
@@ -907,17 +886,17 @@ class Controller:
                 DesiredState.PAUSED: "pausing: stopping the engine, keeping data",
                 DesiredState.RUNNING: "restarting: stopping the engine",
             }[DesiredState(inst.desired_state)]
-            await self._move(inst, S.STOPPING, why)
+            await self._move(inst, Move(S.STOPPING, why))
         # The runtime persists when the engine ended; the next pass closes the ledger there
         # (also when this process is killed in between).
         await self._stop_engine(inst, await self._grace_for(inst))
 
     async def _mark_paused(self, inst: Instance, work: Workload) -> None:
         if inst.state == S.QUEUED:
-            await self._move(inst, S.PAUSED, "left the GPU queue; data kept")
+            await self._move(inst, Move(S.PAUSED, "left the GPU queue; data kept"))
             return
         ended = await self._end_engine(inst, work) if inst.state == S.STOPPING else None
-        await self._move(inst, S.PAUSED, "paused; data kept", ended_at=ended)
+        await self._move(inst, Move(S.PAUSED, "paused; data kept", ended_at=ended))
 
     async def _end_engine(
         self, inst: Instance, work: Workload, *, grace: float | None = None
@@ -955,20 +934,21 @@ class Controller:
     async def _delete(self, inst: Instance, work: Workload) -> None:
         state = S(inst.state)
         if state in (S.STARTING, S.RUNNING):
-            await self._move(inst, S.STOPPING, "stopping to delete")
+            await self._move(inst, Move(S.STOPPING, "stopping to delete"))
             state = S.STOPPING
         if state is S.STOPPING:
             ended = await self._end_engine(inst, work)
-            await self._move(inst, S.PAUSED, "stopped to delete", ended_at=ended)
+            await self._move(inst, Move(S.PAUSED, "stopped to delete", ended_at=ended))
             state = S.PAUSED
         if state is not S.DELETING:
-            await self._move(
-                inst, S.DELETING, "deleting" + (" with data" if inst.delete_data else "")
-            )
+            why = "deleting" + (" with data" if inst.delete_data else "")
+            await self._move(inst, Move(S.DELETING, why))
         await self._runtime.forget(inst.id)
         if inst.delete_data:
             await self._delete_volume(inst)
-        await self._move(inst, S.DELETED, "deleted" + ("" if inst.delete_data else "; data kept"))
+        await self._move(
+            inst, Move(S.DELETED, "deleted" + ("" if inst.delete_data else "; data kept"))
+        )
 
     async def _delete_volume(self, inst: Instance) -> None:
         async with self._db.read() as session:
@@ -983,3 +963,9 @@ class Controller:
             return
         await self._runtime.volumes.delete(volume.user_id, volume.family)
         await self._event(inst, "data", "data deleted")
+
+
+def _apply_changes(inst: Instance, changes: InstanceChanges) -> None:
+    """Set on the loaded ``inst`` what a committed move set in the store."""
+    for key, value in changes.items():
+        setattr(inst, key, value)
