@@ -13,9 +13,14 @@ is logged with its traceback and retried with back-off. Two runtime failures are
 ``start`` that does not return within ``launch_timeout_s`` fails the instance (and the runtime is
 asked to stop whatever it began), and a ``stop`` that fails never lets the instance leave a
 state holding a process (its engine may still run, with its GPUs): the instance keeps stopping,
-says why in its reason and an event, and the stop is retried with doubling back-off. Each periodic job (activity flush, idle
-pauses, budget pauses, resync, storage metering, lease renewal) is its own guarded task, so one
-failing job stops no other.
+says why in its reason and an event, and the stop is retried with doubling back-off. A state move
+is a typed value (:class:`~aigc_gateway.lifecycle.moves.Move`) recorded in one transaction.
+
+The periodic duties (activity flush, idle pauses, budget pauses, resync with the ledger's
+midnight cut, storage metering, quota check, lease renewal) live in
+:mod:`aigc_gateway.lifecycle.duties`; the controller starts each as its own guarded task
+(:class:`~aigc_gateway.lifecycle.guard.Duties`: back-off, metrics), so one failing duty stops no
+other, and cancels them on close.
 
 Several gateway processes may share one database (see :mod:`aigc_gateway.lifecycle.cluster`):
 an actor first takes its instance's lease and ends if another live process holds it; every state
@@ -184,9 +189,9 @@ class Controller:
                 "GPU allocation no longer fits the inventory", extra={"instance_id": dropped}
             )
         await self.resync()
-        self._start_jobs()
+        self._start_duties()
 
-    def _start_jobs(self) -> None:
+    def _start_duties(self) -> None:
         """One guarded task per periodic duty (see :mod:`aigc_gateway.lifecycle.duties`), each
         with its own back-off and metrics, so one failing duty stops no other."""
         every = self._duties.every

@@ -94,8 +94,9 @@ class PrometheusMetrics(Metrics):
         )
         self.job_failures = Counter(
             "aigc_controller_job_failures",
-            "Runs of a periodic controller job (resync, activity, idle, budget, storage) that "
-            "failed; each is retried with back-off, independently of the others.",
+            "Failures of a background duty (the periodic controller jobs: resync, activity, idle, "
+            "budget, storage, quota, leases; the template watch and reload); each is retried with "
+            "back-off, independently of the others.",
             ["job"],
             registry=self.registry,
         )
