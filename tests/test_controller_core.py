@@ -265,12 +265,12 @@ async def test_a_duty_that_always_fails_stops_no_other_and_is_retried_with_back_
         sample = metrics.registry.get_sample_value
         # Each duty took a step after each of its six waits; only the budget's failed.
         for duty in FAKE_TIME_DUTIES:
-            job = {"job": duty}
-            assert sample("aigc_controller_job_steps_total", job) == 6, duty
-            assert sample("aigc_controller_job_duration_seconds_count", job) == 6, duty
-            failures = sample("aigc_controller_job_failures_total", job)
+            job = {"duty": duty}
+            assert sample("aigc_duty_steps_total", job) == 6, duty
+            assert sample("aigc_duty_duration_seconds_count", job) == 6, duty
+            failures = sample("aigc_duty_failures_total", job)
             assert failures == (6 if duty == "budget" else None), duty
-            succeeded = sample("aigc_controller_job_last_success_timestamp_seconds", job)
+            succeeded = sample("aigc_duty_last_success_timestamp_seconds", job)
             assert (succeeded is None) == (duty == "budget"), duty
         assert controller.resyncs == 1 + 6  # crash detection went on
         # The others wait a period; the failing one retries with doubling back-off.

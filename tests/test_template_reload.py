@@ -114,8 +114,8 @@ async def test_a_failed_sighup_reload_is_logged(
             async with asyncio.timeout(30):
                 await tried.wait()
             exposed = (await app.state.gateway.metrics.exposition()).decode()
-            assert 'aigc_controller_job_failures_total{job="template-reload"} 1.0' in exposed
-            assert 'aigc_controller_job_steps_total{job="template-reload"} 1.0' in exposed
+            assert 'aigc_duty_failures_total{duty="template-reload"} 1.0' in exposed
+            assert 'aigc_duty_steps_total{duty="template-reload"} 1.0' in exposed
             assert app.state.gateway.controller.alive  # the app goes on
     finally:
         signal.signal(signal.SIGHUP, previous)

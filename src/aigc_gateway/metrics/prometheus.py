@@ -93,31 +93,31 @@ class PrometheusMetrics(Metrics):
             registry=self.registry,
         )
         self.job_failures = Counter(
-            "aigc_controller_job_failures",
+            "aigc_duty_failures",
             "Failures of a background duty (the periodic controller jobs: resync, activity, idle, "
             "budget, storage, quota, leases; the template watch and reload); each is retried with "
             "back-off, independently of the others.",
-            ["job"],
+            ["duty"],
             registry=self.registry,
         )
         self.job_steps = Counter(
-            "aigc_controller_job_steps",
+            "aigc_duty_steps",
             "Steps of a background duty (the periodic controller jobs, the template watch and "
             "reload), failed ones included.",
-            ["job"],
+            ["duty"],
             registry=self.registry,
         )
         self.job_seconds = Histogram(
-            "aigc_controller_job_duration_seconds",
+            "aigc_duty_duration_seconds",
             "How long a step of a background duty took, failed ones included.",
-            ["job"],
+            ["duty"],
             buckets=JOB_BUCKETS,
             registry=self.registry,
         )
         self.job_last_success = Gauge(
-            "aigc_controller_job_last_success_timestamp_seconds",
+            "aigc_duty_last_success_timestamp_seconds",
             "When a periodic controller job last ran without error (epoch seconds).",
-            ["job"],
+            ["duty"],
             registry=self.registry,
         )
         self._proxy: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
