@@ -238,3 +238,56 @@ async def test_two_gateways_never_book_one_gpu_twice(tmp_path: Path, pg_base_url
                 await b.aclose()
     finally:
         await stop_engines_async(settings)
+
+
+async def test_the_gpu_queue_is_one_queue_across_gateways(tmp_path: Path, pg_base_url: str) -> None:
+    """The card is busy; X queues through one gateway, then Y through the other, the one
+    driving the card's holder. When the holder pauses, the card goes to X, the earlier waiter,
+    though the process that freed it drives Y: one queue in the store's order, not one per
+    process."""
+    url = await create_database(pg_base_url)
+    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
+    token = await add_user(settings, "alice", admin=True)
+    env = {
+        "AIGC_DATABASE_URL": url,
+        "AIGC_LEASE_TTL_S": str(LEASE_TTL_S),
+        "AIGC_GPUS": json.dumps(ONE_CARD),
+    }
+    try:
+        with (
+            bound_socket() as sock_a,
+            bound_socket() as sock_b,
+            gateway_process(data, templates, sock_a, **env) as proc_a,
+            gateway_process(data, templates, sock_b, **env) as proc_b,
+        ):
+            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
+            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
+            by_pid = {proc_a.pid: a, proc_b.pid: b}
+
+            async def driver(instance_id: str) -> Api:
+                holder = await _lease_holder(url, instance_id)
+                assert holder is not None
+                return by_pid[int(holder.split(":")[-2])]
+
+            try:
+                z = await a.create("tiny-gpu-any", name="z")
+                await a.wait_state(z["id"], "running")
+                frees = await driver(z["id"])
+                other = b if frees is a else a
+                x = await other.create("tiny-gpu-any", name="x")
+                await other.wait_state(x["id"], "queued")
+                y = await frees.create("tiny-gpu-any", name="y")
+                await frees.wait_state(y["id"], "queued")
+                assert await driver(x["id"]) is other and await driver(y["id"]) is frees
+                await frees.act(z["id"], "pause")
+                ran = await other.wait_state(x["id"], "running")
+                assert ran["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+                assert (await frees.get(y["id"]))["state"] == "queued"
+                await other.act(x["id"], "pause")  # then Y's turn
+                await frees.wait_state(y["id"], "running")
+            finally:
+                await a.aclose()
+                await b.aclose()
+    finally:
+        await stop_engines_async(settings)

@@ -141,6 +141,43 @@ def test_a_request_waits_then_starts_automatically_on_release() -> None:
     assert info is not None and info.estimate_s == 600.0
 
 
+def test_another_process_s_earlier_waiter_keeps_its_turn() -> None:
+    """Waiters another gateway process drives are in this queue too, in their place: a card
+    freed here is left for the earlier of them (named in ``elsewhere``), never started here,
+    and nobody here behind it takes it; once it has left the store's queue, the next is ours."""
+    clock = Clock()
+    b = broker(gpu("g1"), gpu("g2", "a100", 80), clock=clock)
+    assert isinstance(b.acquire(whole("holder", "rtx4090")), Placement)
+    b.sync_queue([Queued(whole("theirs", "rtx4090"), 0, clock.now - 5)])
+    ours = b.acquire(whole("ours", "rtx4090"))
+    assert not isinstance(ours, Placement) and b.queue.position("ours") == 2
+    assert b.release("holder")
+    admitted = b.admit()
+    assert admitted.placed == [] and admitted.elsewhere == ["theirs"]
+    assert b.queue.position("theirs") == 1  # still waiting here, in its place
+    assert b.inventory.allocation("theirs") is None and b.inventory.allocation("ours") is None
+    # A newcomer for any card still backfills the one nobody ahead of it accepts.
+    assert isinstance(b.acquire(whole("any-a100", "a100")), Placement)
+    # Their process started it (the store says so): it leaves this queue; our turn.
+    b.sync_held([Held("theirs", ("g1",), None, clock.now, "")])
+    b.sync_queue([])
+    b.sync_held([])  # and released it again
+    assert [p.instance_id for p in b.admit().placed] == ["ours"]
+
+
+def test_a_waiter_taken_over_by_another_process_is_handed_over() -> None:
+    """An instance admitted here (a reservation not yet recorded) whose lease another process
+    took: the sync gives its cards up and keeps it in the queue as theirs."""
+    b = broker(gpu("g1"))
+    assert isinstance(b.acquire(whole("a")), Placement)
+    assert not isinstance(b.acquire(whole("b")), Placement)
+    b.release("a")
+    assert [p.instance_id for p in b.admit().placed] == ["b"]
+    b.sync_queue([Queued(whole("b"), 0, 1.0)])
+    assert b.inventory.allocation("b") is None and b.waits_elsewhere("b")
+    assert b.admit().elsewhere == ["b"]
+
+
 def test_a_newcomer_does_not_jump_a_waiting_competitor_but_may_backfill() -> None:
     b = broker(gpu("g1"), gpu("g2", "a100", 80))
     assert isinstance(b.acquire(whole("holder", "rtx4090")), Placement)

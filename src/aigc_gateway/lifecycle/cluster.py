@@ -136,6 +136,11 @@ class Cluster:
             taken = await leases.holders(session, self._now())
         return [i for i in instance_ids if taken.get(i, self.holder) == self.holder]
 
+    async def driven_elsewhere(self, session: AsyncSession) -> set[str]:
+        """In ``session``: the instances whose unexpired lease another process holds."""
+        taken = await leases.holders(session, self._now())
+        return {i for i, holder in taken.items() if holder != self.holder}
+
     # -- notices --------------------------------------------------------------------------------
 
     def announce(self, topic: str, subject: str = "") -> None:

@@ -309,6 +309,8 @@ class Controller:
             self.kick(placement.instance_id)
         for refused in admission.never:
             self.kick(refused.instance_id)  # its launch finds it can never fit, and fails it
+        if admission.elsewhere:
+            self.cluster.announce("gpus")  # an earlier waiter's turn, in another process
 
     # -- notices from the other gateway processes ----------------------------------------------
 
@@ -351,6 +353,8 @@ class Controller:
             self.routes.remove(instance_id, announce=False)
         else:
             self.routes.put(Route.of(inst), announce=False)
+        if self.gpus.waits_elsewhere(instance_id):  # it started or left: the queue moved on
+            await self._gpus_freed()
 
     async def _heard_event(self, subject: str) -> None:
         """Another process recorded an event: hand it to the listeners here, if any."""
@@ -637,6 +641,29 @@ class Controller:
             if inst.gpu_ids
         ]
         self.gpus.sync_held(held)
+        if self.cluster.shared:
+            self.gpus.sync_queue(await self._queued_elsewhere(session))
+
+    async def _queued_elsewhere(self, session: AsyncSession) -> list[Queued]:
+        """The store's waiters for GPUs that other gateway processes drive, with their place
+        (priority, time queued): this process queues behind them, never starts them."""
+        elsewhere = await self.cluster.driven_elsewhere(session)
+        if not elsewhere:
+            return []
+        waiting = await session.scalars(
+            select(Instance).where(
+                Instance.id.in_(elsewhere),
+                Instance.state == S.QUEUED.value,
+                Instance.desired_state == DesiredState.RUNNING.value,
+            )
+        )
+        queued = []
+        for inst in waiting:
+            request = await self._gpu_request(inst)
+            if request is not None:
+                since = (inst.queued_at or inst.updated_at).timestamp()
+                queued.append(Queued(request, inst.queue_priority, since))
+        return queued
 
     async def _refuse_or_queue(
         self, inst: Instance, template: Template, why: Unplaceable, priority: int

@@ -83,6 +83,9 @@ class GpuBroker:
         self._why: dict[str, str] = {}
         self._reserved: set[str] = set()
         """Allocated here, not yet seen recorded in the store (see :meth:`sync_held`)."""
+        self._elsewhere: set[str] = set()
+        """Queue entries of instances another gateway process drives (see :meth:`sync_queue`):
+        they keep their place, so nobody here overtakes them, but are never started here."""
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -102,6 +105,10 @@ class GpuBroker:
         if not self._gpus:
             return "this gateway has no GPU (CPU templates only)"
         return self.inventory.never_reason(request)
+
+    def waits_elsewhere(self, instance_id: str) -> bool:
+        """Whether ``instance_id`` is in the queue as another process's waiter."""
+        return instance_id in self._elsewhere
 
     def queue_info(self, instance_id: str) -> QueueInfo | None:
         ordered = self.queue.ordered()
@@ -182,6 +189,24 @@ class GpuBroker:
             self._since[a.instance_id] = since.get(a.instance_id, self._clock())
             self._why[a.instance_id] = why.get(a.instance_id, "")
 
+    def sync_queue(self, elsewhere: Iterable[Queued]) -> None:
+        """Make the queue's entries of instances other processes drive exactly ``elsewhere``
+        (read from the store): one queue in the order of the store's ``(priority, queued_at)``
+        across every gateway, so a process that frees a card never hands it to its own
+        later waiter ahead of an earlier one waiting through another process. An instance
+        this process waited for or reserved and another now drives is handed over (its
+        reservation here is dropped)."""
+        entries = {q.request.instance_id: q for q in elsewhere}
+        for gone in self._elsewhere - entries.keys():
+            self.queue.remove(gone)
+        for iid, q in entries.items():
+            if iid not in self._elsewhere:
+                self.queue.remove(iid)
+                if iid in self._reserved:
+                    self.release(iid)
+            self.queue.add(q.request, priority=q.priority, at=q.since)
+        self._elsewhere = set(entries)
+
     def acquire(self, request: Request, *, priority: int = 0) -> Placement | Unplaceable:
         """GPUs for ``request`` now, or why not. ``not_now`` means it waits in the queue (it
         keeps its place across calls); :meth:`admit` places it when capacity frees up."""
@@ -221,14 +246,29 @@ class GpuBroker:
         return True
 
     def admit(self) -> Admission:
-        """Place waiting requests that fit now, in queue order."""
+        """Place waiting requests that fit now, in queue order. An entry another process
+        drives that would be placed is not: the cards stay free for it (nobody here behind it
+        takes them), it keeps its place, and :attr:`Admission.elsewhere` names it, for its
+        process to be told."""
+        entries = {e.instance_id: e for e in self.queue.ordered()}
         admission = self.queue.admit(self.inventory)
         now = self._clock()
+        placed, elsewhere = [], []
         for placement in admission.placed:
-            self._reserved.add(placement.instance_id)
-            self._since[placement.instance_id] = now
-            self._why[placement.instance_id] = placement.explanation
-        return admission
+            iid = placement.instance_id
+            if iid in self._elsewhere:
+                self.inventory.release(iid)
+                entry = entries[iid]
+                self.queue.add(entry.request, priority=entry.priority, at=entry.enqueued_at)
+                elsewhere.append(iid)
+                continue
+            placed.append(placement)
+            self._reserved.add(iid)
+            self._since[iid] = now
+            self._why[iid] = placement.explanation
+        never = [u for u in admission.never if u.instance_id not in self._elsewhere]
+        self._elsewhere -= {u.instance_id for u in admission.never}
+        return Admission(placed, never, elsewhere)
 
     def set_cordon(self, gpu_id: str, mode: str | None) -> None:
         """Cordon (``cordon``/``drain``) or uncordon (None) a card; allocations stay."""

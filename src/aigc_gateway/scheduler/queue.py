@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from aigc_gateway.scheduler.placement import Inventory, Placement, Request, Unplaceable, place
 
@@ -50,6 +50,9 @@ class Admission:
     never: list[Unplaceable]
     """Entries that can no longer fit anywhere (cards were removed or cordoned): the caller
     fails them with the reason instead of letting them wait forever."""
+    elsewhere: list[str] = field(default_factory=list)
+    """Instances another gateway process drives whose turn it is: the cards that fit them were
+    left free; their process starts them."""
 
 
 class WaitQueue:
