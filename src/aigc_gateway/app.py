@@ -54,12 +54,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
     app.state.gateway = gw
+    app.state.proxy_ports = gw.proxy  # all the proxy sees of the gateway
     app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
     live = app.state.live_sockets = (
         LiveSockets()
     )  # WebSockets, event streams: closed when access ends
-    gw.access_cache.on_clear(lambda: live.check_soon(gw))
-    rechecks = asyncio.create_task(live.every(gw, LIVE_SOCKET_CHECK_S), name="websocket-access")
+    gw.access_cache.on_clear(live.check_soon)
+    rechecks = asyncio.create_task(live.every(LIVE_SOCKET_CHECK_S), name="websocket-access")
     await gw.controller.start()
     watcher = asyncio.create_task(
         gw.registry.watch() if settings.watch_templates else asyncio.Event().wait(),

@@ -11,11 +11,13 @@ import httpx
 from itsdangerous import URLSafeTimedSerializer
 
 from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, load_pricebook
-from aigc_gateway.accounts.access_cache import AccessCache
+from aigc_gateway.accounts.access_cache import AccessCache, Allowed
 from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
+from aigc_gateway.accounts.proxy_access import ProxyAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
+from aigc_gateway.auth.principal import Principal, Via
 from aigc_gateway.errors import UserError
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
@@ -27,8 +29,9 @@ from aigc_gateway.lifecycle.files import FileService
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.reports import UsageReports
-from aigc_gateway.lifecycle.service import InstanceService
+from aigc_gateway.lifecycle.service import Action, InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
+from aigc_gateway.proxy.ports import ProxyPorts, ProxySettings
 from aigc_gateway.runtime.base import Isolation, Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
@@ -78,6 +81,8 @@ class Gateway:
     """Usage and cost reports from the ledger."""
     cluster: Cluster
     """This process among the gateways sharing the store: its leases and notices."""
+    proxy: ProxyPorts
+    """The narrow view of these parts the instance proxy is given (it never sees the rest)."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -85,6 +90,24 @@ class Gateway:
         await self.http.aclose()
         await self.upstream.close()
         await self.db.close()
+
+
+class _Waker:
+    """The proxy's ``Waker`` port: wake-on-request resumes through the instance service, as the
+    user the instance cookie or session belongs to."""
+
+    def __init__(self, instances: InstanceService) -> None:
+        self._instances = instances
+
+    async def resume(self, who: Allowed, instance_id: str) -> str:
+        principal = Principal(
+            user_id=who.user_id,
+            name=who.user_name,
+            is_admin=who.is_admin,
+            team_ids=who.team_ids,
+            via=Via.INSTANCE_COOKIE,
+        )
+        return (await self._instances.act(principal, instance_id, Action.RESUME)).state
 
 
 def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
@@ -232,6 +255,19 @@ async def open_gateway(
             ),
             http,
         )
+    accounts = AccountService(db=db, settings=settings, on_access_change=access_changed)
+    instance_access = InstanceAccess(db=db, settings=settings)
+    upstream = EngineSessions()
+    proxy = ProxyPorts(
+        settings=ProxySettings.of(settings),
+        routes=controller.routes,
+        templates=registry,
+        access=ProxyAccess(db=db, cache=access_cache, accounts=accounts, idle=instance_access.idle),
+        activity=controller.activity,
+        metrics=metrics,
+        upstream=upstream,
+        waker=_Waker(service),
+    )
     return Gateway(
         settings=settings,
         db=db,
@@ -240,13 +276,13 @@ async def open_gateway(
         hub=hub,
         controller=controller,
         instances=service,
-        accounts=AccountService(db=db, settings=settings, on_access_change=access_changed),
+        accounts=accounts,
         admin=AdminService(db=db, on_access_change=access_changed),
-        instance_access=InstanceAccess(db=db, settings=settings),
+        instance_access=instance_access,
         signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
         oidc=oidc,
         http=http,
-        upstream=EngineSessions(),
+        upstream=upstream,
         access_cache=access_cache,
         gpus=gpus,
         budgets=budgets,
@@ -257,4 +293,5 @@ async def open_gateway(
         files=FileService(db=db, registry=registry, volumes=runtime.volumes),
         reports=UsageReports(db=db, pricebook=pricebook),
         cluster=cluster,
+        proxy=proxy,
     )
