@@ -52,7 +52,9 @@ LIVE_SOCKET_CHECK_S = 60.0
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
+    gw = await open_gateway(
+        settings, ledger_clock=app.state.ledger_clock, migrate=not app.state.migrated
+    )
     app.state.gateway = gw
     app.state.proxy_ports = gw.proxy  # all the proxy sees of the gateway
     app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
@@ -110,9 +112,14 @@ class GatewayApp(FastAPI):
 
 
 def create_app(
-    settings: Settings, *, ledger_clock: Callable[[], datetime] | None = None
+    settings: Settings,
+    *,
+    ledger_clock: Callable[[], datetime] | None = None,
+    migrated: bool = False,
 ) -> FastAPI:
-    """The app; ``ledger_clock`` replaces the time the usage ledger records (tests)."""
+    """The app; ``ledger_clock`` replaces the time the usage ledger records (tests).
+    ``migrated``: the store was migrated by this start already (``serve``'s bootstrap); the
+    lifespan then does not migrate it again."""
     app = GatewayApp(
         title="AIGC Gateway",
         version=__version__,
@@ -121,6 +128,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ledger_clock = ledger_clock
+    app.state.migrated = migrated
     app.add_middleware(LanguageMiddleware)  # the gateway's pages in the visitor's language
     api_errors.install(app, not_found_page=dashboard.not_found_page)
     app.include_router(health.router)

@@ -170,13 +170,16 @@ async def open_gateway(
     ledger_clock: Callable[[], datetime] | None = None,
     runtime: Runtime | None = None,
     sleep: Sleep | None = None,
+    migrate: bool = True,
 ) -> Gateway:
     """Open every part. Tests replace some: ``ledger_clock`` the time the usage ledger
     records, ``runtime`` the one the settings pick (a fake for a failure mode), ``sleep`` how the
-    controller's loops wait (fake time)."""
+    controller's loops wait (fake time). ``migrate`` False: this start has migrated the store
+    already (``serve`` runs ``bootstrap`` first), so it is not done twice."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
-    await db.migrate()
+    if migrate:
+        await db.migrate()
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
     runtime = runtime or make_runtime(settings)
