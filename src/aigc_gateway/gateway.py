@@ -29,6 +29,7 @@ from aigc_gateway.lifecycle.files import FileService
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.reports import UsageReports
+from aigc_gateway.lifecycle.routes import RouteTable
 from aigc_gateway.lifecycle.service import Action, InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.proxy.ports import ProxyPorts, ProxySettings
@@ -199,10 +200,11 @@ async def open_gateway(
     for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}):
         log.warning("price book: %s", problem)
     budgets = Budgets(db, pricebook, clock=lambda: controller.clock())
-    # The metrics read the controller's route table at each scrape (the controller reports to them).
-    metrics = PrometheusMetrics(
-        routes=lambda: controller.routes.all(), gpus=gpus, templates=registry, db=db
-    )
+    # The route table, made before its users: the controller is its one writer (the instance
+    # service asks it to, through route_changed); the metrics (at each scrape) and the proxy
+    # only read it.
+    routes = RouteTable()
+    metrics = PrometheusMetrics(routes=routes.all, gpus=gpus, templates=registry, db=db)
     controller = Controller(
         db=db,
         runtime=runtime,
@@ -220,6 +222,7 @@ async def open_gateway(
         metrics=metrics,
         sleep=sleep,
         cluster=cluster,
+        routes=routes,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
     # Access changed here: drop the decisions cached here, and tell the other processes.
@@ -263,7 +266,7 @@ async def open_gateway(
     upstream = EngineSessions()
     proxy = ProxyPorts(
         settings=ProxySettings.of(settings),
-        routes=controller.routes,
+        routes=routes,
         templates=registry,
         access=ProxyAccess(db=db, cache=access_cache, accounts=accounts, idle=instance_access.idle),
         activity=controller.activity,

@@ -218,6 +218,12 @@ class Controller:
         except GatewayError as exc:  # the leases expire on their own
             log.warning("could not give the leases back: %s", exc.message)
 
+    def route_changed(self, inst: Instance) -> None:
+        """``inst`` was changed in the store by a user's action (created, renamed, resumed…):
+        put its route here, and announce it to the other processes. The controller is the route
+        table's one writer; everyone else reads it or calls this."""
+        self.routes.put(Route.of(inst))
+
     def kick(self, instance_id: str, *, forward: bool = True) -> None:
         """Ask for ``instance_id`` to be reconciled now (cheap, idempotent). When this process
         does not hold its lease, the others are told too (``forward``), so its holder hears."""
