@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 from itsdangerous import URLSafeTimedSerializer
@@ -18,6 +18,7 @@ from aigc_gateway.accounts.proxy_access import ProxyAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
 from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.domain.clock import Clock, wall_clock
 from aigc_gateway.errors import UserError
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
@@ -82,6 +83,9 @@ class Gateway:
     """Usage and cost reports from the ledger."""
     cluster: Cluster
     """This process among the gateways sharing the store: its leases and notices."""
+    clock: Clock
+    """Domain time: the one "now" of the ledger, the spending limits and the reports (the
+    controller's and the budgets' clock are this same function)."""
     proxy: ProxyPorts
     """The narrow view of these parts the instance proxy is given (it never sees the rest)."""
 
@@ -111,10 +115,10 @@ class _Waker:
         return (await self._instances.act(principal, instance_id, Action.RESUME)).state
 
 
-def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
-    """GPU types of the inventory the price book has no price for (they would bill 0)."""
+def unpriced_gpu_types(pricebook: PriceBook, types: set[str], now: datetime) -> list[str]:
+    """GPU types of the inventory the price book has no price for at ``now`` (they would bill
+    0)."""
     problems = []
-    now = datetime.now(UTC)
     for gpu_type in sorted(types):
         for use in (
             ResourceUse(kind="gpu", gpu_type=gpu_type, gpu_count=1),
@@ -177,6 +181,9 @@ async def open_gateway(
     records, ``runtime`` the one the settings pick (a fake for a failure mode), ``sleep`` how the
     controller's loops wait (fake time). ``migrate`` False: this start has migrated the store
     already (``serve`` runs ``bootstrap`` first), so it is not done twice."""
+    # Domain time first: every part that reads "now" for the ledger, limits or reports is given
+    # this one clock (a test's fake, or the wall clock).
+    clock: Clock = ledger_clock or wall_clock
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
     if migrate:
@@ -196,10 +203,9 @@ async def open_gateway(
     inventory, gpu_note = build_inventory(settings, discovery)
     gpus = GpuBroker(inventory.gpus, gpu_note)
     pricebook = load_pricebook(settings.pricebook) if settings.pricebook else PriceBook.default()
-    # The budgets read time from the controller's clock (one clock for the ledger and limits).
-    for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}):
+    for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}, clock()):
         log.warning("price book: %s", problem)
-    budgets = Budgets(db, pricebook, clock=lambda: controller.clock())
+    budgets = Budgets(db, pricebook, clock=clock)
     # The route table, made before its users: the controller is its one writer (the instance
     # service asks it to, through route_changed); the metrics (at each scrape) and the proxy
     # only read it.
@@ -218,7 +224,7 @@ async def open_gateway(
         gpus=gpus,
         pricebook=pricebook,
         over_budget=budgets.over_hard_to_pause,
-        clock=ledger_clock,
+        clock=clock,
         metrics=metrics,
         sleep=sleep,
         cluster=cluster,
@@ -299,5 +305,6 @@ async def open_gateway(
         files=FileService(db=db, registry=registry, volumes=runtime.volumes),
         reports=UsageReports(db=db, pricebook=pricebook),
         cluster=cluster,
+        clock=clock,
         proxy=proxy,
     )

@@ -37,6 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.accounting import PriceBook
+from aigc_gateway.domain.clock import wall_clock
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import (
     HOLDS_PROCESS,
@@ -113,9 +114,9 @@ class Controller:
         self._over_budget = over_budget
         """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
         self.metrics = metrics or Metrics()
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        """The time the ledger records (tests give a fake clock)."""
-        self._real_clock = clock is None
+        self.clock: Callable[[], datetime] = clock or wall_clock
+        """The time the ledger records: the composition root's one clock (tests: a fake)."""
+        self._real_clock = self.clock is wall_clock
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
