@@ -282,10 +282,10 @@ async def test_one_failing_job_stops_no_other(
         assert time.waits["controller-job-budget"] == [0.3, 4.0, 0.3, 0.6]
         assert budgets.calls == 3
         exposed = (await metrics.exposition()).decode()
-        assert 'aigc_controller_job_failures_total{job="budget"} 3.0' in exposed
-        assert 'aigc_controller_job_failures_total{job="resync"}' not in exposed
-        assert 'aigc_controller_job_last_success_timestamp_seconds{job="resync"}' in exposed
-        assert 'aigc_controller_job_last_success_timestamp_seconds{job="budget"}' not in exposed
+        assert 'aigc_duty_failures_total{duty="budget"} 3.0' in exposed
+        assert 'aigc_duty_failures_total{duty="resync"}' not in exposed
+        assert 'aigc_duty_last_success_timestamp_seconds{duty="resync"}' in exposed
+        assert 'aigc_duty_last_success_timestamp_seconds{duty="budget"}' not in exposed
     finally:
         await controller.close()
         await runtime.close()

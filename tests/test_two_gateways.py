@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -60,12 +61,14 @@ async def test_two_gateways_share_instances_and_take_over_a_killed_one(
                 await a.wait_state(inst["id"], "paused")
                 await b.act(inst["id"], "resume")
                 await a.wait_state(inst["id"], "running")
+                await _race(a, b, inst["id"])
                 await _revoked_through_a_closes_b(a, b, inst["id"], bob_token)
                 holder = await _lease_holder(url, inst["id"])
                 assert holder is not None
                 pid = int(holder.split(":")[-2])
                 assert pid in (proc_a.pid, proc_b.pid)
                 killed, survivor = (proc_a, b) if pid == proc_a.pid else (proc_b, a)
+                killed_at = datetime.now(UTC)
                 killed.kill()  # SIGKILL: its leases are never given back, they expire
                 killed.wait(10)
                 # The survivor takes the instance over and drives it: pause and resume work.
@@ -82,11 +85,57 @@ async def test_two_gateways_share_instances_and_take_over_a_killed_one(
                     assert before == after, moves
                 await survivor.client.delete(f"/api/instances/{inst['id']}")
                 await survivor.wait_state(inst["id"], "deleted")
+                starts = sum(1 for _, to in moves if to == "starting")
+                await _ledger_unbroken(url, inst["id"], starts=starts, across=killed_at)
             finally:
                 await a.aclose()
                 await b.aclose()
     finally:
         await stop_engines_async(settings)
+
+
+async def _ledger_unbroken(url: str, instance_id: str, *, starts: int, across: datetime) -> None:
+    """The instance's ledger: one run of rows per start (rows of one run are joined end to
+    start, cut only at midnight), all closed, none overlapping, and the run during which the
+    lease holder was killed covers that instant: the takeover lost no second of usage."""
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await conn.fetch(
+            "SELECT start_at, end_at, closed_by, duration_ms FROM usage_intervals"
+            " WHERE instance_id = $1 AND resource <> 'storage' ORDER BY start_at, id",
+            instance_id,
+        )
+    finally:
+        await conn.close()
+    assert rows and all(r["end_at"] is not None for r in rows), rows
+    runs: list[tuple[datetime, datetime]] = []
+    for r in rows:
+        start, end = r["start_at"], r["end_at"]
+        assert end >= start and r["duration_ms"] == round((end - start).total_seconds() * 1000)
+        if runs and start < runs[-1][1]:
+            raise AssertionError(f"ledger rows overlap: {rows}")
+        if runs and start == runs[-1][1] and r["closed_by"] != "correction":
+            runs[-1] = (runs[-1][0], end)  # a midnight cut: the same run goes on
+        else:
+            runs.append((start, end))
+    assert len(runs) == starts, (runs, starts)
+    assert any(start < across < end for start, end in runs), (runs, across)
+
+
+async def _race(a: Api, b: Api, instance_id: str) -> None:
+    """Pauses and resumes sent through both gateways at once, twice over: each is taken or
+    refused (409), and the instance settles running. Whether both processes tried to drive it
+    shows in its history, which the caller checks is one chain of legal moves."""
+    actions = ["pause", "resume"] * 4
+    answers = await asyncio.gather(
+        *(
+            (a if n % 2 else b).client.post(f"/api/instances/{instance_id}/{action}")
+            for n, action in enumerate(actions)
+        )
+    )
+    assert all(r.status_code in (202, 409) for r in answers), [r.text for r in answers]
+    await b.act(instance_id, "resume")
+    await a.wait_state(instance_id, "running")
 
 
 REVOKE_SEEN_S = 2.0

@@ -34,7 +34,9 @@ from aigc_gateway.api import (
 )
 from aigc_gateway.api import errors as api_errors
 from aigc_gateway.gateway import open_gateway
-from aigc_gateway.lifecycle.guard import guarded
+from aigc_gateway.lifecycle.duties import Poke, TemplateReload, TemplateWatch
+from aigc_gateway.lifecycle.guard import Backoff, Duties, Sleep
+from aigc_gateway.metrics import Metrics
 from aigc_gateway.proxy.asgi import InstanceProxy
 from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamPool
@@ -64,37 +66,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gw.access_cache.on_clear(live.check_soon)
     rechecks = asyncio.create_task(live.every(LIVE_SOCKET_CHECK_S), name="websocket-access")
     await gw.controller.start()
-    watcher = asyncio.create_task(
-        gw.registry.watch() if settings.watch_templates else asyncio.Event().wait(),
-        name="template-watch",
-    )
+    reloads, sighup = template_duties(gw.registry, gw.metrics, watch=settings.watch_templates)
     loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[None]] = set()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, reload_templates, gw.registry, reloads)
+        loop.add_signal_handler(signal.SIGHUP, sighup.set)
     try:
         yield
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
-        for task in (watcher, rechecks, *reloads):
-            task.cancel()
-        await asyncio.gather(watcher, rechecks, *reloads, return_exceptions=True)
+        rechecks.cancel()
+        await asyncio.gather(reloads.close(), rechecks, return_exceptions=True)
         live.close()
         app.state.engine_pool.close()
         await gw.close()
 
 
-def reload_templates(registry: TemplateRegistry, tracked: set[asyncio.Task[None]]) -> None:
-    """Re-read the template folder in a guarded task (SIGHUP): a failure is logged with its
-    traceback; the task stays in ``tracked`` until it ends, so shutdown can cancel it."""
-    task = guarded("template-reload", _reload(registry))
-    tracked.add(task)
-    task.add_done_callback(tracked.discard)
-
-
-async def _reload(registry: TemplateRegistry) -> None:
-    await registry.reload()
+def template_duties(
+    registry: TemplateRegistry, metrics: Metrics, *, watch: bool, sleep: Sleep = asyncio.sleep
+) -> tuple[Duties, Poke]:
+    """Start the template duties of ``registry``: ``template-reload``, a reload each time the
+    returned :class:`Poke` is set (SIGHUP), and, when ``watch``, ``template-watch``, a reload at
+    each change in the folder. Both are guarded duties: measured, a failure logged and retried
+    with back-off on ``sleep`` (the retry reloads first, so no change is lost), never ending
+    the app. Closing the returned duties ends them (and the folder watch)."""
+    started = Duties(metrics=metrics, sleep=sleep)
+    reload = TemplateReload(registry).step
+    poke = Poke()
+    started.start("template-reload", reload, trigger=poke, backoff=Backoff(first=1.0, most=60.0))
+    if watch:
+        folder = TemplateWatch(registry.directory)
+        started.start(
+            "template-watch", reload, trigger=folder, backoff=Backoff(first=1.0, most=60.0)
+        )
+    return started, poke
 
 
 class GatewayApp(FastAPI):

@@ -119,6 +119,13 @@ class InstanceAccess:
             )
         return cookie, safe_next(next_path)
 
+    async def decide(self, *, instance_id: str, owner_id: str, cookie: str | None) -> Decision:
+        """:func:`decide_cookie` with this gateway's store and session idle timeout: what the
+        instance host's own endpoints (``/_aigc/...``) ask."""
+        return await decide_cookie(
+            self._db, instance_id=instance_id, owner_id=owner_id, cookie=cookie, idle=self._idle
+        )
+
     async def forward(self, host: str, cookie: str | None) -> ForwardDecision:
         """Decide one request for an instance host (the forward-auth endpoint's core)."""
         slug = instance_slug(host, self._apps_domain)

@@ -1,8 +1,8 @@
 """The dashboard: server-rendered pages for users, the language switch, static files, and the
 helpers the admin pages (``dashboard_admin``) share.
 
-Pages read the store and services here and hand plain data (``web.views``) to the templates;
-most changes are made by the pages' script through the JSON API. The GPU page's buttons are plain
+Pages call the services (never the store: the import contract ``api``) and hand plain data
+(``web.views``) to the templates; most changes are made by the pages' script through the JSON API. The GPU page's buttons are plain
 forms (with the CSRF token) that redirect back with a notice. Each list is one query.
 Not signed in: 303 to the sign-in page; admin pages answer non-admins with a 403 page.
 """
@@ -23,10 +23,10 @@ from aigc_gateway.api.deps import GatewayDep, MaybeUser, optional_principal
 from aigc_gateway.api.schemas import InstancePublic, instance_actions
 from aigc_gateway.auth.principal import Principal
 from aigc_gateway.domain.hosts import safe_next
+from aigc_gateway.domain.instances import InstanceView
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.gateway import Gateway
 from aigc_gateway.lifecycle.storage import StorageUse
-from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate
 from aigc_gateway.web import costs
 from aigc_gateway.web import views as v
@@ -156,7 +156,7 @@ def template_card(loaded: LoadedTemplate, lang: str) -> v.TemplateCard:
 
 
 async def _cards(
-    gw: Gateway, who: Principal, instances: Sequence[Instance], lang: str
+    gw: Gateway, who: Principal, instances: Sequence[InstanceView], lang: str
 ) -> list[v.InstanceCard]:
     """Instance cards: the newest event ids, the owners' names and the shares, one query each."""
     facts = await gw.instances.card_facts(who, instances)
@@ -172,7 +172,7 @@ async def _cards(
     ]
 
 
-def _gpu_parts(gw: Gateway, inst: Instance, usage: dict[int, int]) -> dict[str, Any]:
+def _gpu_parts(gw: Gateway, inst: InstanceView, usage: dict[int, int]) -> dict[str, Any]:
     """The card's GPUs and queue place, as the API reports them."""
     public = InstancePublic.of(inst, gw.settings, gw.gpus, usage)
     gpu, queue = public.gpu, public.queue
@@ -192,7 +192,7 @@ def _gpu_parts(gw: Gateway, inst: Instance, usage: dict[int, int]) -> dict[str, 
 def _card(
     gw: Gateway,
     who: Principal,
-    inst: Instance,
+    inst: InstanceView,
     lang: str,
     after: dict[str, int],
     owner_names: dict[str, str],

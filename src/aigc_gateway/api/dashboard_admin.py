@@ -205,9 +205,7 @@ async def admin_health(request: Request, gw: GatewayDep, who: MaybeUser) -> Resp
         v.HealthCheck(
             "admin.health.runtime", runtime_dir.is_dir(), f"{gw.runtime.name}: {runtime_dir}"
         ),
-        v.HealthCheck(
-            "admin.health.store", store_ok, gw.db.engine.url.render_as_string(hide_password=True)
-        ),
+        v.HealthCheck("admin.health.store", store_ok, gw.db.display_url),
         v.HealthCheck(
             "admin.health.controller",
             gw.controller.alive,
@@ -266,7 +264,8 @@ async def admin_gpus(
     if isinstance(viewer, Response):
         return viewer
     t = translator(viewer.lang)
-    inventory = await gpu_inventory(gw, describe=lambda r: _wants(t, r))
+    assert who is not None
+    inventory = await gpu_inventory(gw, who, describe=lambda r: _wants(t, r))
     notice = ""
     if done in CORDON_DONE and gw.gpus.gpu(gpu) is not None:
         notice = t(CORDON_DONE[done], gpu=gpu, n=moved)

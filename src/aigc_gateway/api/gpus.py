@@ -10,14 +10,13 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
-from aigc_gateway.auth.principal import require_admin
+from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.gateway import Gateway
 from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.lifecycle.service import InstanceLabel
 from aigc_gateway.scheduler import Gpu, Request, Waiting
-from aigc_gateway.store.tables import Instance, User
 
 router = APIRouter(prefix="/api/gpus", tags=["gpus"])
 
@@ -79,6 +78,9 @@ class CordonResult(BaseModel):
     """Instances restarted elsewhere (drain)."""
 
 
+UNKNOWN = InstanceLabel(name="?", owner="?", pid=None)
+"""For an instance the store no longer has (deleted meanwhile)."""
+
 Describe = Callable[[Request], str]
 """Puts a queued request into words (the dashboard passes one in the page's language)."""
 
@@ -92,27 +94,29 @@ def describe_request(r: Request) -> str:
 @router.get("")
 async def list_gpus(gw: GatewayDep, who: CurrentUser) -> GpuInventory:
     require_admin(who)
-    return await gpu_inventory(gw)
+    return await gpu_inventory(gw, who)
 
 
-async def gpu_inventory(gw: Gateway, *, describe: Describe = describe_request) -> GpuInventory:
-    """Every card with what holds it, and the queue: for the API and the admin GPU page.
-    Callers check that the viewer is an administrator."""
+async def gpu_inventory(
+    gw: Gateway, who: Principal, *, describe: Describe = describe_request
+) -> GpuInventory:
+    """Every card with what holds it, and the queue: for the API and the admin GPU page
+    (administrators only: the service refuses anyone else)."""
     broker = gw.gpus
     inv = broker.inventory
     entries = broker.queue.ordered()
     ids = {a.instance_id for a in inv.allocations} | {e.instance_id for e in entries}
-    names = await _names(gw, ids)
+    names = await gw.instances.labels(who, ids)
     usage = await gw.gpu_usage.by_session() if inv.allocations else {}
 
     def holder(instance_id: str, share: float | None) -> Holder:
-        name, owner, pid = names.get(instance_id, ("?", "?", None))
-        used = usage.get(pid) if pid else None
+        label = names.get(instance_id, UNKNOWN)
+        used = usage.get(label.pid) if label.pid else None
         since = broker.held_since(instance_id)
         return Holder(
             instance_id=instance_id,
-            name=name,
-            owner=owner,
+            name=label.name,
+            owner=label.owner,
             share_gib=share,
             memory_used_mib=None if used is None else used // 2**20,
             since=None if since is None else datetime.fromtimestamp(since, UTC),
@@ -124,19 +128,6 @@ async def gpu_inventory(gw: Gateway, *, describe: Describe = describe_request) -
         gpus=[_gpu_public(broker, g, holder) for g in inv.gpus],
         queue=[_queue_entry(broker, e, names, describe) for e in entries],
     )
-
-
-async def _names(gw: Gateway, ids: set[str]) -> dict[str, tuple[str, str, int | None]]:
-    """(instance name, owner name, pid) by instance id, in one query."""
-    if not ids:
-        return {}
-    async with gw.db.read() as session:
-        rows = await session.execute(
-            select(Instance.id, Instance.name, User.name, Instance.pid)
-            .join(User, User.id == Instance.owner_id)
-            .where(Instance.id.in_(ids))
-        )
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 def _gpu_public(
@@ -173,15 +164,15 @@ def _gpu_public(
 def _queue_entry(
     broker: GpuBroker,
     entry: Waiting,
-    names: dict[str, tuple[str, str, int | None]],
+    names: dict[str, InstanceLabel],
     describe: Describe,
 ) -> QueueEntry:
     info = broker.queue_info(entry.instance_id)
-    name, owner, _ = names.get(entry.instance_id, ("?", "?", None))
+    label = names.get(entry.instance_id, UNKNOWN)
     return QueueEntry(
         instance_id=entry.instance_id,
-        name=name,
-        owner=owner,
+        name=label.name,
+        owner=label.owner,
         position=info.position if info else 0,
         priority=entry.priority,
         since=datetime.fromtimestamp(entry.enqueued_at, UTC),

@@ -12,7 +12,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 
 from aigc_gateway.accounts.access_cache import Allowed
-from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie
+from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
 from aigc_gateway.api.deps import GatewayDep
 from aigc_gateway.api.streams import until_revoked, watched
 from aigc_gateway.auth.principal import Principal, Via
@@ -28,12 +28,10 @@ async def _allowed(request: Request, gw: GatewayDep) -> tuple[Route, Principal] 
     route = gw.controller.routes.get(slug) if slug else None
     if route is None:
         return None
-    decision = await decide_cookie(
-        gw.db,
+    decision = await gw.instance_access.decide(
         instance_id=route.instance_id,
         owner_id=route.owner_id,
         cookie=request.cookies.get(INSTANCE_COOKIE),
-        idle=gw.instance_access.idle,
     )
     if not isinstance(decision, Allowed):
         return None

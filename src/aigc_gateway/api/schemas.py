@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from aigc_gateway.domain.actions import allowed_actions
+from aigc_gateway.domain.instances import InstanceView
 from aigc_gateway.domain.states import DesiredState, InstanceState
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.runtime.base import Endpoint
 from aigc_gateway.settings import Settings
-from aigc_gateway.store.tables import Instance
 from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
 from aigc_gateway.web import icons
 
@@ -81,7 +81,7 @@ class InstancePublic(BaseModel):
     @classmethod
     def of(
         cls,
-        inst: Instance,
+        inst: InstanceView,
         settings: Settings,
         gpus: GpuBroker | None = None,
         memory_by_session: dict[int, int] | None = None,
@@ -138,7 +138,7 @@ class InstancePublic(BaseModel):
         )
 
 
-def instance_actions(inst: Instance) -> tuple[str, ...]:
+def instance_actions(inst: InstanceView) -> tuple[str, ...]:
     """The actions :func:`~aigc_gateway.domain.actions.allowed_actions` offers for ``inst``."""
     offered = allowed_actions(
         state=InstanceState(inst.state),

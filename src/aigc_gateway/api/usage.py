@@ -21,15 +21,13 @@ from fastapi import APIRouter, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from aigc_gateway.accounting import MICROS, format_money
 from aigc_gateway.accounting.reports import Report
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.lifecycle.budgets import BudgetStatus
-from aigc_gateway.store import usage
-from aigc_gateway.store.tables import UsageInterval
+from aigc_gateway.lifecycle.reports import Dimension, LedgerInterval, Period, Scope
 
 router = APIRouter(prefix="/api", tags=["usage"])
 
@@ -58,6 +56,29 @@ class IntervalPublic(BaseModel):
     currency: str
     closed_by: str | None
 
+    @classmethod
+    def of(cls, r: LedgerInterval) -> IntervalPublic:
+        return cls(
+            id=r.id,
+            instance_id=r.instance_id,
+            instance_name=r.instance_name,
+            resource=r.resource,
+            gpu_type=r.gpu_type,
+            gpu_pool=r.gpu_pool,
+            gpu_count=r.gpu_count,
+            share_gib=r.share_gib,
+            template_id=r.template_id,
+            template_version=r.template_version,
+            start_at=r.start_at,
+            end_at=r.end_at,
+            milliseconds=r.duration_ms,
+            seconds=r.duration_ms / 1000,
+            active_milliseconds=r.active_ms,
+            cost_micros=r.cost_micros,
+            currency=r.currency,
+            closed_by=r.closed_by,
+        )
+
 
 def _day(value: str | None, name: str) -> str | None:
     """``value`` if it is a real UTC day ``YYYY-MM-DD``; else a 422 naming the parameter, as
@@ -84,11 +105,11 @@ def _day(value: str | None, name: str) -> str | None:
 async def build_report(
     gw: GatewayDep,
     who: Principal,
-    by: usage.Dimension,
-    period: Literal["day", "week", "month", "none"],
+    by: Dimension,
+    period: Period,
     since: str | None,
     until: str | None,
-    scope: Literal["mine", "all"] | None,
+    scope: Scope | None,
 ) -> Report:
     """The report of :class:`~aigc_gateway.lifecycle.reports.UsageReports`, its days checked
     as query parameters (422 naming the one that is not a real day)."""
@@ -137,7 +158,7 @@ def report_csv(report: Report) -> str:
 async def get_report(
     gw: GatewayDep,
     who: CurrentUser,
-    by: Annotated[usage.Dimension, Query(description="what to group by")] = "user",
+    by: Annotated[Dimension, Query(description="what to group by")] = "user",
     period: Annotated[Literal["day", "week", "month", "none"], Query()] = "month",
     since: Annotated[str | None, Query(description="first UTC day, YYYY-MM-DD")] = None,
     until: Annotated[str | None, Query(description="last UTC day, YYYY-MM-DD")] = None,
@@ -160,37 +181,9 @@ async def get_report(
 async def instance_usage(
     instance_id: str, gw: GatewayDep, who: CurrentUser
 ) -> list[IntervalPublic]:
-    """The instance's ledger rows, oldest first (open ones have no end yet)."""
-    await gw.instances.get(who, instance_id)  # authorizes: the owner, a share, an admin
-    async with gw.db.read() as session:
-        rows = await session.scalars(
-            select(UsageInterval)
-            .where(UsageInterval.instance_id == instance_id)
-            .order_by(UsageInterval.id)
-        )
-        return [
-            IntervalPublic(
-                id=r.id,
-                instance_id=r.instance_id,
-                instance_name=r.instance_name,
-                resource=r.resource,
-                gpu_type=r.gpu_type,
-                gpu_pool=r.gpu_pool,
-                gpu_count=r.gpu_count,
-                share_gib=r.share_gib,
-                template_id=r.template_id,
-                template_version=r.template_version,
-                start_at=r.start_at,
-                end_at=r.end_at,
-                milliseconds=r.duration_ms,
-                seconds=r.duration_ms / 1000,
-                active_milliseconds=r.active_ms,
-                cost_micros=r.cost_micros,
-                currency=r.currency,
-                closed_by=r.closed_by,
-            )
-            for r in rows
-        ]
+    """The instance's ledger rows, oldest first (open ones have no end yet): for the owner, a
+    share, an admin."""
+    return [IntervalPublic.of(r) for r in await gw.instances.usage(who, instance_id)]
 
 
 # -- budgets ------------------------------------------------------------------------------------

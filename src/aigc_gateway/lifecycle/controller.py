@@ -13,9 +13,14 @@ is logged with its traceback and retried with back-off. Two runtime failures are
 ``start`` that does not return within ``launch_timeout_s`` fails the instance (and the runtime is
 asked to stop whatever it began), and a ``stop`` that fails never lets the instance leave a
 state holding a process (its engine may still run, with its GPUs): the instance keeps stopping,
-says why in its reason and an event, and the stop is retried with doubling back-off. Each periodic job (activity flush, idle
-pauses, budget pauses, resync, storage metering, lease renewal) is its own guarded task, so one
-failing job stops no other.
+says why in its reason and an event, and the stop is retried with doubling back-off. A state move
+is a typed value (:class:`~aigc_gateway.lifecycle.moves.Move`) recorded in one transaction.
+
+The periodic duties (activity flush, idle pauses, budget pauses, resync with the ledger's
+midnight cut, storage metering, quota check, lease renewal) live in
+:mod:`aigc_gateway.lifecycle.duties`; the controller starts each as its own guarded task
+(:class:`~aigc_gateway.lifecycle.guard.Duties`: back-off, metrics), so one failing duty stops no
+other, and cancels them on close.
 
 Several gateway processes may share one database (see :mod:`aigc_gateway.lifecycle.cluster`):
 an actor first takes its instance's lease and ends if another live process holds it; every state
@@ -29,8 +34,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -47,12 +52,14 @@ from aigc_gateway.domain.states import (
     transition,
 )
 from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
+from aigc_gateway.lifecycle import duties
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.cluster import Cluster, NotHolder
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
-from aigc_gateway.lifecycle.guard import Backoff, Sleep, every, retry_delay
+from aigc_gateway.lifecycle.guard import Backoff, Duties, Sleep, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
+from aigc_gateway.lifecycle.moves import Launch, Move, Progress
 from aigc_gateway.lifecycle.routes import Route, RouteTable
 from aigc_gateway.lifecycle.storage import QuotaWatch, StorageQuotas
 from aigc_gateway.metrics import Metrics
@@ -61,6 +68,7 @@ from aigc_gateway.scheduler import Placement, Request, Unplaceable
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
+from aigc_gateway.store.instances import InstanceChanges
 from aigc_gateway.store.tables import Event, GpuCordon, Instance, Volume
 from aigc_gateway.store.usage import Holding
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -70,7 +78,6 @@ log = logging.getLogger(__name__)
 
 
 S = InstanceState
-START_STEPS = ("queued", "preparing data", "launching engine", "waiting for the engine", "ready")
 
 
 class Controller:
@@ -121,19 +128,26 @@ class Controller:
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
         self._quotas = StorageQuotas(registry=registry, volumes=runtime.volumes)
-        self._quota_watch = QuotaWatch(self._quotas)
         self._storage_check_s = storage_check_s
-        self._storage_checked = -float("inf")
         self._stop_backoff: dict[str, Backoff] = {}
         """Per instance whose engine the runtime failed to stop: the next retry's delay."""
-        self._metered_day: datetime | None = None
         self._wake: dict[str, asyncio.Event] = {}
         self._actors: dict[str, asyncio.Task[None]] = {}
-        self._jobs: dict[str, asyncio.Task[None]] = {}
-        self.resyncs = 0
-        """Completed resync passes: the health page shows the loop is alive."""
+        self._duties = Duties(metrics=self.metrics, sleep=self._sleep, prefix="controller-job-")
+        self._notices: asyncio.Task[None] | None = None
         self.cluster = cluster if cluster is not None else Cluster(db, lease_ttl_s=15.0)
         """This process among the gateways on the store: leases, notices."""
+        self._resync = duties.Resync(
+            db=db,
+            runtime=runtime,
+            cluster=self.cluster,
+            pricebook=self.pricebook,
+            clock=lambda: self.clock(),
+            stop_grace_s=stop_grace_s,
+            kick=lambda instance_id: self.kick(instance_id, forward=False),
+            reload_routes=self.reload_routes,
+            admit=self.admit,
+        )
         self.routes.on_change = lambda instance_id: self.cluster.announce("route", instance_id)
         self._hub.on_publish = lambda r: self.cluster.announce("event", f"{r.instance_id}:{r.id}")
         self._chores: set[asyncio.Task[None]] = set()
@@ -176,44 +190,63 @@ class Controller:
                 "GPU allocation no longer fits the inventory", extra={"instance_id": dropped}
             )
         await self.resync()
-        self._start_jobs()
+        self._start_duties()
 
-    def _start_jobs(self) -> None:
-        """One guarded task per periodic job, each with its own back-off and metric."""
-        jobs: dict[str, Callable[[], Awaitable[None]]] = {
-            "activity": self.flush_activity,
-            "idle": self.pause_idle,
-            "budget": self.pause_over_budget,
-            "resync": self.resync,
-            "storage": self.meter_storage,
-            "quota": self.check_storage,
-        }
-        for job, body in jobs.items():
-            run = every(
-                job, body, period_s=self._resync_interval_s, sleep=self._sleep, metrics=self.metrics
-            )
-            self._jobs[job] = asyncio.create_task(run, name=f"controller-job-{job}")
+    def _start_duties(self) -> None:
+        """One guarded task per periodic duty (see :mod:`aigc_gateway.lifecycle.duties`), each
+        with its own back-off and metrics, so one failing duty stops no other."""
+        every = self._duties.every
+        period = self._resync_interval_s
+        every("activity", duties.ActivityFlush(self._db, self.activity).step, period_s=period)
+        idle = duties.IdlePauses(
+            db=self._db,
+            routes=self.routes,
+            registry=self._registry,
+            activity=self.activity,
+            cluster=self.cluster,
+            kick=self.kick,
+        )
+        every("idle", idle.step, period_s=period)
+        budget = duties.BudgetPauses(
+            db=self._db,
+            routes=self.routes,
+            cluster=self.cluster,
+            over_budget=self._over_budget,
+            kick=self.kick,
+        )
+        every("budget", budget.step, period_s=period)
+        every("resync", self._resync.step, period_s=period)
+        metering = duties.StorageMetering(
+            db=self._db,
+            volumes=self._runtime.volumes,
+            pricebook=self.pricebook,
+            clock=lambda: self.clock(),
+        )
+        every("storage", metering.step, period_s=period)
+        quota = duties.QuotaCheck(
+            db=self._db,
+            hub=self._hub,
+            watch=QuotaWatch(self._quotas),
+            check_s=self._storage_check_s,
+        )
+        every("quota", quota.step, period_s=period)
         # Leases expire on the wall clock, shared with the other processes: renewed on real
         # time even where the loops run on a test's fake time.
-        leases = every(
-            "leases",
-            self.renew_leases,
-            period_s=self.cluster.renew_every_s,
-            sleep=asyncio.sleep,
-            metrics=self.metrics,
-        )
-        self._jobs["leases"] = asyncio.create_task(leases, name="controller-job-leases")
-        self._jobs["notices"] = asyncio.create_task(self.cluster.listen(), name="cluster-notices")
+        leases = duties.LeaseRenewal(self.cluster, self._lease_lost)
+        every("leases", leases.step, period_s=self.cluster.renew_every_s, sleep=asyncio.sleep)
+        self._notices = asyncio.create_task(self.cluster.listen(), name="cluster-notices")
 
     async def close(self) -> None:
         """Cancel every task and give the leases back (engines keep running: the next holder,
         another process or this one restarted, adopts them)."""
-        tasks = [*self._actors.values(), *self._jobs.values(), *self._chores]
+        tasks = [*self._actors.values(), *self._chores]
+        if self._notices is not None:
+            tasks.append(self._notices)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(self._duties.close(), *tasks, return_exceptions=True)
         self._actors.clear()
-        self._jobs.clear()
+        self._notices = None
         try:
             await self.cluster.release_all()
         except GatewayError as exc:  # the leases expire on their own
@@ -239,20 +272,29 @@ class Controller:
 
     @property
     def alive(self) -> bool:
-        """Every periodic job is running (a failing one retries; only a cancelled one ends)."""
-        return bool(self._jobs) and not any(task.done() for task in self._jobs.values())
+        """Every periodic duty is running (a failing one retries; only a cancelled one ends),
+        and so is the listener for the other processes' notices."""
+        notices = self._notices is not None and not self._notices.done()
+        return self._duties.alive and notices
 
-    async def renew_leases(self) -> None:
-        """Renew this process's leases; an instance whose lease was lost (this process stalled
-        past its expiry, and another took it over) is no longer driven here."""
-        for instance_id in await self.cluster.renew():
-            actor = self._actors.pop(instance_id, None)
-            if actor is not None:
-                actor.cancel()
-            self._wake.pop(instance_id, None)
-            self.gpus.leave_queue(instance_id)
-            if self.gpus.release(instance_id):  # its new holder books its GPUs from the store
-                self.admit()
+    @property
+    def resyncs(self) -> int:
+        """Completed resync passes: the health page shows the loop is alive."""
+        return self._resync.passes
+
+    async def resync(self) -> None:
+        """One resync pass now (see :class:`~aigc_gateway.lifecycle.duties.Resync`)."""
+        await self._resync.step()
+
+    def _lease_lost(self, instance_id: str) -> None:
+        """Another process drives ``instance_id`` now (its lease was lost): stop driving it."""
+        actor = self._actors.pop(instance_id, None)
+        if actor is not None:
+            actor.cancel()
+        self._wake.pop(instance_id, None)
+        self.gpus.leave_queue(instance_id)
+        if self.gpus.release(instance_id):  # its new holder books its GPUs from the store
+            self.admit()
 
     async def reload_routes(self) -> None:
         """Re-read every route from the store (notices from other processes may have been
@@ -266,138 +308,6 @@ class Controller:
             known.discard(inst.id)
         for gone in known:
             self.routes.remove(gone, announce=False)
-
-    async def flush_activity(self) -> None:
-        """Write the proxy's activity marks to the store (one batch)."""
-        changed = self.activity.drain()
-        if changed:
-            async with self._db.write() as session:
-                await repo.set_activity(session, changed)
-                await usage.add_activity(session, changed)
-
-    async def pause_idle(self) -> None:
-        """Release engines nobody used for their template's ``idle.pause_after_minutes``: the
-        instance is paused (desired state), its data kept; the next request wakes it."""
-        now = time.time()
-        due: list[tuple[Route, float]] = []
-        for route in self.routes.all():
-            if route.state != "running" or route.desired_state != "running":
-                continue
-            if route.instance_id not in self.cluster.held:
-                continue  # its holder decides (and the other processes' proxies tell the store)
-            loaded = self._registry.get(route.template_id)
-            minutes = loaded.template.idle.pause_after_minutes if loaded else None
-            if not minutes:
-                continue
-            last = max(self.activity.last(route.instance_id) or 0.0, route.ready_at or 0.0)
-            if last and now - last > minutes * 60:
-                due.append((route, minutes))
-        if due and self.cluster.shared:
-            # Requests proxied by the other gateways count too: they flush them to the store.
-            async with self._db.read() as session:
-                rows = await session.execute(
-                    select(Instance.id, Instance.last_activity_at).where(
-                        Instance.id.in_([r.instance_id for r, _ in due])
-                    )
-                )
-                stored = {i: at.timestamp() for i, at in rows.all() if at is not None}
-            due = [(r, m) for r, m in due if now - stored.get(r.instance_id, 0.0) > m * 60]
-        for route, minutes in due:
-            async with self._db.write() as session:
-                paused = await repo.pause_if_running(
-                    session,
-                    route.instance_id,
-                    f"paused after {minutes:g} minutes idle (no requests); data kept",
-                )
-            if paused is not None:
-                self.routes.put(Route.of(paused))
-                self.kick(route.instance_id)
-
-    async def meter_storage(self) -> None:
-        """Once a day, bill yesterday's stored user data (each volume's size, measured now)."""
-        today = self.clock().astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        yesterday = today - timedelta(days=1)
-        if self._metered_day == yesterday:
-            return
-        async with self._db.read() as session:
-            volumes = list(await session.scalars(select(Volume)))
-        measured = [await self._runtime.volumes.size(v.user_id, v.family) for v in volumes]
-        sizes = [
-            usage.StoredData(v.id, v.user_id, v.family, size / 2**30, since=v.created_at)
-            for v, size in zip(volumes, measured, strict=True)
-        ]
-        async with self._db.write() as session:
-            await self._db.serialise(session, "ledger")  # another gateway may bill it too
-            await usage.record_storage(session, yesterday, sizes, self.pricebook)
-        self._metered_day = yesterday
-
-    async def check_storage(self) -> None:
-        """At most every ``storage_check_s``: measure the data of the families that running
-        instances use, and warn those instances (an event) when their family's usage rises to
-        90 % or to 100 % of its quota (see :mod:`aigc_gateway.lifecycle.storage`). Nothing is
-        stopped or deleted."""
-        now = time.monotonic()
-        if now - self._storage_checked < self._storage_check_s:
-            return
-        self._storage_checked = now
-        async with self._db.read() as session:
-            running = [
-                i for i in await repo.list_for(session, owner_id=None) if i.state == S.RUNNING
-            ]
-        risen = await self._quota_watch.rises({(i.owner_id, i.family) for i in running})
-        for inst in running:
-            if (use := risen.get((inst.owner_id, inst.family))) is not None:
-                data = {"used_bytes": use.used_bytes, "quota_bytes": use.quota_bytes}
-                await self._event(inst, "storage", use.warning(), **data)
-
-    async def pause_over_budget(self) -> None:
-        """Pause what runs for budgets past their hard limit with ``pause_when_over``."""
-        if self._over_budget is None:
-            return
-        for instance_id in await self._over_budget():
-            if instance_id not in self.cluster.held:
-                continue  # its holder pauses it
-            async with self._db.write() as session:
-                paused = await repo.pause_if_running(
-                    session, instance_id, "paused: the monthly budget is used up; data kept"
-                )
-            if paused is not None:
-                self.routes.put(Route.of(paused))
-                self.kick(instance_id)
-
-    async def resync(self) -> None:
-        """Kick every live instance this process drives or nobody drives (taking over the
-        leases of a process that died), stop workloads no live instance owns, and (when other
-        processes share the store) re-read the routes and GPU allocations they changed."""
-        async with self._db.read() as session:
-            live = set(await repo.live_ids(session))
-        mine = set(await self.cluster.drivable(live))
-        for instance_id in mine:
-            self.kick(instance_id, forward=False)
-        if self.cluster.shared:
-            await self.reload_routes()
-        alive = []
-        for work in await self._runtime.list():
-            if work.instance_id not in live and work.phase.alive:
-                log.warning("stopping orphan workload", extra={"instance_id": work.instance_id})
-                try:
-                    await self._runtime.stop(work.instance_id, grace=self._stop_grace_s)
-                except GatewayError as exc:  # the next resync tries again
-                    log.warning(
-                        "could not stop orphan workload: %s",
-                        exc.message,
-                        extra={"instance_id": work.instance_id},
-                    )
-            elif work.phase.alive:
-                alive.append(work.instance_id)
-        async with self._db.write() as session:
-            now = self.clock()
-            # Each holder vouches for its own engines; one cut at midnight for all processes.
-            await usage.observe(session, [i for i in alive if i in mine], now)
-            await self._db.serialise(session, "ledger")
-            await usage.cut_at_midnight(session, now, self.pricebook)
-        self.admit()
-        self.resyncs += 1
 
     def admit(self) -> None:
         """Start queued instances that fit now (after a release, an uncordon, a resync)."""
@@ -575,70 +485,56 @@ class Controller:
         if not can_transition(S(inst.state), S.FAILED):
             raise exc
         log.warning("%s failed for good: %s", step, exc.message, extra={"instance_id": inst.id})
-        await self._move(inst, S.FAILED, exc.message)
+        await self._move(inst, Move(S.FAILED, exc.message))
 
     async def _move(
-        self,
-        inst: Instance,
-        target: InstanceState,
-        reason: str,
-        *,
-        progress: tuple[tuple[int, dict[str, Any]], ...] = (),
-        opens: Sequence[Holding] = (),
-        opens_version: str = "",
-        ended_at: datetime | None = None,
-        session: AsyncSession | None = None,
-        **changes: Any,
+        self, inst: Instance, move: Move, *, session: AsyncSession | None = None
     ) -> Callable[[], None]:
-        """Record ``inst → target`` and any start-progress steps in one transaction, fenced by
-        this process's lease (:class:`NotHolder` when another process drives the instance now).
-        A move to starting opens the usage intervals of ``opens``; a move to a state without a
-        process closes them (at ``ended_at``, when the engine ended, or where that is unknown at
-        the last time it was seen alive) and frees the instance's GPUs, in the same transaction.
+        """Record ``move`` of ``inst`` and its start-progress events in one transaction, fenced
+        by this process's lease (:class:`NotHolder` when another process drives the instance
+        now). A move to starting opens the usage intervals of its launch's holdings; a move to a
+        state without a process closes them (at ``move.ended_at``, when the engine ended, or
+        where that is unknown at the last time it was seen alive) and frees the instance's GPUs,
+        in the same transaction.
 
         Without ``session`` the move is committed and applied here (the instance, the broker,
         the route, the events' listeners); with one, it is recorded in that transaction and the
         returned function applies it, to be called once the caller has committed."""
-        move = transition(S(inst.state), target, reason)
+        source, target = S(inst.state), move.target
+        step = transition(source, target, move.reason)
         frees_gpus = target not in HOLDS_PROCESS and (
             inst.gpu_ids is not None or self.gpus.inventory.allocation(inst.id) is not None
         )
-        if frees_gpus:
-            changes.update(gpu_ids=None, gpu_memory_gib=None, gpu_since=None)
-        if target is not S.QUEUED and inst.queued_at is not None:
-            changes.update(queued_at=None)
-        source = S(inst.state)
+        changes = move.changes(inst, frees_gpus=frees_gpus)
+        launch = move.launch
 
         async def record(session: AsyncSession) -> list[Event]:
             await self.cluster.fence(session, inst.id)
-            events = [await repo.apply_transition(session, inst, move, **changes)]
+            events = [await repo.apply_transition(session, inst, step, **changes)]
             # The ledger moves with the state, in the same transaction.
-            if target is S.STARTING and opens:
+            if launch is not None and launch.holdings:
                 await usage.open_intervals(
                     session,
                     instance_id=inst.id,
                     instance_name=inst.name,
                     user_id=inst.owner_id,
                     template_id=inst.template_id,
-                    template_version=opens_version,
-                    holdings=opens,
+                    template_version=launch.template_version,
+                    holdings=launch.holdings,
                     at=self.clock(),
                     currency=self.pricebook.currency,
                 )
-            if source in HOLDS_PROCESS and target not in HOLDS_PROCESS:
+            if move.closes_ledger(source):
                 await usage.close_intervals(
-                    session, inst.id, end=ended_at, pricebook=self.pricebook
+                    session, inst.id, end=move.ended_at, pricebook=self.pricebook
                 )
-            for step, data in progress:
-                events.append(
-                    await repo.add_event(session, **self._progress_event(inst, step, data))
-                )
+            for progress in move.progress:
+                events.append(await self._progress_event(session, inst, progress))
             return events
 
         def apply(events: list[Event]) -> None:
-            inst.state, inst.reason = target.value, reason
-            for key, value in changes.items():
-                setattr(inst, key, value)
+            inst.state, inst.reason = target.value, move.reason
+            _apply_changes(inst, changes)
             if target is not S.QUEUED:
                 self.gpus.leave_queue(inst.id)
             if frees_gpus and self.gpus.release(inst.id):
@@ -649,7 +545,7 @@ class Controller:
             for ev in events:
                 self._hub.publish(EventRecord.of(ev))
             log.info(
-                "%s → %s: %s", move.source, move.target, reason, extra={"instance_id": inst.id}
+                "%s → %s: %s", step.source, step.target, move.reason, extra={"instance_id": inst.id}
             )
 
         if session is not None:
@@ -668,13 +564,14 @@ class Controller:
         self._hub.publish(EventRecord.of(ev))
 
     @staticmethod
-    def _progress_event(inst: Instance, step: int, data: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "instance_id": inst.id,
-            "kind": "progress",
-            "message": START_STEPS[step],
-            "data": {"step": step + 1, "steps": len(START_STEPS), **data},
-        }
+    async def _progress_event(session: AsyncSession, inst: Instance, progress: Progress) -> Event:
+        return await repo.add_event(
+            session,
+            instance_id=inst.id,
+            kind="progress",
+            message=progress.message,
+            data=progress.event_data(),
+        )
 
     async def _template_for(self, inst: Instance) -> tuple[Template, int, str]:
         """The template to launch: the loaded file if it is still the same version (so a fixed
@@ -756,23 +653,23 @@ class Controller:
                 f"{template.display.name.en} cannot be placed on this gateway's GPUs: {why.reason}"
             )
             if not can_transition(S(inst.state), S.FAILED):
-                await self._move(inst, S.STARTING, "asking for GPUs")
-            await self._move(inst, S.FAILED, reason)
+                await self._move(inst, Move(S.STARTING, "asking for GPUs"))
+            await self._move(inst, Move(S.FAILED, reason))
             return
         info = self.gpus.queue_info(inst.id)
         if inst.state == S.QUEUED:
             return  # already waiting; the API shows the live position
-        data: dict[str, Any] = {}
+        data: dict[str, object] = {}
         if info is not None:
             data = {"position": info.position, "estimate_s": info.estimate_s}
-        await self._move(
-            inst,
+        queued = Move(
             S.QUEUED,
             why.reason,
-            progress=((0, data),),
+            progress=(Progress(0, data),),
             queued_at=datetime.fromtimestamp(info.since if info else time.time(), UTC),
             queue_priority=priority,
         )
+        await self._move(inst, queued)
 
     async def _launch(self, inst: Instance) -> None:
         """Take GPUs, record "starting" (which opens the ledger), then hand the engine to the
@@ -802,7 +699,7 @@ class Controller:
             return
         applied()
         if problem:
-            await self._move(inst, S.FAILED, problem)
+            await self._move(inst, Move(S.FAILED, problem))
             return
         grant = self.gpus.grant(decision) if decision.gpu_ids else None
         await self._spawn(inst, template, decision, grant)
@@ -818,36 +715,27 @@ class Controller:
     ) -> Callable[[], None]:
         """Record the move to starting with its GPUs in ``session``; return what applies it. An
         engine that cannot be installed (``problem``) opens no ledger: it fails next."""
-        gpu_fields: dict[str, Any] = {}
-        if placement.gpu_ids:
-            gpu_fields = {
-                "gpu_ids": list(placement.gpu_ids),
-                "gpu_memory_gib": placement.memory_gib,
-                "gpu_since": datetime.now(UTC),
-                "placement": placement.explanation,
-            }
-        return await self._move(
-            inst,
+        launch = Launch(
+            generation=inst.generation,
+            template_revision_id=rev_id,
+            template_version=template.version,
+            at=datetime.now(UTC),
+            placement=placement,
+            holdings=() if problem else self._holdings(placement),
+        )
+        starting = Move(
             S.STARTING,
             f"starting {template.display.name.en} {template.version}",
-            session=session,
-            progress=() if problem else ((1, {}), (2, {})),
-            opens=() if problem else self._holdings(placement),
-            opens_version=template.version,
-            launched_generation=inst.generation,
-            template_revision_id=rev_id,
-            started_at=datetime.now(UTC),
-            ready_at=None,
-            exit_code=None,
-            pid=None,  # set when the runtime has the engine: see Situation.spawned
-            **gpu_fields,
+            progress=() if problem else (Progress(1), Progress(2)),
+            launch=launch,
         )
+        return await self._move(inst, starting, session=session)
 
     async def _relaunch(self, inst: Instance) -> None:
         """Hand a recorded start to the runtime: the template and GPUs recorded with it."""
         template, _, problem = await self._template_for(inst)
         if problem:
-            await self._move(inst, S.FAILED, problem, ended_at=self.clock())
+            await self._move(inst, Move(S.FAILED, problem, ended_at=self.clock()))
             return
         gpu_ids = tuple(inst.gpu_ids or ())
         placement = Placement(inst.id, gpu_ids, inst.gpu_memory_gib, inst.placement or "")
@@ -878,9 +766,9 @@ class Controller:
         try:
             work = await self._start_within(spec)
         except PermanentError as exc:
-            await self._move(inst, S.FAILED, exc.message, ended_at=self.clock())
+            await self._move(inst, Move(S.FAILED, exc.message, ended_at=self.clock()))
             return
-        spawned: dict[str, Any] = {
+        spawned: dict[str, object] = {
             "pid": work.pid,
             "endpoint": work.address,
             "spawned_at": work.started_at,
@@ -890,7 +778,7 @@ class Controller:
         async with self._db.write() as session:
             await self.cluster.fence(session, inst.id)
             await repo.set_fields(session, inst.id, pid=work.pid, endpoint=work.address)
-            ev = await repo.add_event(session, **self._progress_event(inst, 3, spawned))
+            ev = await self._progress_event(session, inst, Progress(3, spawned))
         inst.pid, inst.endpoint = work.pid, work.address
         self._hub.publish(EventRecord.of(ev))
 
@@ -966,7 +854,7 @@ class Controller:
             reason = timeout.reason(template.readiness.timeout_s)  # not what was left of it
             stopped = await self._stop_engine(inst, self._grace(template))
             ended = self._ledger_time(stopped.exited_at) or self.clock()
-            await self._move(inst, S.FAILED, reason, ended_at=ended)
+            await self._move(inst, Move(S.FAILED, reason, ended_at=ended))
         elif woken.done() and not woken.cancelled():
             wake.clear()  # consumed: the next pass re-reads what changed
         elif not ready.cancelled() and ready.exception() is not None:
@@ -974,15 +862,15 @@ class Controller:
 
     async def _mark_running(self, inst: Instance, work: Workload) -> None:
         ready = datetime.now(UTC)
-        await self._move(
-            inst,
+        running = Move(
             S.RUNNING,
             "engine is ready",
-            progress=((4, {"endpoint": work.address}),),
+            progress=(Progress(4, {"endpoint": work.address}),),
             ready_at=ready,
             pid=work.pid,
             endpoint=work.address,
         )
+        await self._move(inst, running)
         if inst.started_at is not None:
             self.metrics.instance_started(
                 inst.template_id, (ready - inst.started_at).total_seconds()
@@ -999,7 +887,7 @@ class Controller:
         # before its GPUs are given to someone else.
         grace = None if work.phase is Phase.EXITED and work.exit_code is None else 0.0
         ended = await self._end_engine(inst, work, grace=grace)
-        await self._move(inst, S.FAILED, reason, ended_at=ended, exit_code=work.exit_code)
+        await self._move(inst, Move(S.FAILED, reason, ended_at=ended, exit_code=work.exit_code))
         await self._event(inst, "exit", reason, exit_code=work.exit_code, log_tail=tail[-4096:])
 
     async def _stop(self, inst: Instance) -> None:
@@ -1010,17 +898,17 @@ class Controller:
                 DesiredState.PAUSED: "pausing: stopping the engine, keeping data",
                 DesiredState.RUNNING: "restarting: stopping the engine",
             }[DesiredState(inst.desired_state)]
-            await self._move(inst, S.STOPPING, why)
+            await self._move(inst, Move(S.STOPPING, why))
         # The runtime persists when the engine ended; the next pass closes the ledger there
         # (also when this process is killed in between).
         await self._stop_engine(inst, await self._grace_for(inst))
 
     async def _mark_paused(self, inst: Instance, work: Workload) -> None:
         if inst.state == S.QUEUED:
-            await self._move(inst, S.PAUSED, "left the GPU queue; data kept")
+            await self._move(inst, Move(S.PAUSED, "left the GPU queue; data kept"))
             return
         ended = await self._end_engine(inst, work) if inst.state == S.STOPPING else None
-        await self._move(inst, S.PAUSED, "paused; data kept", ended_at=ended)
+        await self._move(inst, Move(S.PAUSED, "paused; data kept", ended_at=ended))
 
     async def _end_engine(
         self, inst: Instance, work: Workload, *, grace: float | None = None
@@ -1058,20 +946,21 @@ class Controller:
     async def _delete(self, inst: Instance, work: Workload) -> None:
         state = S(inst.state)
         if state in (S.STARTING, S.RUNNING):
-            await self._move(inst, S.STOPPING, "stopping to delete")
+            await self._move(inst, Move(S.STOPPING, "stopping to delete"))
             state = S.STOPPING
         if state is S.STOPPING:
             ended = await self._end_engine(inst, work)
-            await self._move(inst, S.PAUSED, "stopped to delete", ended_at=ended)
+            await self._move(inst, Move(S.PAUSED, "stopped to delete", ended_at=ended))
             state = S.PAUSED
         if state is not S.DELETING:
-            await self._move(
-                inst, S.DELETING, "deleting" + (" with data" if inst.delete_data else "")
-            )
+            why = "deleting" + (" with data" if inst.delete_data else "")
+            await self._move(inst, Move(S.DELETING, why))
         await self._runtime.forget(inst.id)
         if inst.delete_data:
             await self._delete_volume(inst)
-        await self._move(inst, S.DELETED, "deleted" + ("" if inst.delete_data else "; data kept"))
+        await self._move(
+            inst, Move(S.DELETED, "deleted" + ("" if inst.delete_data else "; data kept"))
+        )
 
     async def _delete_volume(self, inst: Instance) -> None:
         async with self._db.read() as session:
@@ -1086,3 +975,9 @@ class Controller:
             return
         await self._runtime.volumes.delete(volume.user_id, volume.family)
         await self._event(inst, "data", "data deleted")
+
+
+def _apply_changes(inst: Instance, changes: InstanceChanges) -> None:
+    """Set on the loaded ``inst`` what a committed move set in the store."""
+    for key, value in changes.items():
+        setattr(inst, key, value)

@@ -24,7 +24,7 @@ from aigc_gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "Sleep", "every", "guarded", "retry_delay"]
+__all__ = ["Backoff", "Duties", "Sleep", "Trigger", "duty", "period", "retry_delay"]
 
 Sleep = Callable[[float], Awaitable[None]]
 """How loops wait (``asyncio.sleep``; tests give fake time)."""
@@ -53,45 +53,112 @@ def retry_delay(
     return delay
 
 
-async def every(
-    job: str,
+Trigger = Callable[[], Awaitable[None]]
+"""What a duty waits for before its next step: a period, a change in a folder, a signal."""
+
+
+def period(seconds: float, sleep: Sleep) -> Trigger:
+    """The trigger of a periodic duty: ``seconds`` of ``sleep``."""
+    return lambda: sleep(seconds)
+
+
+async def duty(
+    name: str,
     body: Callable[[], Awaitable[None]],
     *,
-    period_s: float,
+    trigger: Trigger,
     sleep: Sleep,
     metrics: Metrics,
+    backoff: Backoff,
 ) -> None:
-    """Run ``body`` every ``period_s`` seconds until cancelled; one job's failure stops no other.
-    A failure is counted (``metrics.job_failed``) and retried after what :func:`retry_delay`
-    says (a temporary error's delay; for a bug, back-off doubling up to 30 s or the period); a
-    success is recorded (``metrics.job_succeeded``) and the next run is a period later."""
-    backoff = Backoff(first=min(period_s, 1.0), most=max(period_s, 30.0))
-    wait = period_s
+    """Run ``body`` each time ``trigger`` returns, until cancelled; a failure never ends it.
+
+    Each step (``body``) is measured (``metrics.job_step`` with its duration). A failure, of the
+    step or of the trigger itself (a folder watch that broke), is counted
+    (``metrics.job_failed``), logged as :func:`retry_delay` says, and followed, after that
+    delay on ``sleep``, by the step itself rather than the trigger: what the failure may have
+    missed is caught up at once. A success is recorded (``metrics.job_succeeded``), resets the
+    back-off, and the duty waits for its trigger again."""
+    retry: float | None = None
     while True:
-        await sleep(wait)
+        began: float | None = None
         try:
+            await (trigger() if retry is None else sleep(retry))
+            began = time.monotonic()
             await body()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            metrics.job_failed(job)
-            wait = retry_delay(exc, backoff, what=f"controller job {job}", extra={"job": job})
+            if began is not None:  # a failed step; a failed trigger took no step
+                metrics.job_step(name, time.monotonic() - began)
+            metrics.job_failed(name)
+            retry = retry_delay(exc, backoff, what=f"duty {name}", extra={"job": name})
             continue
-        metrics.job_succeeded(job, time.time())
+        metrics.job_step(name, time.monotonic() - began)
+        metrics.job_succeeded(name, time.time())
         backoff.reset()
-        wait = period_s
+        retry = None
 
 
-def guarded(name: str, body: Awaitable[None]) -> asyncio.Task[None]:
-    """A task for one-off background work (a template reload) whose failure is logged with its
-    traceback instead of being lost with an unawaited task."""
-    return asyncio.create_task(_logged(name, body), name=name)
+class Duties:
+    """Named duties, each a guarded task of its own (:func:`duty`), started one by one and
+    cancelled together. The task is named ``prefix + name`` (fake time tells them apart)."""
 
+    def __init__(self, *, metrics: Metrics, sleep: Sleep, prefix: str = "") -> None:
+        self._metrics = metrics
+        self._sleep = sleep
+        self._prefix = prefix
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
-async def _logged(name: str, body: Awaitable[None]) -> None:
-    try:
-        await body
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("%s failed", name)
+    def start(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        *,
+        trigger: Trigger,
+        backoff: Backoff,
+        sleep: Sleep | None = None,
+    ) -> None:
+        """Start the duty ``name`` (``sleep``, if given, replaces the runner's for its retry
+        waits)."""
+        run = duty(
+            name,
+            body,
+            trigger=trigger,
+            sleep=sleep or self._sleep,
+            metrics=self._metrics,
+            backoff=backoff,
+        )
+        self.tasks[name] = asyncio.create_task(run, name=f"{self._prefix}{name}")
+
+    def every(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        *,
+        period_s: float,
+        sleep: Sleep | None = None,
+    ) -> None:
+        """Start the duty ``name`` that runs every ``period_s`` seconds; a bug's back-off
+        doubles from 1 s (or the period, if shorter) up to 30 s (or the period, if longer)."""
+        wait = sleep or self._sleep
+        self.start(
+            name,
+            body,
+            trigger=period(period_s, wait),
+            backoff=Backoff(first=min(period_s, 1.0), most=max(period_s, 30.0)),
+            sleep=wait,
+        )
+
+    @property
+    def alive(self) -> bool:
+        """Every duty is running (a failing one retries; only a cancelled one ends)."""
+        return bool(self.tasks) and not any(task.done() for task in self.tasks.values())
+
+    async def close(self) -> None:
+        """Cancel every duty and wait for them to end."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.tasks.clear()

@@ -6,6 +6,8 @@ default). The figures are exact sums rounded once (:mod:`aigc_gateway.accounting
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from aigc_gateway.accounting.pricebook import PriceBook
@@ -13,12 +15,60 @@ from aigc_gateway.accounting.reports import Figures, Report, ReportLine, round_o
 from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
+from aigc_gateway.store.tables import UsageInterval
 
-__all__ = ["Dimension", "Period", "Scope", "UsageReports"]
+__all__ = ["Dimension", "LedgerInterval", "Period", "Scope", "UsageReports"]
 
 Dimension = usage.Dimension
 Period = Literal["day", "week", "month", "none"]
 Scope = Literal["mine", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerInterval:
+    """One row of an instance's usage ledger, as it was recorded (exact integers)."""
+
+    id: int
+    instance_id: str
+    instance_name: str
+    resource: str
+    gpu_type: str | None
+    gpu_pool: str | None
+    gpu_count: int
+    share_gib: float | None
+    template_id: str
+    template_version: str
+    start_at: datetime
+    end_at: datetime | None
+    """None while the interval is open."""
+    duration_ms: int
+    """Exact (``end_at - start_at``); 0 while open."""
+    active_ms: int
+    cost_micros: int
+    currency: str
+    closed_by: str | None
+
+    @classmethod
+    def of(cls, row: UsageInterval) -> LedgerInterval:
+        return cls(
+            id=row.id,
+            instance_id=row.instance_id,
+            instance_name=row.instance_name,
+            resource=row.resource,
+            gpu_type=row.gpu_type,
+            gpu_pool=row.gpu_pool,
+            gpu_count=row.gpu_count,
+            share_gib=row.share_gib,
+            template_id=row.template_id,
+            template_version=row.template_version,
+            start_at=row.start_at,
+            end_at=row.end_at,
+            duration_ms=row.duration_ms,
+            active_ms=row.active_ms,
+            cost_micros=row.cost_micros,
+            currency=row.currency,
+            closed_by=row.closed_by,
+        )
 
 
 class UsageReports:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import enum
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -24,6 +24,7 @@ from aigc_gateway.auth.actor import NO_CLIENT, Client
 from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
 from aigc_gateway.auth.secrets import new_id, new_slug
 from aigc_gateway.domain.actions import Outcome, api_action, effect, judge
+from aigc_gateway.domain.instances import InstanceView
 from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import HOLDS_PROCESS, STABLE, DesiredState, InstanceState
@@ -32,11 +33,13 @@ from aigc_gateway.lifecycle.budgets import Budgets, BudgetStatus
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.lifecycle.reports import LedgerInterval
 from aigc_gateway.lifecycle.storage import Level, StorageQuotas, StorageUse
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.scheduler import Request
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import instances as repo
+from aigc_gateway.store import usage as ledger
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import GpuCordon, Instance, InstanceShare, User
 from aigc_gateway.templates.registry import TemplateRegistry
@@ -82,6 +85,17 @@ class CardFacts:
     """User id → user name, for the owners of instances shared with the viewer."""
     shares: dict[str, list[tuple[str, str, str]]]
     """Own instance id → its shares as (share id, user or team name, ``user`` or ``team``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceLabel:
+    """How an administrator's GPU listing names an instance that holds or awaits a card."""
+
+    name: str
+    owner: str
+    """The owner's user name."""
+    pid: int | None
+    """The engine's process (what NVML reports GPU memory by); None while none runs."""
 
 
 class InstanceService:
@@ -291,7 +305,19 @@ class InstanceService:
         async with self._db.read() as session:
             return await repo.owner_names(session, instance_ids)
 
-    async def card_facts(self, who: Principal, instances: Sequence[Instance]) -> CardFacts:
+    async def labels(
+        self, who: Principal, instance_ids: Collection[str]
+    ) -> dict[str, InstanceLabel]:
+        """Name, owner's name and engine pid of these instances, by id, in one query
+        (administrators: the GPU listing's holders and queue). Unknown ids are left out."""
+        require_admin(who)
+        if not instance_ids:
+            return {}
+        async with self._db.read() as session:
+            found = await repo.labels(session, instance_ids)
+        return {i: InstanceLabel(name, owner, pid) for i, (name, owner, pid) in found.items()}
+
+    async def card_facts(self, who: Principal, instances: Sequence[InstanceView]) -> CardFacts:
         """What the dashboard's instance cards show beyond the rows ``who`` may already see:
         the newest event id of each (where its live stream resumes), the owners' names of
         instances shared with ``who``, and the shares of ``who``'s own (one query each)."""
@@ -492,6 +518,14 @@ class InstanceService:
         async with self._db.read() as session:
             await self._visible(session, who, instance_id, Access.VIEW)
             return [EventRecord.of(e) for e in await repo.events_after(session, instance_id, after)]
+
+    async def usage(self, who: Principal, instance_id: str) -> list[LedgerInterval]:
+        """The instance's usage ledger rows, oldest first (open ones have no end yet), for
+        whoever may view it: the owner, a share, an administrator."""
+        async with self._db.read() as session:
+            await self._visible(session, who, instance_id, Access.VIEW)
+            rows = await ledger.intervals_of(session, instance_id)
+            return [LedgerInterval.of(r) for r in rows]
 
     async def logs(self, who: Principal, instance_id: str, *, lines: int) -> str:
         """The engine's last ``lines`` lines of output, within its last ``LOG_TAIL_MAX_BYTES``."""

@@ -29,6 +29,10 @@ class Metrics:
     def instance_started(self, template_id: str, seconds: float) -> None:
         """An engine of ``template_id`` became ready ``seconds`` after it was launched."""
 
+    def job_step(self, job: str, seconds: float) -> None:
+        """A step of the background duty ``job`` (a periodic controller job, the template
+        watch, a reload) ended, well or not, ``seconds`` after it began."""
+
     def job_failed(self, job: str) -> None:
         """A run of the controller's periodic ``job`` (resync, activity, ...) raised."""
 

@@ -47,6 +47,8 @@ PROXY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 """Seconds; streams (SSE, downloads) that last longer land in ``+Inf``."""
 START_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 """Seconds; large models take minutes to load."""
+JOB_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Seconds; a resync or a storage measurement over many volumes takes a while."""
 STATES = tuple(s.value for s in InstanceState if s is not InstanceState.DELETED)
 
 
@@ -91,16 +93,31 @@ class PrometheusMetrics(Metrics):
             registry=self.registry,
         )
         self.job_failures = Counter(
-            "aigc_controller_job_failures",
-            "Runs of a periodic controller job (resync, activity, idle, budget, storage) that "
-            "failed; each is retried with back-off, independently of the others.",
-            ["job"],
+            "aigc_duty_failures",
+            "Failures of a background duty (the periodic controller jobs: resync, activity, idle, "
+            "budget, storage, quota, leases; the template watch and reload); each is retried with "
+            "back-off, independently of the others.",
+            ["duty"],
+            registry=self.registry,
+        )
+        self.job_steps = Counter(
+            "aigc_duty_steps",
+            "Steps of a background duty (the periodic controller jobs, the template watch and "
+            "reload), failed ones included.",
+            ["duty"],
+            registry=self.registry,
+        )
+        self.job_seconds = Histogram(
+            "aigc_duty_duration_seconds",
+            "How long a step of a background duty took, failed ones included.",
+            ["duty"],
+            buckets=JOB_BUCKETS,
             registry=self.registry,
         )
         self.job_last_success = Gauge(
-            "aigc_controller_job_last_success_timestamp_seconds",
+            "aigc_duty_last_success_timestamp_seconds",
             "When a periodic controller job last ran without error (epoch seconds).",
-            ["job"],
+            ["duty"],
             registry=self.registry,
         )
         self._proxy: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
@@ -123,6 +140,10 @@ class PrometheusMetrics(Metrics):
 
     def instance_started(self, template_id: str, seconds: float) -> None:
         self.start_seconds.labels(template_id).observe(max(seconds, 0.0))
+
+    def job_step(self, job: str, seconds: float) -> None:
+        self.job_steps.labels(job).inc()
+        self.job_seconds.labels(job).observe(max(seconds, 0.0))
 
     def job_failed(self, job: str) -> None:
         self.job_failures.labels(job).inc()

@@ -149,7 +149,13 @@ class Database:
                     await conn.execute(text("SELECT pg_advisory_unlock(hashtext('aigc-migrate'))"))
                     await conn.commit()
 
+    @property
+    def display_url(self) -> str:
+        """Where the store is, for people (the Health page): its URL without the password."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     async def ping(self) -> bool:
+        """Whether the store answers (a ``SELECT 1``): the health checks' probe."""
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))

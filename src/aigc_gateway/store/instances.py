@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -149,8 +149,28 @@ async def live_ids(session: AsyncSession) -> list[str]:
     return list(rows.all())
 
 
+class InstanceChanges(TypedDict, total=False):
+    """Columns of an instance a state move (or a runtime's answer) sets besides its state and
+    reason; a key left out is left as it is, one given as ``None`` is cleared."""
+
+    reason: str
+    launched_generation: int
+    template_revision_id: int
+    started_at: datetime | None
+    ready_at: datetime | None
+    exit_code: int | None
+    pid: int | None
+    endpoint: str | None
+    gpu_ids: list[str] | None
+    gpu_memory_gib: float | None
+    gpu_since: datetime | None
+    placement: str | None
+    queued_at: datetime | None
+    queue_priority: int
+
+
 async def apply_transition(
-    session: AsyncSession, inst: Instance, move: Transition, **changes: Any
+    session: AsyncSession, inst: Instance, move: Transition, **changes: Unpack[InstanceChanges]
 ) -> Event:
     """Move ``inst`` along ``move`` if it is still in ``move.source``; record the event.
 
@@ -225,7 +245,9 @@ def ensure_owner_may_create(count: int, limit: int) -> None:
         )
 
 
-async def set_fields(session: AsyncSession, instance_id: str, **values: Any) -> None:
+async def set_fields(
+    session: AsyncSession, instance_id: str, **values: Unpack[InstanceChanges]
+) -> None:
     await session.execute(
         update(Instance)
         .where(Instance.id == instance_id)
@@ -278,6 +300,18 @@ async def owner_names(session: AsyncSession, instance_ids: Sequence[str]) -> dic
         .where(Instance.id.in_(instance_ids))
     )
     return {str(i): str(name) for i, name in found.all()}
+
+
+async def labels(
+    session: AsyncSession, instance_ids: Iterable[str]
+) -> dict[str, tuple[str, str, int | None]]:
+    """Instance id → (its name, its owner's user name, its engine's pid), in one query."""
+    found = await session.execute(
+        select(Instance.id, Instance.name, User.name, Instance.pid)
+        .join(User, User.id == Instance.owner_id)
+        .where(Instance.id.in_(list(instance_ids)))
+    )
+    return {str(i): (str(name), str(owner), pid) for i, name, owner, pid in found.all()}
 
 
 async def newest_event_ids(session: AsyncSession, instance_ids: Sequence[str]) -> dict[str, int]:

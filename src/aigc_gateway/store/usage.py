@@ -138,6 +138,12 @@ async def open_rows(session: AsyncSession, instance_id: str | None = None) -> li
     return list(await session.scalars(query.with_for_update().order_by(UsageInterval.id)))
 
 
+async def intervals_of(session: AsyncSession, instance_id: str) -> list[UsageInterval]:
+    """Every ledger row of one instance, oldest first (open ones included)."""
+    query = select(UsageInterval).where(UsageInterval.instance_id == instance_id)
+    return list(await session.scalars(query.order_by(UsageInterval.id)))
+
+
 def _holding(row: UsageInterval) -> Holding:
     return Holding(
         resource=row.resource,  # type: ignore[arg-type]

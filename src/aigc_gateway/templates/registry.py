@@ -1,13 +1,12 @@
-"""The live template catalog: loaded from the folder, re-read on change, revisions recorded."""
+"""The live template catalog: loaded from the folder, revisions recorded. Re-read on a change in
+the folder and on SIGHUP by the template duties (:func:`aigc_gateway.app.template_duties`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aigc_gateway.domain.backoff import Backoff
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
 from aigc_gateway.templates.loader import Catalog, LoadedTemplate, load_dir
@@ -55,31 +54,3 @@ class TemplateRegistry:
 
     def get(self, template_id: str) -> LoadedTemplate | None:
         return self.catalog.get(template_id)
-
-    async def watch(self, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """Reload whenever a file in the folder changes, until cancelled. A failure (the store
-        unavailable for a reload, the watch itself) is logged and retried with back-off (waited
-        with ``sleep``), and the retry reloads first: a change is never lost, and the watch never
-        stops for good."""
-        backoff = Backoff(first=1.0, most=60.0)
-        behind = False
-        while True:
-            try:
-                if behind:
-                    await self.reload()
-                    behind = False
-                await self._watch(backoff)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                behind = True  # changes may have been missed meanwhile
-                delay = backoff.next()
-                log.error("template watch failed; retrying in %.3g s", delay, exc_info=exc)
-                await sleep(delay)
-
-    async def _watch(self, backoff: Backoff) -> None:
-        from watchfiles import awatch
-
-        async for _changes in awatch(self.directory, recursive=False):
-            await self.reload()
-            backoff.reset()
