@@ -274,7 +274,9 @@ async def open_gateway(
         settings=ProxySettings.of(settings),
         routes=routes,
         templates=registry,
-        access=ProxyAccess(db=db, cache=access_cache, accounts=accounts, idle=instance_access.idle),
+        access=ProxyAccess(
+            db=db, cache=access_cache, accounts=accounts, instance_access=instance_access
+        ),
         activity=controller.activity,
         metrics=metrics,
         upstream=upstream,

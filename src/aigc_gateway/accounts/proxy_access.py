@@ -8,10 +8,8 @@ the two modes, so they are cached under different keys.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from aigc_gateway.accounts.access_cache import AccessCache, Decision, Refused
-from aigc_gateway.accounts.instance_access import decide_cookie, decide_principal
+from aigc_gateway.accounts.instance_access import InstanceAccess, decide_principal
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.store.db import Database
 
@@ -25,9 +23,15 @@ class ProxyAccess:
     """Implements the proxy's ``AccessDecider`` port (``aigc_gateway.proxy.ports``)."""
 
     def __init__(
-        self, *, db: Database, cache: AccessCache, accounts: AccountService, idle: timedelta
+        self,
+        *,
+        db: Database,
+        cache: AccessCache,
+        accounts: AccountService,
+        instance_access: InstanceAccess,
     ) -> None:
-        self._db, self._cache, self._accounts, self._idle = db, cache, accounts, idle
+        self._db, self._cache, self._accounts = db, cache, accounts
+        self._instances = instance_access
 
     def cached(self, slug: str, key: str) -> Decision | None:
         """The cached answer for ``key`` (see ``access_key``) on instance ``slug``; no I/O."""
@@ -40,12 +44,8 @@ class ProxyAccess:
 
         async def load() -> Decision:
             if not path_mode:
-                return await decide_cookie(
-                    self._db,
-                    instance_id=instance_id,
-                    owner_id=owner_id,
-                    cookie=cookie,
-                    idle=self._idle,
+                return await self._instances.decide(
+                    instance_id=instance_id, owner_id=owner_id, cookie=cookie
                 )
             who = await self._accounts.principal_for_session(cookie)
             if who is None:
