@@ -100,7 +100,7 @@ def gateway(
     assert first.token is not None
     alice = asyncio.run(add_user(settings, "alice"))
     bob = asyncio.run(add_user(settings, "bob"))
-    app = create_app(settings, ledger_clock=ledger_clock)
+    app = create_app(settings, ledger_clock=ledger_clock, migrated=True)  # as serve: bootstrap did
     try:
         with serve_in_thread(app, sock) as url:
             yield RunningGateway(url, settings, first.token, alice, bob)

@@ -181,9 +181,14 @@ def test_serve_prints_the_address_it_serves(tmp_path: Path) -> None:
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), text
         token = next(line.split()[-1] for line in printed if "API token:" in line)
         assert f"Bearer {token}' {url}/api/instances" in printed[-1]
+        logged = []
         for line in proc.stderr:  # uvicorn says so once the app's startup has completed
+            logged.append(line)
             if "Application startup complete" in line:
                 break
+        # One start migrates the store once (bootstrap), not again when the app opens.
+        migrations = [line for line in logged if "migrating the store" in line]
+        assert len(migrations) == 1, "".join(logged)
         drain.start()
         r = httpx.get(f"{url}/api/instances", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200 and r.json() == []

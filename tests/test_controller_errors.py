@@ -19,6 +19,7 @@ from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Backoff, retry_delay
+from aigc_gateway.lifecycle.routes import RouteTable
 from aigc_gateway.lifecycle.service import CreateRequest
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import LaunchSpec, Workload
@@ -244,10 +245,8 @@ async def controller_with(
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
     gpus = GpuBroker([], "no GPUs here")
-    controller: Controller
-    metrics = PrometheusMetrics(
-        routes=lambda: controller.routes.all(), gpus=gpus, templates=registry, db=db
-    )
+    routes = RouteTable()  # as the gateway wires it: made first, read by the metrics
+    metrics = PrometheusMetrics(routes=routes.all, gpus=gpus, templates=registry, db=db)
     runtime = LocalRuntime(state_dir=settings.runtime_dir)
     controller = Controller(
         db=db,
@@ -261,6 +260,7 @@ async def controller_with(
         over_budget=over_budget,
         metrics=metrics,
         sleep=time.sleep,
+        routes=routes,
     )
     return controller, metrics, db, runtime
 

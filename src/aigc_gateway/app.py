@@ -54,14 +54,17 @@ LIVE_SOCKET_CHECK_S = 60.0
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    gw = await open_gateway(settings, ledger_clock=app.state.ledger_clock)
+    gw = await open_gateway(
+        settings, ledger_clock=app.state.ledger_clock, migrate=not app.state.migrated
+    )
     app.state.gateway = gw
+    app.state.proxy_ports = gw.proxy  # all the proxy sees of the gateway
     app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
     live = app.state.live_sockets = (
         LiveSockets()
     )  # WebSockets, event streams: closed when access ends
-    gw.access_cache.on_clear(lambda: live.check_soon(gw))
-    rechecks = asyncio.create_task(live.every(gw, LIVE_SOCKET_CHECK_S), name="websocket-access")
+    gw.access_cache.on_clear(live.check_soon)
+    rechecks = asyncio.create_task(live.every(LIVE_SOCKET_CHECK_S), name="websocket-access")
     await gw.controller.start()
     reloads, sighup = template_duties(gw.registry, gw.metrics, watch=settings.watch_templates)
     loop = asyncio.get_running_loop()
@@ -114,9 +117,14 @@ class GatewayApp(FastAPI):
 
 
 def create_app(
-    settings: Settings, *, ledger_clock: Callable[[], datetime] | None = None
+    settings: Settings,
+    *,
+    ledger_clock: Callable[[], datetime] | None = None,
+    migrated: bool = False,
 ) -> FastAPI:
-    """The app; ``ledger_clock`` replaces the time the usage ledger records (tests)."""
+    """The app; ``ledger_clock`` replaces the time the usage ledger records (tests).
+    ``migrated``: the store was migrated by this start already (``serve``'s bootstrap); the
+    lifespan then does not migrate it again."""
     app = GatewayApp(
         title="AIGC Gateway",
         version=__version__,
@@ -125,6 +133,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ledger_clock = ledger_clock
+    app.state.migrated = migrated
     app.add_middleware(LanguageMiddleware)  # the gateway's pages in the visitor's language
     api_errors.install(app, not_found_page=dashboard.not_found_page)
     app.include_router(health.router)

@@ -97,7 +97,7 @@ def serve(log_level: str, fd: int | None, **options: Any) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    app = create_app(settings)
+    app = create_app(settings, migrated=True)  # bootstrap migrated the store: once per start
     try:
         server = server_options(app)  # the HTTP protocol, whose forwarding headers to believe
     except GatewayError as exc:  # e.g. a uvicorn the connection-level proxy was not tested with

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
 from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, load_pricebook
-from aigc_gateway.accounts.access_cache import AccessCache
+from aigc_gateway.accounts.access_cache import AccessCache, Allowed
 from aigc_gateway.accounts.admin import AdminService
 from aigc_gateway.accounts.instance_access import InstanceAccess
+from aigc_gateway.accounts.proxy_access import ProxyAccess
 from aigc_gateway.accounts.service import AccountService
 from aigc_gateway.auth.oidc import OidcClient, OidcConfig
+from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.domain.clock import Clock, wall_clock
 from aigc_gateway.errors import UserError
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
@@ -27,8 +30,10 @@ from aigc_gateway.lifecycle.files import FileService
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
 from aigc_gateway.lifecycle.reports import UsageReports
-from aigc_gateway.lifecycle.service import InstanceService
+from aigc_gateway.lifecycle.routes import RouteTable
+from aigc_gateway.lifecycle.service import Action, InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
+from aigc_gateway.proxy.ports import ProxyPorts, ProxySettings
 from aigc_gateway.runtime.base import Isolation, Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
@@ -78,6 +83,11 @@ class Gateway:
     """Usage and cost reports from the ledger."""
     cluster: Cluster
     """This process among the gateways sharing the store: its leases and notices."""
+    clock: Clock
+    """Domain time: the one "now" of the ledger, the spending limits and the reports (the
+    controller's and the budgets' clock are this same function)."""
+    proxy: ProxyPorts
+    """The narrow view of these parts the instance proxy is given (it never sees the rest)."""
 
     async def close(self) -> None:
         await self.controller.close()
@@ -87,10 +97,28 @@ class Gateway:
         await self.db.close()
 
 
-def unpriced_gpu_types(pricebook: PriceBook, types: set[str]) -> list[str]:
-    """GPU types of the inventory the price book has no price for (they would bill 0)."""
+class _Waker:
+    """The proxy's ``Waker`` port: wake-on-request resumes through the instance service, as the
+    user the instance cookie or session belongs to."""
+
+    def __init__(self, instances: InstanceService) -> None:
+        self._instances = instances
+
+    async def resume(self, who: Allowed, instance_id: str) -> str:
+        principal = Principal(
+            user_id=who.user_id,
+            name=who.user_name,
+            is_admin=who.is_admin,
+            team_ids=who.team_ids,
+            via=Via.INSTANCE_COOKIE,
+        )
+        return (await self._instances.act(principal, instance_id, Action.RESUME)).state
+
+
+def unpriced_gpu_types(pricebook: PriceBook, types: set[str], now: datetime) -> list[str]:
+    """GPU types of the inventory the price book has no price for at ``now`` (they would bill
+    0)."""
     problems = []
-    now = datetime.now(UTC)
     for gpu_type in sorted(types):
         for use in (
             ResourceUse(kind="gpu", gpu_type=gpu_type, gpu_count=1),
@@ -147,13 +175,19 @@ async def open_gateway(
     ledger_clock: Callable[[], datetime] | None = None,
     runtime: Runtime | None = None,
     sleep: Sleep | None = None,
+    migrate: bool = True,
 ) -> Gateway:
     """Open every part. Tests replace some: ``ledger_clock`` the time the usage ledger
     records, ``runtime`` the one the settings pick (a fake for a failure mode), ``sleep`` how the
-    controller's loops wait (fake time)."""
+    controller's loops wait (fake time). ``migrate`` False: this start has migrated the store
+    already (``serve`` runs ``bootstrap`` first), so it is not done twice."""
+    # Domain time first: every part that reads "now" for the ledger, limits or reports is given
+    # this one clock (a test's fake, or the wall clock).
+    clock: Clock = ledger_clock or wall_clock
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.sqlalchemy_url)
-    await db.migrate()
+    if migrate:
+        await db.migrate()
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
     runtime = runtime or make_runtime(settings)
@@ -169,14 +203,14 @@ async def open_gateway(
     inventory, gpu_note = build_inventory(settings, discovery)
     gpus = GpuBroker(inventory.gpus, gpu_note)
     pricebook = load_pricebook(settings.pricebook) if settings.pricebook else PriceBook.default()
-    # The budgets read time from the controller's clock (one clock for the ledger and limits).
-    for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}):
+    for problem in unpriced_gpu_types(pricebook, {g.type for g in inventory.gpus}, clock()):
         log.warning("price book: %s", problem)
-    budgets = Budgets(db, pricebook, clock=lambda: controller.clock())
-    # The metrics read the controller's route table at each scrape (the controller reports to them).
-    metrics = PrometheusMetrics(
-        routes=lambda: controller.routes.all(), gpus=gpus, templates=registry, db=db
-    )
+    budgets = Budgets(db, pricebook, clock=clock)
+    # The route table, made before its users: the controller is its one writer (the instance
+    # service asks it to, through route_changed); the metrics (at each scrape) and the proxy
+    # only read it.
+    routes = RouteTable()
+    metrics = PrometheusMetrics(routes=routes.all, gpus=gpus, templates=registry, db=db)
     controller = Controller(
         db=db,
         runtime=runtime,
@@ -190,10 +224,11 @@ async def open_gateway(
         gpus=gpus,
         pricebook=pricebook,
         over_budget=budgets.over_hard_to_pause,
-        clock=ledger_clock,
+        clock=clock,
         metrics=metrics,
         sleep=sleep,
         cluster=cluster,
+        routes=routes,
     )
     access_cache = AccessCache(ttl_s=settings.access_cache_ttl_s)
     # Access changed here: drop the decisions cached here, and tell the other processes.
@@ -232,6 +267,21 @@ async def open_gateway(
             ),
             http,
         )
+    accounts = AccountService(db=db, settings=settings, on_access_change=access_changed)
+    instance_access = InstanceAccess(db=db, settings=settings)
+    upstream = EngineSessions()
+    proxy = ProxyPorts(
+        settings=ProxySettings.of(settings),
+        routes=routes,
+        templates=registry,
+        access=ProxyAccess(
+            db=db, cache=access_cache, accounts=accounts, instance_access=instance_access
+        ),
+        activity=controller.activity,
+        metrics=metrics,
+        upstream=upstream,
+        waker=_Waker(service),
+    )
     return Gateway(
         settings=settings,
         db=db,
@@ -240,13 +290,13 @@ async def open_gateway(
         hub=hub,
         controller=controller,
         instances=service,
-        accounts=AccountService(db=db, settings=settings, on_access_change=access_changed),
+        accounts=accounts,
         admin=AdminService(db=db, on_access_change=access_changed),
-        instance_access=InstanceAccess(db=db, settings=settings),
+        instance_access=instance_access,
         signer=URLSafeTimedSerializer(signing_secret(settings), salt="aigc-gateway"),
         oidc=oidc,
         http=http,
-        upstream=EngineSessions(),
+        upstream=upstream,
         access_cache=access_cache,
         gpus=gpus,
         budgets=budgets,
@@ -257,4 +307,6 @@ async def open_gateway(
         files=FileService(db=db, registry=registry, volumes=runtime.volumes),
         reports=UsageReports(db=db, pricebook=pricebook),
         cluster=cluster,
+        clock=clock,
+        proxy=proxy,
     )

@@ -75,6 +75,9 @@ class AccessCache:
         future.set_result(decision)
         return decision
 
+    # The TTL runs on the monotonic clock on purpose: it is a timeout, not domain time (a test's
+    # fake ledger clock must not keep or expire answers; a stepped wall clock must not either).
+
     def get(self, slug: str, cookie: str) -> Decision | None:
         hit = self._entries.get((slug, cookie))
         if hit is None or hit[0] < time.monotonic():

@@ -71,7 +71,9 @@ async def instance_events(request: Request, gw: GatewayDep) -> Response:
     if found is None:
         return JSONResponse({"code": "not_found", "message": "no such instance"}, status_code=404)
     route, who = found
-    allowed = instance_access(route.slug, request.cookies.get(INSTANCE_COOKIE) or "", None)
+    allowed = instance_access(
+        gw.proxy, route.slug, request.cookies.get(INSTANCE_COOKIE) or "", None
+    )
 
     async def events() -> AsyncIterator[dict[str, str]]:
         yield {"event": "status", "data": json.dumps(_status(route))}

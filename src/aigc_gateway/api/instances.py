@@ -121,7 +121,8 @@ def _still_viewing(request: Request, instance_id: str) -> StillAllowed:
     """Whether the credential that opened a stream still sees the instance: the same check as
     a new request with it, made again on every access change."""
 
-    async def allowed(gw: Gateway) -> bool:
+    async def allowed() -> bool:
+        gw: Gateway = request.app.state.gateway
         try:
             who = await optional_principal(request)
             return who is not None and bool(await gw.instances.get(who, instance_id))

@@ -36,7 +36,7 @@ class Watch:
         current = self.gw.access_cache.generation
         if not self.revoked.is_set() and current != self.generation:
             self.generation = current
-            if not await self.allowed(self.gw):
+            if not await self.allowed():
                 self.revoked.set()
         return not self.revoked.is_set()
 

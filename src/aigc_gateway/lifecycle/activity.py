@@ -14,6 +14,8 @@ class ActivityTracker:
         self._dirty: set[str] = set()
 
     def touch(self, instance_id: str) -> None:
+        # Epoch seconds of the process, not the ledger's clock: idle time is compared with the
+        # engine's ready time, which the runtime stamps on the real clock.
         self._last[instance_id] = time.time()
         self._dirty.add(instance_id)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -24,6 +24,7 @@ from aigc_gateway.accounting import MICROS, PriceBook, format_money
 from aigc_gateway.auth.actor import NO_CLIENT, Client
 from aigc_gateway.auth.principal import Principal, require_admin
 from aigc_gateway.auth.secrets import new_id
+from aigc_gateway.domain.clock import wall_clock
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import usage
@@ -76,7 +77,8 @@ class Budgets:
     ) -> None:
         self._db = db
         self._pricebook = pricebook
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or wall_clock
+        """Domain time, the ledger's (the composition root gives the controller's clock)."""
 
     @property
     def currency(self) -> str:

@@ -42,6 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aigc_gateway.accounting import PriceBook
+from aigc_gateway.domain.clock import wall_clock
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import (
     HOLDS_PROCESS,
@@ -120,9 +121,9 @@ class Controller:
         self._over_budget = over_budget
         """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
         self.metrics = metrics or Metrics()
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        """The time the ledger records (tests give a fake clock)."""
-        self._real_clock = clock is None
+        self.clock: Callable[[], datetime] = clock or wall_clock
+        """The time the ledger records: the composition root's one clock (tests: a fake)."""
+        self._real_clock = self.clock is wall_clock
         self._sleep: Sleep = sleep or asyncio.sleep
         """How loops and back-offs wait (tests give fake time)."""
         self._launch_timeout_s = launch_timeout_s
@@ -250,6 +251,12 @@ class Controller:
             await self.cluster.release_all()
         except GatewayError as exc:  # the leases expire on their own
             log.warning("could not give the leases back: %s", exc.message)
+
+    def route_changed(self, inst: Instance) -> None:
+        """``inst`` was changed in the store by a user's action (created, renamed, resumed…):
+        put its route here, and announce it to the other processes. The controller is the route
+        table's one writer; everyone else reads it or calls this."""
+        self.routes.put(Route.of(inst))
 
     def kick(self, instance_id: str, *, forward: bool = True) -> None:
         """Ask for ``instance_id`` to be reconciled now (cheap, idempotent). When this process

@@ -34,7 +34,6 @@ from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.reports import LedgerInterval
-from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.lifecycle.storage import Level, StorageQuotas, StorageUse
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.scheduler import Request
@@ -205,7 +204,7 @@ class InstanceService:
             )  # fmt: skip
         await self._warn(inst.id, warnings)
         await self._warn_storage(inst.id, stored)
-        self._controller.routes.put(Route.of(inst))
+        self._controller.route_changed(inst)
         self._controller.kick(inst.id)
         return inst, True
 
@@ -442,7 +441,7 @@ class InstanceService:
             await self._warn(inst.id, warnings)
             if changed and stored is not None:
                 await self._warn_storage(inst.id, stored)
-            self._controller.routes.put(Route.of(inst))
+            self._controller.route_changed(inst)
             self._controller.kick(inst.id)
             if changed and _moves_at_once(inst):
                 return await self._settled(inst, moves)
@@ -511,7 +510,7 @@ class InstanceService:
                 session, who, client, "instance.delete", target_type="instance",
                 target_id=inst.id, detail={"delete_data": delete_data},
             )  # fmt: skip
-        self._controller.routes.put(Route.of(inst))
+        self._controller.route_changed(inst)
         self._controller.kick(inst.id)
         return inst
 

@@ -13,19 +13,16 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
-from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE, decide_cookie, decide_principal
-from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
+from aigc_gateway.accounts.proxy_access import access_key as cache_key
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.lifecycle.routes import Route
-from aigc_gateway.lifecycle.service import Action
-from aigc_gateway.metrics import Metrics
 from aigc_gateway.proxy.answers import (
     FORBIDDEN,
     NO_INSTANCE,
@@ -35,12 +32,10 @@ from aigc_gateway.proxy.answers import (
     failed_page_text,
     failed_text,
 )
+from aigc_gateway.proxy.ports import ProxyMetrics, ProxyPorts
 from aigc_gateway.proxy.relay import Limits, relay_http, relay_websocket, upstream_headers
 from aigc_gateway.web.i18n import request_lang
 from aigc_gateway.web.pages import render
-
-if TYPE_CHECKING:
-    from aigc_gateway.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +67,7 @@ class _Observed:
 
     __slots__ = ("_metrics", "_send", "_started", "status")
 
-    def __init__(self, send: Send, metrics: Metrics, started: float) -> None:
+    def __init__(self, send: Send, metrics: ProxyMetrics, started: float) -> None:
         self._send, self._metrics, self._started = send, metrics, started
         self.status = 0
 
@@ -103,27 +98,27 @@ class InstanceProxy:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        gw: Gateway = scope["app"].state.gateway
+        ports: ProxyPorts = scope["app"].state.proxy_ports
         host = _header(scope, b"host")
-        slug = instance_slug(host, gw.settings.apps_domain)
+        slug = instance_slug(host, ports.settings.apps_domain)
         path: str = scope["path"]
         if slug is not None and not path.startswith("/_aigc/"):
-            await self._instance(gw, scope, receive, send, slug=slug, host=host, prefix=None)
+            await self._instance(ports, scope, receive, send, slug=slug, host=host, prefix=None)
             return
         if slug is None and path.startswith("/i/"):
             candidate = path[3:].split("/", 1)[0]
-            route = gw.controller.routes.get(candidate)
-            loaded = gw.registry.get(route.template_id) if route else None
+            route = ports.routes.get(candidate)
+            loaded = ports.templates.get(route.template_id) if route else None
             if route is not None and loaded is not None and loaded.template.access.path_mode:
                 await self._instance(
-                    gw, scope, receive, send, slug=candidate, host=host, prefix=f"/i/{candidate}"
+                    ports, scope, receive, send, slug=candidate, host=host, prefix=f"/i/{candidate}"
                 )
                 return
         await self.app(scope, receive, send)
 
     async def _instance(
         self,
-        gw: Gateway,
+        ports: ProxyPorts,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -133,14 +128,14 @@ class InstanceProxy:
         prefix: str | None,
     ) -> None:
         started = time.perf_counter()
-        route = gw.controller.routes.get(slug)
+        route = ports.routes.get(slug)
         if route is None:
             await self._refuse(scope, receive, send, 404, NO_INSTANCE)
             return
-        decision = await self._decide(gw, scope, route, prefix)
+        decision = await self._decide(ports, scope, route, prefix)
         if isinstance(decision, Refused):
             if decision.status == 401 and _wants_html(scope) and prefix is None:
-                await self._to_sign_in(gw, scope, send, host)
+                await self._to_sign_in(ports, scope, send, host)
             elif decision.status == 401 and _wants_html(scope):
                 await _redirect(send, f"/auth/login?next={quote(scope['path'], safe='')}")
             else:
@@ -152,12 +147,12 @@ class InstanceProxy:
                     SIGN_IN if decision.status == 401 else FORBIDDEN,
                 )
             return
-        gw.controller.activity.touch(route.instance_id)
+        ports.activity.touch(route.instance_id)
         if route.state == "running" and route.upstream:
-            observed = _Observed(send, gw.metrics, started)
-            await self._relay(gw, scope, receive, observed, route, decision, host, prefix)
+            observed = _Observed(send, ports.metrics, started)
+            await self._relay(ports, scope, receive, observed, route, decision, host, prefix)
         elif route.state in WAKING:
-            await self._wake(gw, scope, receive, send, route, decision, prefix)
+            await self._wake(ports, scope, receive, send, route, decision, prefix)
         else:
             await self._refuse(
                 scope,
@@ -169,16 +164,16 @@ class InstanceProxy:
             )
 
     async def _decide(
-        self, gw: Gateway, scope: Scope, route: Route, prefix: str | None
+        self, ports: ProxyPorts, scope: Scope, route: Route, prefix: str | None
     ) -> Decision:
         cookie = _cookie(scope, access_cookie_name(prefix))
         if not cookie:
             return Refused(401)
-        return await decide_access(gw, route, cookie, prefix)
+        return await decide_access(ports, route, cookie, prefix)
 
     async def _relay(
         self,
-        gw: Gateway,
+        ports: ProxyPorts,
         scope: Scope,
         receive: Receive,
         observed: _Observed,
@@ -188,8 +183,8 @@ class InstanceProxy:
         prefix: str | None,
     ) -> None:
         assert route.endpoint is not None
-        session, base = gw.upstream.session(route.endpoint)
-        settings = gw.settings
+        session, base = ports.upstream.session(route.endpoint)
+        settings = ports.settings
         limits = Limits(
             settings.proxy_connect_timeout_s,
             settings.proxy_read_timeout_s,
@@ -203,7 +198,7 @@ class InstanceProxy:
             revoked = asyncio.Event()
             cookie = _cookie(scope, access_cookie_name(prefix)) or ""
             live = scope["app"].state.live_sockets
-            token = live.add(route.slug, cookie, prefix, revoked.set)
+            token = live.add(ports, route.slug, cookie, prefix, revoked.set)
             try:
                 await relay_websocket(
                     scope,
@@ -213,7 +208,7 @@ class InstanceProxy:
                     base=base,
                     headers=headers,
                     limits=limits,
-                    on_message=lambda: gw.controller.activity.touch(route.instance_id),
+                    on_message=lambda: ports.activity.touch(route.instance_id),
                     revoked=revoked,
                 )
             finally:
@@ -236,7 +231,7 @@ class InstanceProxy:
 
     async def _wake(
         self,
-        gw: Gateway,
+        ports: ProxyPorts,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -246,23 +241,16 @@ class InstanceProxy:
     ) -> None:
         """A request for an instance that is not running: start it if the user may and the
         template allows, then show a live "starting" page (browsers) or 503 + Retry-After."""
-        loaded = gw.registry.get(route.template_id)
+        loaded = ports.templates.get(route.template_id)
         may_wake = loaded is not None and loaded.template.access.wake_on_request and who.may_operate
         state = route.state
         if route.desired_state != "running":
             if not may_wake:
                 await self._refuse(scope, receive, send, 409, PAUSED)
                 return
-            principal = Principal(
-                user_id=who.user_id,
-                name=who.user_name,
-                is_admin=who.is_admin,
-                team_ids=who.team_ids,
-                via=Via.INSTANCE_COOKIE,
-            )
             try:
                 # The state after the resume (e.g. starting), not the paused one before it.
-                state = (await gw.instances.act(principal, route.instance_id, Action.RESUME)).state
+                state = await ports.waker.resume(who, route.instance_id)
             except GatewayError as exc:
                 await self._refuse(scope, receive, send, exc.status, exc.message)
                 return
@@ -291,12 +279,12 @@ class InstanceProxy:
             ).encode()
             await _respond(send, 503, "application/json", body, retry_after=2)
 
-    async def _to_sign_in(self, gw: Gateway, scope: Scope, send: Send, host: str) -> None:
+    async def _to_sign_in(self, ports: ProxyPorts, scope: Scope, send: Send, host: str) -> None:
         scheme = "https" if scope.get("scheme") == "https" else "http"
         query = scope.get("query_string", b"").decode("latin-1")
         original = f"{scheme}://{host}{scope['path']}" + (f"?{query}" if query else "")
         await _redirect(
-            send, f"{gw.settings.base_url}/auth/instance-login?rd={quote(original, safe='')}"
+            send, f"{ports.settings.base_url}/auth/instance-login?rd={quote(original, safe='')}"
         )
 
     async def _refuse(
@@ -326,35 +314,23 @@ def access_cookie_name(prefix: str | None) -> str:
 
 
 def access_key(cookie: str, prefix: str | None) -> str:
-    return ("p:" if prefix else "h:") + cookie
+    """The access cache's key of ``cookie`` in the mode ``prefix`` says."""
+    return cache_key(cookie, path_mode=prefix is not None)
 
 
-async def decide_access(gw: Gateway, route: Route, cookie: str, prefix: str | None) -> Decision:
+async def decide_access(
+    ports: ProxyPorts, route: Route, cookie: str, prefix: str | None
+) -> Decision:
     """May the holder of ``cookie`` use ``route``'s instance? Host mode (``prefix`` None): the
-    instance cookie; path mode (same host as the gateway): the session. Answers are cached."""
-
-    async def load() -> Decision:
-        if prefix is None:
-            return await decide_cookie(
-                gw.db,
-                instance_id=route.instance_id,
-                owner_id=route.owner_id,
-                cookie=cookie,
-                idle=gw.instance_access.idle,
-            )
-        return await _decide_session(gw, route, cookie)
-
-    return await gw.access_cache.get_or_load(route.slug, access_key(cookie, prefix), load)
-
-
-async def _decide_session(gw: Gateway, route: Route, cookie: str) -> Decision:
-    who = await gw.accounts.principal_for_session(cookie)
-    if who is None:
-        return Refused(401)
-    async with gw.db.read() as session:
-        return await decide_principal(
-            session, who, instance_id=route.instance_id, owner_id=route.owner_id
-        )
+    instance cookie; path mode (same host as the gateway): the session. Answers are cached (the
+    store is read behind the ``AccessDecider`` port, never here)."""
+    return await ports.access.decide(
+        slug=route.slug,
+        instance_id=route.instance_id,
+        owner_id=route.owner_id,
+        cookie=cookie,
+        path_mode=prefix is not None,
+    )
 
 
 async def _respond(

@@ -44,6 +44,7 @@ from aigc_gateway.proxy.answers import BAD_ANSWER, CLOSED, TIMEOUT, UNREACHABLE,
 from aigc_gateway.proxy.asgi import access_cookie_name, access_key, decide_access
 from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamConnection, UpstreamPool
+from aigc_gateway.proxy.ports import ProxyPorts
 from aigc_gateway.proxy.wire import (
     LAST_CHUNK,
     MAX_HEAD_BYTES,
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-    from aigc_gateway.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +288,9 @@ class FrontProtocol(asyncio.Protocol):
             if len(self.buffer) > MAX_HEAD_BYTES:
                 self._hand_off()
             return
-        gw: Gateway | None = getattr(self.gateway_app.state, "gateway", None)
+        ports: ProxyPorts | None = getattr(self.gateway_app.state, "proxy_ports", None)
         head = parse_request_head(bytes(self.buffer[: end + 4]))
-        if gw is None or head is None or (plan := self._plan(gw, head)) is None:
+        if ports is None or head is None or (plan := self._plan(ports, head)) is None:
             self._hand_off()
             return
         route, prefix, cookie, host = plan
@@ -299,17 +299,19 @@ class FrontProtocol(asyncio.Protocol):
         if self.decided is not None and self.decided[0] == key:
             decision = self.decided[1]
         else:
-            decision = gw.access_cache.get(route.slug, key)
+            decision = ports.access.cached(route.slug, key)
         self.decided = None
         if decision is None:
-            self._load(gw, route, cookie, prefix, key)
+            self._load(ports, route, cookie, prefix, key)
         elif isinstance(decision, Allowed):
             del self.buffer[: end + 4]
-            self._start(gw, head, route, decision, prefix, host, cookie)
+            self._start(ports, head, route, decision, prefix, host, cookie)
         else:
             self._hand_off()  # the ASGI proxy answers refusals (sign-in, 403 pages)
 
-    def _plan(self, gw: Gateway, head: RequestHead) -> tuple[Route, str | None, str, str] | None:
+    def _plan(
+        self, ports: ProxyPorts, head: RequestHead
+    ) -> tuple[Route, str | None, str, str] | None:
         """``(route, prefix, cookie, host)`` when this request may be relayed here, else None."""
         path = head.target.split(b"?", 1)[0]
         if not path.startswith(b"/") or b"%" in path:
@@ -319,28 +321,28 @@ class FrontProtocol(asyncio.Protocol):
         length = head.body_length()
         if length is None or head.count(b"expect"):
             return None  # framing the ASGI server checks (and refuses when it is ambiguous)
-        limit = gw.settings.proxy_max_body_bytes
+        limit = ports.settings.proxy_max_body_bytes
         if limit and length > limit:
             return None
         raw_host = head.one(b"host")
         if raw_host is None:
             return None
         host = raw_host.decode("latin-1")
-        slug = instance_slug(host, gw.settings.apps_domain)
+        slug = instance_slug(host, ports.settings.apps_domain)
         prefix = None
         if slug is not None:
             if path.startswith(b"/_aigc/"):
                 return None
         elif path.startswith(b"/i/"):
             slug = path[3:].split(b"/", 1)[0].decode("latin-1")
-            route = gw.controller.routes.get(slug)
-            loaded = gw.registry.get(route.template_id) if route else None
+            route = ports.routes.get(slug)
+            loaded = ports.templates.get(route.template_id) if route else None
             if loaded is None or not loaded.template.access.path_mode:
                 return None
             prefix = f"/i/{slug}"
         else:
             return None
-        route = gw.controller.routes.get(slug)
+        route = ports.routes.get(slug)
         if route is None or route.state != "running" or not route.upstream:
             return None
         cookie = head.cookie(access_cookie_name(prefix).encode())
@@ -348,10 +350,12 @@ class FrontProtocol(asyncio.Protocol):
             return None
         return route, prefix, cookie, host
 
-    def _load(self, gw: Gateway, route: Route, cookie: str, prefix: str | None, key: str) -> None:
+    def _load(
+        self, ports: ProxyPorts, route: Route, cookie: str, prefix: str | None, key: str
+    ) -> None:
         """Decide access (the store, once per cookie and TTL), then look at the head again."""
         self._pause_reading("loading")
-        task = self.loop.create_task(decide_access(gw, route, cookie, prefix))
+        task = self.loop.create_task(decide_access(ports, route, cookie, prefix))
         self.loading = task
 
         def loaded(done: asyncio.Task[Decision]) -> None:
@@ -404,7 +408,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def _start(
         self,
-        gw: Gateway,
+        ports: ProxyPorts,
         head: RequestHead,
         route: Route,
         who: Allowed,
@@ -435,12 +439,12 @@ class FrontProtocol(asyncio.Protocol):
         )
         self.exchange = ex
         self.server_state.total_requests += 1
-        gw.controller.activity.touch(route.instance_id)
+        ports.activity.touch(route.instance_id)
         conn = None if ex.websocket else self._pool().take(route.upstream)
         if conn is not None:
             self._attach(ex, conn, reused=True)
         else:
-            self._connect(gw, ex)
+            self._connect(ports, ex)
 
     def _forwarded(self, head: RequestHead, scheme: str, client_ip: str) -> tuple[str, str]:
         """A trusted proxy in front of the gateway says who the client is (as uvicorn's
@@ -454,10 +458,10 @@ class FrontProtocol(asyncio.Protocol):
             client_ip = found or client_ip
         return scheme, client_ip
 
-    def _connect(self, gw: Gateway, ex: _Exchange) -> None:
+    def _connect(self, ports: ProxyPorts, ex: _Exchange) -> None:
         assert ex.route.endpoint is not None
         task = self.loop.create_task(
-            self._pool().connect(ex.route.endpoint, gw.settings.proxy_connect_timeout_s)
+            self._pool().connect(ex.route.endpoint, ports.settings.proxy_connect_timeout_s)
         )
         ex.connecting = task
 
@@ -488,7 +492,7 @@ class FrontProtocol(asyncio.Protocol):
         if not self.writable:
             conn.pause_reading()
         ex.last_read = self.loop.time()
-        timeout = self._gateway().settings.proxy_read_timeout_s
+        timeout = self._ports().settings.proxy_read_timeout_s
         ex.timer = self.loop.call_later(timeout, self._check_timeout, ex, timeout)
 
     def _pump_body(self, ex: _Exchange) -> None:
@@ -562,7 +566,7 @@ class FrontProtocol(asyncio.Protocol):
             ex.retried = True  # a pooled connection the engine had closed: once more, fresh
             ex.upstream = None
             self._stop(ex)
-            self._connect(self._gateway(), ex)
+            self._connect(self._ports(), ex)
         else:
             self._fail(ex, 502, CLOSED)
 
@@ -637,7 +641,9 @@ class FrontProtocol(asyncio.Protocol):
         self.exchange = None
         self._report(ex)
         self.tunnel, self.tunnel_instance = conn, ex.route.instance_id
-        self.tunnel_token = self._live().add(ex.route.slug, ex.cookie, ex.prefix, self._revoked)
+        self.tunnel_token = self._live().add(
+            self._ports(), ex.route.slug, ex.cookie, ex.prefix, self._revoked
+        )
         if rest:
             self.transport.write(rest)
         if self.buffer:
@@ -711,18 +717,18 @@ class FrontProtocol(asyncio.Protocol):
             ex.connecting = None
 
     def _report(self, ex: _Exchange) -> None:
-        gw = self._gateway()
+        ports = self._ports()
         seconds = time.perf_counter() - ex.started
         if ex.websocket:
-            gw.metrics.proxy_request("websocket", 101 if ex.status == 101 else 502, seconds)
+            ports.metrics.proxy_request("websocket", 101 if ex.status == 101 else 502, seconds)
         else:
-            gw.metrics.proxy_request("http", ex.status, seconds)
+            ports.metrics.proxy_request("http", ex.status, seconds)
 
     # --- small things ------------------------------------------------------------------------
 
-    def _gateway(self) -> Gateway:
-        gw: Gateway = self.gateway_app.state.gateway
-        return gw
+    def _ports(self) -> ProxyPorts:
+        ports: ProxyPorts = self.gateway_app.state.proxy_ports
+        return ports
 
     def _revoked(self) -> None:
         """Access to the tunnelled WebSocket's instance ended: both sides are closed (the
@@ -742,7 +748,7 @@ class FrontProtocol(asyncio.Protocol):
         return pool
 
     def _touch(self, instance_id: str) -> None:
-        self._gateway().controller.activity.touch(instance_id)
+        self._ports().activity.touch(instance_id)
 
     def _idle_close(self) -> None:
         self.idle_timer = None

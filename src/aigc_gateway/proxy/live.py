@@ -16,19 +16,17 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aigc_gateway.accounts.access_cache import Allowed
 from aigc_gateway.proxy.asgi import decide_access
-
-if TYPE_CHECKING:
-    from aigc_gateway.gateway import Gateway
+from aigc_gateway.proxy.ports import ProxyPorts
 
 log = logging.getLogger(__name__)
 
 
-StillAllowed = Callable[["Gateway"], Awaitable[bool]]
-"""Decides again whether an open connection's credential may still have it (reads the store)."""
+StillAllowed = Callable[[], Awaitable[bool]]
+"""Decides again whether an open connection's credential may still have it (reads the store;
+the closure holds what it needs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +35,13 @@ class _Live:
     close: Callable[[], None]
 
 
-def instance_access(slug: str, cookie: str, prefix: str | None) -> StillAllowed:
+def instance_access(ports: ProxyPorts, slug: str, cookie: str, prefix: str | None) -> StillAllowed:
     """May the holder of ``cookie`` still use instance ``slug`` (the proxy's own decision)?"""
 
-    async def allowed(gw: Gateway) -> bool:
-        route = gw.controller.routes.get(slug)
+    async def allowed() -> bool:
+        route = ports.routes.get(slug)
         return route is not None and isinstance(
-            await decide_access(gw, route, cookie, prefix), Allowed
+            await decide_access(ports, route, cookie, prefix), Allowed
         )
 
     return allowed
@@ -58,13 +56,20 @@ class LiveSockets:
         self._checking: asyncio.Task[None] | None = None
         self._again = False
 
-    def add(self, slug: str, cookie: str, prefix: str | None, close: Callable[[], None]) -> int:
+    def add(
+        self,
+        ports: ProxyPorts,
+        slug: str,
+        cookie: str,
+        prefix: str | None,
+        close: Callable[[], None],
+    ) -> int:
         """Keep a socket opened on ``(slug, cookie, prefix)``; ``close()`` ends it. Returns the
         token to ``discard`` it with when it ends by itself."""
-        return self.watch(instance_access(slug, cookie, prefix), close)
+        return self.watch(instance_access(ports, slug, cookie, prefix), close)
 
     def watch(self, allowed: StillAllowed, close: Callable[[], None]) -> int:
-        """Keep an open connection that ``allowed(gw)`` decides; ``close()`` (quick, no I/O) ends
+        """Keep an open connection that ``allowed()`` decides; ``close()`` (quick, no I/O) ends
         it once that answers False. Returns the token to ``discard`` it with when it ends."""
         token = next(self._tokens)
         self._open[token] = _Live(allowed, close)
@@ -73,7 +78,7 @@ class LiveSockets:
     def discard(self, token: int) -> None:
         self._open.pop(token, None)
 
-    def check_soon(self, gw: Gateway) -> None:
+    def check_soon(self) -> None:
         """Decide every open connection again, in the background (one check at a time; a change
         during a check starts another after it)."""
         if not self._open:
@@ -85,35 +90,35 @@ class LiveSockets:
         if self._checking is not None and not self._checking.done():
             self._again = True
             return
-        self._checking = loop.create_task(self._check_until_settled(gw))
+        self._checking = loop.create_task(self._check_until_settled())
 
-    async def _check_until_settled(self, gw: Gateway) -> None:
+    async def _check_until_settled(self) -> None:
         self._again = True
         while self._again:
             self._again = False
             try:
-                await self.check(gw)
+                await self.check()
             except Exception:  # the store may be unreachable: the next change or tick retries
                 log.exception("checking open connections failed")
                 return
 
-    async def check(self, gw: Gateway) -> int:
+    async def check(self) -> int:
         """Close the open connections whose access no longer holds; how many were closed."""
         closed = 0
         for token, live in list(self._open.items()):
-            if not await live.allowed(gw) and self._open.pop(token, None) is not None:
+            if not await live.allowed() and self._open.pop(token, None) is not None:
                 live.close()
                 closed += 1
         if closed:
             log.info("closed %d connection(s) whose access was revoked", closed)
         return closed
 
-    async def every(self, gw: Gateway, every_s: float) -> None:
+    async def every(self, every_s: float) -> None:
         """Check now and then (changes through another gateway replica); runs until cancelled."""
         while True:
             await asyncio.sleep(every_s)
             try:
-                await self.check(gw)
+                await self.check()
             except Exception:
                 log.exception("checking open connections failed")
 

@@ -136,7 +136,8 @@ class Database:
 
     async def migrate(self) -> None:
         """Apply Alembic migrations up to head (idempotent; several gateways starting at once
-        on one PostgreSQL take turns)."""
+        on one PostgreSQL take turns). Logged, so that a start is seen to migrate once."""
+        log.info("migrating the store to the newest schema")
         async with self.write_engine.connect() as conn:
             if not self.is_sqlite:
                 await conn.execute(text("SELECT pg_advisory_lock(hashtext('aigc-migrate'))"))
