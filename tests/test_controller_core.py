@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from aigc_gateway.auth.principal import Principal
+from aigc_gateway.auth.core.principal import Principal
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.domain.states import InstanceState, Transition
 from aigc_gateway.errors import Conflict, PermanentError
 from aigc_gateway.gateway import Gateway, open_gateway
+from aigc_gateway.gpu import Placement
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.duties import Poke
 from aigc_gateway.lifecycle.events import EventHub
-from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Backoff, Duties
 from aigc_gateway.lifecycle.moves import Launch, Move, Progress
 from aigc_gateway.lifecycle.service import CreateRequest
@@ -31,7 +33,6 @@ from aigc_gateway.metrics import Metrics
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.runtime.base import LaunchSpec, Workload
 from aigc_gateway.runtime.local import LocalRuntime
-from aigc_gateway.scheduler import Placement
 from aigc_gateway.settings import Settings
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
@@ -39,7 +40,6 @@ from aigc_gateway.store.instances import InstanceChanges
 from aigc_gateway.store.tables import Event, Instance
 from aigc_gateway.store.usage import Holding
 from aigc_gateway.store.users import create_user
-from aigc_gateway.templates.registry import TemplateRegistry
 from tests.support.faketime import FakeTime
 from tests.support.gateway import make_settings
 

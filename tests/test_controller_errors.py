@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from aigc_gateway.auth.principal import Principal
+from aigc_gateway.auth.core.principal import Principal
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.domain.states import IllegalTransition
 from aigc_gateway.errors import Conflict, PermanentError, TemporaryError
 from aigc_gateway.gateway import Gateway, open_gateway
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
-from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Backoff, retry_delay
 from aigc_gateway.lifecycle.routes import RouteTable
 from aigc_gateway.lifecycle.service import CreateRequest
@@ -28,7 +29,6 @@ from aigc_gateway.settings import Settings
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.users import create_user
-from aigc_gateway.templates.registry import TemplateRegistry
 from tests.support.faketime import FakeTime
 from tests.support.gateway import make_settings, stop_engines_async
 

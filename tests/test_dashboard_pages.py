@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from aigc_gateway.accounting import format_money
+from aigc_gateway.accounting.core import format_money
 from aigc_gateway.doctor import gpu_summary
 from aigc_gateway.settings import Settings
 from tests.conftest import RunningGateway

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aigc_gateway.lifecycle import files as file_service
+from aigc_gateway.storage import files as file_service
 from tests.conftest import RunningGateway
 from tests.support.gateway import Api, add_user, tiny_template
 

@@ -21,13 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from aigc_gateway.api.metrics import check_scraper, client_address
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.errors import Forbidden, Unauthorized
-from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.metrics import Metrics, ProxyKind
 from aigc_gateway.metrics.prometheus import LedgerTotals, PrometheusMetrics, TeamTotals
 from aigc_gateway.proxy.asgi import _Observed
 from aigc_gateway.settings import Settings
-from aigc_gateway.templates.registry import TemplateRegistry
 from tests.conftest import RunningGateway
 from tests.support.fake_mps import install_fake_mps
 from tests.support.gateway import Api, FakeClock, make_settings

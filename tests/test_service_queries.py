@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aigc_gateway.auth.principal import Principal
+from aigc_gateway.auth.core.principal import Principal
 from aigc_gateway.errors import Forbidden, NotFound
 from aigc_gateway.gateway import Gateway, open_gateway
 from aigc_gateway.lifecycle.service import CreateRequest, InstanceLabel

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, select
 
-from aigc_gateway.auth.secrets import new_id, new_slug
+from aigc_gateway.auth.core.secrets import new_id, new_slug
 from aigc_gateway.domain.states import DesiredState, InstanceState, transition
 from aigc_gateway.errors import Conflict
 from aigc_gateway.store import instances as repo

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from aigc_gateway.app import create_app, lifespan, template_duties
+from aigc_gateway.catalog.loader import Catalog
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.metrics import Metrics
 from aigc_gateway.store.db import STORE_RETRY_S, Database
-from aigc_gateway.templates.loader import Catalog
-from aigc_gateway.templates.registry import TemplateRegistry
 from tests.support.faketime import FakeTime
 from tests.support.faults import StoreFault
 from tests.support.gateway import make_settings, stop_engines_async, tiny_template

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Connection, select, text
 
-from aigc_gateway.accounting import parse_pricebook
+from aigc_gateway.accounting.core import parse_pricebook
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database, alembic_config
 from aigc_gateway.store.tables import UsageInterval, UsageRollup

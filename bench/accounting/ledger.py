@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from aigc_gateway.accounting import period_label
+from aigc_gateway.accounting.core import period_label
 
 FIRST_DAY, LAST_DAY = date(2025, 12, 1), date(2026, 11, 30)
 

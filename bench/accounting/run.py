@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "bench" / "accounting"))
 from ledger import COLUMNS, World, ledger_rows, make_world  # noqa: E402
 from tests.support.pg import pg_bin, postgres_server  # noqa: E402
 
-from aigc_gateway.accounting import PriceBook  # noqa: E402
+from aigc_gateway.accounting.core import PriceBook  # noqa: E402
 from aigc_gateway.store import usage  # noqa: E402
 from aigc_gateway.store.db import Database  # noqa: E402
 from aigc_gateway.store.tables import Team, TeamMember, UsageInterval, User  # noqa: E402

@@ -27,7 +27,7 @@ from tests.support.gateway import make_settings  # noqa: E402
 from tests.support.server import bound_socket, serve_in_thread  # noqa: E402
 
 from aigc_gateway.app import create_app  # noqa: E402
-from aigc_gateway.auth.secrets import hash_password, new_slug  # noqa: E402
+from aigc_gateway.auth.core.secrets import hash_password, new_slug  # noqa: E402
 from aigc_gateway.bootstrap import bootstrap  # noqa: E402
 from aigc_gateway.store.db import Database  # noqa: E402
 from aigc_gateway.store.tables import Instance, TemplateRevision, User, Volume  # noqa: E402

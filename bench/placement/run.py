@@ -1,4 +1,4 @@
-"""Benchmark of the pure GPU placement policy (``aigc_gateway.scheduler.placement``).
+"""Benchmark of the pure GPU placement policy (``aigc_gateway.gpu.placement``).
 
 1,000 GPUs in 10 pools (8 per host), 5,000 live share/whole allocations, then N placements
 (whole, multi-GPU and share requests), each followed by its release so the load stays steady.
@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Callable
 
-from aigc_gateway.scheduler import Gpu, Inventory, Placement, Request, Unplaceable, place
+from aigc_gateway.gpu import Gpu, Inventory, Placement, Request, Unplaceable, place
 
 TYPES = (("rtx4090", 24.0), ("l4", 24.0), ("a100", 80.0), ("h100", 80.0))
 

@@ -19,8 +19,6 @@ from starlette.types import Receive, Scope, Send
 from aigc_gateway import __version__
 from aigc_gateway.api import (
     admin,
-    dashboard,
-    dashboard_admin,
     files,
     gpus,
     health,
@@ -28,11 +26,15 @@ from aigc_gateway.api import (
     instances,
     me,
     metrics,
-    signin,
     templates,
     usage,
 )
 from aigc_gateway.api import errors as api_errors
+from aigc_gateway.catalog.registry import TemplateRegistry
+from aigc_gateway.dashboard.routes import admin as dashboard_admin
+from aigc_gateway.dashboard.routes import signin
+from aigc_gateway.dashboard.routes import user as dashboard
+from aigc_gateway.dashboard.ui.i18n import LanguageMiddleware
 from aigc_gateway.gateway import open_gateway
 from aigc_gateway.lifecycle.duties import Poke, TemplateReload, TemplateWatch
 from aigc_gateway.lifecycle.guard import Backoff, Duties, Sleep
@@ -41,8 +43,6 @@ from aigc_gateway.proxy.asgi import InstanceProxy
 from aigc_gateway.proxy.live import LiveSockets
 from aigc_gateway.proxy.pool import UpstreamPool
 from aigc_gateway.settings import Settings
-from aigc_gateway.templates.registry import TemplateRegistry
-from aigc_gateway.web.i18n import LanguageMiddleware
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc_gateway.auth.secrets import new_password
+from aigc_gateway.auth.core.secrets import new_password
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.users import count_users, create_token, create_user

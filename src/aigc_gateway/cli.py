@@ -200,7 +200,7 @@ def template() -> None:
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 def template_validate(directory: Path) -> None:
     """Validate every template file in DIRECTORY; exit 1 naming each invalid file."""
-    from aigc_gateway.templates.loader import load_dir
+    from aigc_gateway.catalog.loader import load_dir
 
     catalog = load_dir(directory)
     for loaded in catalog.templates.values():
@@ -253,8 +253,8 @@ def _user_change(settings: Any, name: str, change: str, password: str | None = N
     admin can sign in). Disabling or a new password also ends the user's sessions."""
     from datetime import UTC, datetime
 
-    from aigc_gateway.accounts.admin import check_password
-    from aigc_gateway.auth.secrets import hash_password
+    from aigc_gateway.auth.core.secrets import hash_password
+    from aigc_gateway.auth.services.admin import check_password
     from aigc_gateway.store.db import Database
     from aigc_gateway.store.sessions import revoke_user_sessions
     from aigc_gateway.store.users import user_by_name
@@ -367,7 +367,7 @@ def token() -> None:
 @dev_option
 def token_create(user_name: str, name: str, scopes: str, **options: Any) -> None:
     """Create an API token and print it (it is not shown again)."""
-    from aigc_gateway.auth.principal import parse_scopes
+    from aigc_gateway.auth.core.principal import parse_scopes
     from aigc_gateway.store.db import Database
     from aigc_gateway.store.users import create_token, user_by_name
 

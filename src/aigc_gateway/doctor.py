@@ -7,9 +7,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
+from aigc_gateway.catalog.loader import load_dir
 from aigc_gateway.settings import Settings
 from aigc_gateway.store.db import Database
-from aigc_gateway.templates.loader import load_dir
 
 
 def gpu_summary() -> tuple[bool, str]:

@@ -10,26 +10,26 @@ from datetime import datetime
 import httpx
 from itsdangerous import URLSafeTimedSerializer
 
-from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, load_pricebook
-from aigc_gateway.accounts.access_cache import AccessCache, Allowed
-from aigc_gateway.accounts.admin import AdminService
-from aigc_gateway.accounts.instance_access import InstanceAccess
-from aigc_gateway.accounts.proxy_access import ProxyAccess
-from aigc_gateway.accounts.service import AccountService
-from aigc_gateway.auth.oidc import OidcClient, OidcConfig
-from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.accounting.core import MissingPrice, PriceBook, ResourceUse, load_pricebook
+from aigc_gateway.accounting.services.budgets import Budgets
+from aigc_gateway.accounting.services.reports import UsageReports
+from aigc_gateway.auth.core.oidc import OidcClient, OidcConfig
+from aigc_gateway.auth.core.principal import Principal, Via
+from aigc_gateway.auth.services.access_cache import AccessCache, Allowed
+from aigc_gateway.auth.services.accounts import AccountService
+from aigc_gateway.auth.services.admin import AdminService
+from aigc_gateway.auth.services.instance_access import InstanceAccess
+from aigc_gateway.auth.services.proxy_access import ProxyAccess
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.domain.clock import Clock, wall_clock
 from aigc_gateway.errors import UserError
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.gpu.inventory import build_inventory
 from aigc_gateway.gpu.usage import GpuUsage
-from aigc_gateway.lifecycle.budgets import Budgets
 from aigc_gateway.lifecycle.cluster import Cluster
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub
-from aigc_gateway.lifecycle.files import FileService
-from aigc_gateway.lifecycle.gpus import GpuBroker
 from aigc_gateway.lifecycle.guard import Sleep
-from aigc_gateway.lifecycle.reports import UsageReports
 from aigc_gateway.lifecycle.routes import RouteTable
 from aigc_gateway.lifecycle.service import Action, InstanceService
 from aigc_gateway.metrics.prometheus import PrometheusMetrics
@@ -37,10 +37,10 @@ from aigc_gateway.proxy.ports import ProxyPorts, ProxySettings
 from aigc_gateway.runtime.base import Isolation, Runtime
 from aigc_gateway.runtime.connect import EngineSessions
 from aigc_gateway.settings import Settings, signing_secret
+from aigc_gateway.storage.files import FileService
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.leases import new_holder
 from aigc_gateway.store.notices import notices_for
-from aigc_gateway.templates.registry import TemplateRegistry
 
 log = logging.getLogger(__name__)
 

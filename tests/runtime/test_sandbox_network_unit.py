@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from aigc_gateway.catalog.schema import Launch
 from aigc_gateway.runtime.sandbox.detect import SandboxSupport
 from aigc_gateway.runtime.sandbox.network import DNS_ADDRESS, ruleset
 from aigc_gateway.runtime.sandbox.policy import SandboxPolicy, sandbox_argv
 from aigc_gateway.settings import Settings
-from aigc_gateway.templates.schema import Launch
 
 
 def _elements(rules: str, name: str) -> list[str]:

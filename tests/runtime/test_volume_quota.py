@@ -1,6 +1,6 @@
 """Storage quotas enforced by the filesystem: volumes on btrfs (with quotas enabled) are
 subvolumes capped at their family's quota, for every writer, the sandboxed engine included.
-Elsewhere volumes are folders and the quota is measured only (lifecycle/storage.py). On the
+Elsewhere volumes are folders and the quota is measured only (storage/quota.py). On the
 old main no volume was ever capped: an engine filled the disk."""
 
 from __future__ import annotations

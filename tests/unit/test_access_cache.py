@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aigc_gateway.accounts.access_cache import AccessCache, Allowed, Decision, Refused
+from aigc_gateway.auth.services.access_cache import AccessCache, Allowed, Decision, Refused
 
 ALLOWED = Allowed(user_id="u1", user_name="alice", may_operate=True)
 REVOKED = Refused(403)

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aigc_gateway.accounting import format_money
-from aigc_gateway.web import charts, costs
-from aigc_gateway.web.charts import Datum
-from aigc_gateway.web.i18n import Translator
-from aigc_gateway.web.pages import environment
+from aigc_gateway.accounting.core import format_money
+from aigc_gateway.dashboard.ui import charts, costs
+from aigc_gateway.dashboard.ui.charts import Datum
+from aigc_gateway.dashboard.ui.i18n import Translator
+from aigc_gateway.dashboard.ui.pages import environment
 
 values = st.lists(
     st.floats(min_value=-1e9, max_value=1e12, allow_nan=False, allow_infinity=False),

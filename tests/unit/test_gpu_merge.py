@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from aigc_gateway.errors import UserError
+from aigc_gateway.gpu import Gpu
 from aigc_gateway.gpu.inventory import merge
-from aigc_gateway.scheduler import Gpu
 from aigc_gateway.settings import Settings
 
 FOUND = [

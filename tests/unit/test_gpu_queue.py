@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
-from aigc_gateway.scheduler import Gpu, Inventory, Placement, ReleaseHistory, Request, WaitQueue
+from aigc_gateway.gpu import Gpu, Inventory, Placement, ReleaseHistory, Request, WaitQueue
+from aigc_gateway.gpu.broker import GpuBroker, Held, Queued
 
 
 class Clock:

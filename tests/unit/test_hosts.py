@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aigc_gateway.auth.secrets import new_slug
+from aigc_gateway.auth.core.secrets import new_slug
 from aigc_gateway.domain.hosts import instance_slug, instance_url_target, safe_next
 
 SLUG = "iabcdefghij0123456789"[:20]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from aigc_gateway.api.gpus import GpuPublic
+from aigc_gateway.dashboard.ui.i18n import KNOWN_TEXTS, LANGUAGES, Translator, negotiate, normalize
 from aigc_gateway.domain.states import InstanceState
-from aigc_gateway.web.i18n import KNOWN_TEXTS, LANGUAGES, Translator, negotiate, normalize
 
-WEB = Path(__file__).resolve().parents[2] / "src" / "aigc_gateway" / "web"
-DASHBOARD = sorted((WEB.parent / "api").glob("dashboard*.py"))  # user and admin pages
+WEB = Path(__file__).resolve().parents[2] / "src" / "aigc_gateway" / "dashboard" / "ui"
+DASHBOARD = sorted((WEB.parent / "routes").glob("*.py"))  # the page routes
 T_CALL = re.compile(r"""\bt\(\s*["']([^"']+)["'](?!\s*~)""")
 """``t("key")``; not ``t("state." ~ x)``, whose keys :func:`dynamic_keys` lists."""
 KEY_LITERAL = re.compile(
@@ -42,7 +42,7 @@ def literal_values(model: type[GpuPublic], field: str) -> set[str | None]:
 
 def template_keys() -> set[str]:
     keys: set[str] = set()
-    for path in (WEB / "templates").glob("*.html"):
+    for path in (WEB / "html").glob("*.html"):
         keys |= set(T_CALL.findall(path.read_text(encoding="utf-8")))
     return keys
 

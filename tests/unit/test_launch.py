@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from aigc_gateway.catalog.schema import Template
 from aigc_gateway.domain.reconcile import Phase
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.runtime.base import (
@@ -20,7 +21,6 @@ from aigc_gateway.runtime.base import (
     render,
     uses_socket,
 )
-from aigc_gateway.templates.schema import Template
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from aigc_gateway.auth.oidc import (
+from aigc_gateway.auth.core.oidc import (
     LoginState,
     OidcConfig,
     ProviderMetadata,

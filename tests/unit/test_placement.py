@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aigc_gateway.scheduler import (
+from aigc_gateway.gpu import (
     Allocation,
     Gpu,
     Inventory,
@@ -300,7 +300,7 @@ def test_misuse_is_rejected() -> None:
 
 
 def test_from_gpu_request() -> None:
-    from aigc_gateway.templates.schema import GpuRequest
+    from aigc_gateway.catalog.schema import GpuRequest
 
     req = Request.from_gpu_request("i", GpuRequest(memory_gib=8, types=["l4"]))
     assert req.is_share and req.types == ("l4",) and req.memory_gib == 8

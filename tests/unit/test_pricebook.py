@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aigc_gateway.accounting import (
+from aigc_gateway.accounting.core import (
     PERIODS,
     MissingPrice,
     Period,

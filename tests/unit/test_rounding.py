@@ -7,8 +7,8 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aigc_gateway.accounting import apportion, apportion_within
-from aigc_gateway.accounting.reports import round_once
+from aigc_gateway.accounting.core import apportion, apportion_within
+from aigc_gateway.accounting.core.reports import round_once
 
 parts_ms = st.lists(st.integers(0, 10**9), max_size=40)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from aigc_gateway.auth.secrets import (
+from aigc_gateway.auth.core.secrets import (
     TOKEN_PREFIX,
     hash_password,
     hash_token,

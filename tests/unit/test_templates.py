@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from aigc_gateway.templates.loader import (
+from aigc_gateway.catalog.loader import (
     Catalog,
     LoadedTemplate,
     TemplateProblem,
@@ -17,7 +17,7 @@ from aigc_gateway.templates.loader import (
     load_dir,
     parse_template,
 )
-from aigc_gateway.templates.schema import GpuRequest, Localized, Readiness, Template
+from aigc_gateway.catalog.schema import GpuRequest, Localized, Readiness, Template
 from tests.support.tools import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -541,7 +541,7 @@ def test_port_env_must_be_a_variable_name() -> None:
 
 
 def test_icons_are_served_svgs_named_by_the_templates() -> None:
-    from aigc_gateway.web import icons
+    from aigc_gateway.dashboard.ui import icons
 
     catalog = load_dir(SHIPPED)
     families = {t.template.family for t in catalog.templates.values()}

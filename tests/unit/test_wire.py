@@ -6,7 +6,7 @@ import httptools
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aigc_gateway.auth.credentials import bearer_secret, carries_gateway_token
+from aigc_gateway.auth.core.credentials import bearer_secret, carries_gateway_token
 from aigc_gateway.proxy.wire import (
     FRAMING,
     GUARDED,

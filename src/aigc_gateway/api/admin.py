@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from aigc_gateway.accounts.admin import UserChanges
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
 from aigc_gateway.api.schemas import InstancePublic
+from aigc_gateway.auth.services.admin import UserChanges
 from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.states import InstanceState
 

@@ -13,9 +13,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from aigc_gateway.auth.actor import Client
-from aigc_gateway.auth.credentials import bearer_secret
-from aigc_gateway.auth.principal import Principal, Via, authorize_method
+from aigc_gateway.auth.core.actor import Client
+from aigc_gateway.auth.core.credentials import bearer_secret
+from aigc_gateway.auth.core.principal import Principal, Via, authorize_method
 from aigc_gateway.errors import Forbidden, Unauthorized
 from aigc_gateway.gateway import Gateway
 

@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
-from aigc_gateway.auth.principal import Principal
+from aigc_gateway.auth.core.principal import Principal
 from aigc_gateway.errors import Forbidden, UserError
-from aigc_gateway.lifecycle.files import Entry, OpenFile, Usage
+from aigc_gateway.storage.files import Entry, OpenFile, Usage
 
 router = APIRouter(prefix="/api/files", tags=["files"])
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
-from aigc_gateway.auth.principal import Principal, require_admin
+from aigc_gateway.auth.core.principal import Principal, require_admin
 from aigc_gateway.gateway import Gateway
-from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.gpu import Gpu, Request, Waiting
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.lifecycle.service import InstanceLabel
-from aigc_gateway.scheduler import Gpu, Request, Waiting
 
 router = APIRouter(prefix="/api/gpus", tags=["gpus"])
 

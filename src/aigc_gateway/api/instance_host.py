@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.responses import JSONResponse, Response
 
-from aigc_gateway.accounts.access_cache import Allowed
-from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
 from aigc_gateway.api.deps import GatewayDep
 from aigc_gateway.api.streams import until_revoked, watched
-from aigc_gateway.auth.principal import Principal, Via
+from aigc_gateway.auth.core.principal import Principal, Via
+from aigc_gateway.auth.services.access_cache import Allowed
+from aigc_gateway.auth.services.instance_access import INSTANCE_COOKIE
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.proxy.live import instance_access

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
-from aigc_gateway.auth.principal import Scope
+from aigc_gateway.auth.core.principal import Scope
 
 router = APIRouter(prefix="/api", tags=["me"])
 

@@ -7,14 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aigc_gateway.catalog.loader import LoadedTemplate, TemplateProblem
+from aigc_gateway.dashboard.ui import icons
 from aigc_gateway.domain.actions import allowed_actions
 from aigc_gateway.domain.instances import InstanceView
 from aigc_gateway.domain.states import DesiredState, InstanceState
-from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.runtime.base import Endpoint
 from aigc_gateway.settings import Settings
-from aigc_gateway.templates.loader import LoadedTemplate, TemplateProblem
-from aigc_gateway.web import icons
 
 
 class InstanceCreate(BaseModel):

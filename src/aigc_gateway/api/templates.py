@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from aigc_gateway.api.deps import CurrentUser, GatewayDep
 from aigc_gateway.api.schemas import ProblemPublic, TemplateList, TemplatePublic
-from aigc_gateway.auth.principal import require_admin
+from aigc_gateway.auth.core.principal import require_admin
 from aigc_gateway.errors import NotFound
 
 router = APIRouter(prefix="/api/templates", tags=["templates"])

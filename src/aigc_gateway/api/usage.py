@@ -5,7 +5,7 @@ Every figure is a sum of integers (milliseconds, micro-units of the currency), s
 report add up to its total exactly. Whole seconds are rounded once, here: the total is rounded and
 its seconds handed to the rows by largest remainder (:func:`~aigc_gateway.accounting.apportion`),
 so they still add up; hours and money are those integers divided for display
-(:mod:`aigc_gateway.accounting.reports`; the query: :mod:`aigc_gateway.lifecycle.reports`).
+(:mod:`aigc_gateway.accounting.core.reports`; the query: :mod:`aigc_gateway.accounting.services.reports`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from aigc_gateway.accounting import MICROS, format_money
-from aigc_gateway.accounting.reports import Report
+from aigc_gateway.accounting.core import MICROS, format_money
+from aigc_gateway.accounting.core.reports import Report
+from aigc_gateway.accounting.services.budgets import BudgetStatus
+from aigc_gateway.accounting.services.reports import Dimension, LedgerInterval, Period, Scope
 from aigc_gateway.api.deps import ClientDep, CurrentUser, GatewayDep
-from aigc_gateway.auth.principal import Principal, require_admin
-from aigc_gateway.lifecycle.budgets import BudgetStatus
-from aigc_gateway.lifecycle.reports import Dimension, LedgerInterval, Period, Scope
+from aigc_gateway.auth.core.principal import Principal, require_admin
 
 router = APIRouter(prefix="/api", tags=["usage"])
 
@@ -111,7 +111,7 @@ async def build_report(
     until: str | None,
     scope: Scope | None,
 ) -> Report:
-    """The report of :class:`~aigc_gateway.lifecycle.reports.UsageReports`, its days checked
+    """The report of :class:`~aigc_gateway.accounting.services.reports.UsageReports`, its days checked
     as query parameters (422 naming the one that is not a real day)."""
     first, last = _day(since, "since"), _day(until, "until")
     return await gw.reports.build(who, by, period, first, last, scope)

@@ -13,8 +13,8 @@ import logging
 from dataclasses import replace
 
 from aigc_gateway.errors import UserError
+from aigc_gateway.gpu import Gpu, Inventory
 from aigc_gateway.runtime.base import GpuDiscovery
-from aigc_gateway.scheduler import Gpu, Inventory
 from aigc_gateway.settings import Settings
 
 log = logging.getLogger(__name__)

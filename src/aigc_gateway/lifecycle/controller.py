@@ -41,7 +41,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.accounting import PriceBook
+from aigc_gateway.accounting.core import PriceBook
+from aigc_gateway.catalog.registry import TemplateRegistry
+from aigc_gateway.catalog.schema import Template
 from aigc_gateway.domain.clock import wall_clock
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import (
@@ -52,27 +54,25 @@ from aigc_gateway.domain.states import (
     transition,
 )
 from aigc_gateway.errors import GatewayError, PermanentError, TemporaryError
+from aigc_gateway.gpu import Placement, Request, Unplaceable
+from aigc_gateway.gpu.broker import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle import duties
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.cluster import Cluster, NotHolder
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
-from aigc_gateway.lifecycle.gpus import GpuBroker, Held, Queued
 from aigc_gateway.lifecycle.guard import Backoff, Duties, Sleep, retry_delay
 from aigc_gateway.lifecycle.launch import launch_spec
 from aigc_gateway.lifecycle.moves import Launch, Move, Progress
 from aigc_gateway.lifecycle.routes import Route, RouteTable
-from aigc_gateway.lifecycle.storage import QuotaWatch, StorageQuotas
 from aigc_gateway.metrics import Metrics
 from aigc_gateway.runtime.base import GpuGrant, LaunchSpec, ReadinessTimeout, Runtime, Workload
-from aigc_gateway.scheduler import Placement, Request, Unplaceable
+from aigc_gateway.storage.quota import QuotaWatch, StorageQuotas
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.instances import InstanceChanges
 from aigc_gateway.store.tables import Event, GpuCordon, Instance, Volume
 from aigc_gateway.store.usage import Holding
-from aigc_gateway.templates.registry import TemplateRegistry
-from aigc_gateway.templates.schema import Template
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Controller:
         self.gpus = gpus if gpus is not None else GpuBroker([], "no GPU inventory")
         self.pricebook = pricebook if pricebook is not None else PriceBook.default()
         self._over_budget = over_budget
-        """Instances to pause because their owner's budget says so (see lifecycle.budgets)."""
+        """Instances to pause because their owner's budget says so (see accounting.services.budgets)."""
         self.metrics = metrics or Metrics()
         self.clock: Callable[[], datetime] = clock or wall_clock
         """The time the ledger records: the composition root's one clock (tests: a fake)."""

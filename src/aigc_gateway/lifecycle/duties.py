@@ -23,21 +23,21 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from aigc_gateway.accounting import PriceBook
+from aigc_gateway.accounting.core import PriceBook
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.domain.states import InstanceState
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.lifecycle.activity import ActivityTracker
 from aigc_gateway.lifecycle.cluster import Cluster
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
 from aigc_gateway.lifecycle.routes import Route, RouteTable
-from aigc_gateway.lifecycle.storage import QuotaWatch
 from aigc_gateway.runtime.base import Runtime
 from aigc_gateway.runtime.volumes import Volumes
+from aigc_gateway.storage.quota import QuotaWatch
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import Instance, Volume
-from aigc_gateway.templates.registry import TemplateRegistry
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class StorageMetering:
 class QuotaCheck:
     """At most every ``check_s``: measures the data of the families that running instances use,
     and warns those instances (an event) when their family's usage rises to 90 % or to 100 % of
-    its quota (see :mod:`aigc_gateway.lifecycle.storage`). Nothing is stopped or deleted."""
+    its quota (see :mod:`aigc_gateway.storage.quota`). Nothing is stopped or deleted."""
 
     def __init__(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aigc_gateway.catalog.loader import expand
+from aigc_gateway.catalog.schema import Template
 from aigc_gateway.runtime.base import (
     EngineResources,
     GpuGrant,
@@ -9,8 +11,6 @@ from aigc_gateway.runtime.base import (
     ReadinessCheck,
     ReadinessKind,
 )
-from aigc_gateway.templates.loader import expand
-from aigc_gateway.templates.schema import Template
 
 
 def launch_spec(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from aigc_gateway.domain.states import HOLDS_PROCESS, InstanceState
-from aigc_gateway.scheduler import Placement
+from aigc_gateway.gpu import Placement
 from aigc_gateway.store.instances import InstanceChanges
 from aigc_gateway.store.tables import Instance
 from aigc_gateway.store.usage import Holding

@@ -20,30 +20,30 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.auth.actor import NO_CLIENT, Client
-from aigc_gateway.auth.principal import Access, Principal, authorize_instance, require_admin
-from aigc_gateway.auth.secrets import new_id, new_slug
+from aigc_gateway.accounting.services.budgets import Budgets, BudgetStatus
+from aigc_gateway.accounting.services.reports import LedgerInterval
+from aigc_gateway.auth.core.actor import NO_CLIENT, Client
+from aigc_gateway.auth.core.principal import Access, Principal, authorize_instance, require_admin
+from aigc_gateway.auth.core.secrets import new_id, new_slug
+from aigc_gateway.catalog.registry import TemplateRegistry
+from aigc_gateway.catalog.schema import Template
 from aigc_gateway.domain.actions import Outcome, api_action, effect, judge
 from aigc_gateway.domain.instances import InstanceView
 from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.reconcile import Phase, Situation, Step, decide
 from aigc_gateway.domain.states import HOLDS_PROCESS, STABLE, DesiredState, InstanceState
 from aigc_gateway.errors import Conflict, NotFound, UserError
-from aigc_gateway.lifecycle.budgets import Budgets, BudgetStatus
+from aigc_gateway.gpu import Request
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.lifecycle.controller import Controller
 from aigc_gateway.lifecycle.events import EventHub, EventRecord
-from aigc_gateway.lifecycle.gpus import GpuBroker
-from aigc_gateway.lifecycle.reports import LedgerInterval
-from aigc_gateway.lifecycle.storage import Level, StorageQuotas, StorageUse
 from aigc_gateway.runtime.base import Runtime
-from aigc_gateway.scheduler import Request
+from aigc_gateway.storage.quota import Level, StorageQuotas, StorageUse
 from aigc_gateway.store import access as acl
 from aigc_gateway.store import instances as repo
 from aigc_gateway.store import usage as ledger
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import GpuCordon, Instance, InstanceShare, User
-from aigc_gateway.templates.registry import TemplateRegistry
-from aigc_gateway.templates.schema import Template
 
 LOG_TAIL_MAX_BYTES = 1024 * 1024
 """At most this much of an engine's log is read for a tail, however long its lines."""

@@ -31,13 +31,13 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
+from aigc_gateway.catalog.registry import TemplateRegistry
 from aigc_gateway.domain.states import InstanceState
-from aigc_gateway.lifecycle.gpus import GpuBroker
+from aigc_gateway.gpu.broker import GpuBroker
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.metrics import Metrics, ProxyKind
 from aigc_gateway.store.db import Database
 from aigc_gateway.store.tables import Team, UsageInterval
-from aigc_gateway.templates.registry import TemplateRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,15 @@
 """The gateway's own answers on instance hosts, when the engine's cannot be relayed.
 
 Texts are English in JSON (``message``, for API clients, with a stable ``code``) and in the
-visitor's language on HTML pages (``web/i18n.py`` maps each text to its catalog key).
+visitor's language on HTML pages (``dashboard/ui/i18n.py`` maps each text to its catalog key).
 """
 
 from __future__ import annotations
 
 import json
 
+from aigc_gateway.dashboard.ui.pages import render, translator
 from aigc_gateway.lifecycle.routes import Route
-from aigc_gateway.web.pages import render, translator
 
 NO_INSTANCE = "no such instance"
 SIGN_IN = "sign in to open this instance"

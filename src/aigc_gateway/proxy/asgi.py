@@ -17,9 +17,11 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aigc_gateway.accounts.access_cache import Allowed, Decision, Refused
-from aigc_gateway.accounts.instance_access import INSTANCE_COOKIE
-from aigc_gateway.accounts.proxy_access import access_key as cache_key
+from aigc_gateway.auth.services.access_cache import Allowed, Decision, Refused
+from aigc_gateway.auth.services.instance_access import INSTANCE_COOKIE
+from aigc_gateway.auth.services.proxy_access import access_key as cache_key
+from aigc_gateway.dashboard.ui.i18n import request_lang
+from aigc_gateway.dashboard.ui.pages import render
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.lifecycle.routes import Route
@@ -34,8 +36,6 @@ from aigc_gateway.proxy.answers import (
 )
 from aigc_gateway.proxy.ports import ProxyMetrics, ProxyPorts
 from aigc_gateway.proxy.relay import Limits, relay_http, relay_websocket, upstream_headers
-from aigc_gateway.web.i18n import request_lang
-from aigc_gateway.web.pages import render
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from aigc_gateway.accounts.access_cache import Allowed, Decision
+from aigc_gateway.auth.services.access_cache import Allowed, Decision
+from aigc_gateway.dashboard.ui.i18n import negotiate
 from aigc_gateway.domain.hosts import instance_slug
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.proxy.answers import BAD_ANSWER, CLOSED, TIMEOUT, UNREACHABLE, error_body
@@ -57,7 +58,6 @@ from aigc_gateway.proxy.wire import (
     response_head,
     upstream_request,
 )
-from aigc_gateway.web.i18n import negotiate
 
 if TYPE_CHECKING:
     from uvicorn.config import Config

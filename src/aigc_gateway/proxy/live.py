@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aigc_gateway.accounts.access_cache import Allowed
+from aigc_gateway.auth.services.access_cache import Allowed
 from aigc_gateway.proxy.asgi import decide_access
 from aigc_gateway.proxy.ports import ProxyPorts
 

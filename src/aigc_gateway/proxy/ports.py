@@ -16,12 +16,12 @@ from typing import Protocol
 
 import aiohttp
 
-from aigc_gateway.accounts.access_cache import Allowed, Decision
+from aigc_gateway.auth.services.access_cache import Allowed, Decision
+from aigc_gateway.catalog.loader import LoadedTemplate
 from aigc_gateway.lifecycle.routes import Route
 from aigc_gateway.metrics import ProxyKind
 from aigc_gateway.runtime.base import Endpoint
 from aigc_gateway.settings import Settings
-from aigc_gateway.templates.loader import LoadedTemplate
 
 
 class RouteView(Protocol):
@@ -38,7 +38,7 @@ class TemplateView(Protocol):
 
 class AccessDecider(Protocol):
     """May the holder of a cookie use an instance? ``key`` is the cache key of the cookie in its
-    mode (``aigc_gateway.accounts.proxy_access.access_key``)."""
+    mode (``aigc_gateway.auth.services.proxy_access.access_key``)."""
 
     def cached(self, slug: str, key: str) -> Decision | None:
         """The answer if it is cached; no I/O (the connection-level proxy's hot path)."""

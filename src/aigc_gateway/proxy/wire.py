@@ -17,7 +17,7 @@ from http import HTTPStatus
 
 import httptools
 
-from aigc_gateway.auth.credentials import carries_gateway_token
+from aigc_gateway.auth.core.credentials import carries_gateway_token
 
 GATEWAY_COOKIES = frozenset({b"aigc_session", b"aigc_instance", b"aigc_oidc"})
 HOP_BY_HOP = frozenset(

@@ -10,7 +10,7 @@ nothing outside the runtime builds or walks a volume path. Contract of :class:`V
   runtime). With ``quota_bytes``, the volume is capped at that size where the storage can
   enforce it (a write past it fails with "Disk quota exceeded"), every call setting the cap
   anew (a template's quota may have changed); where it cannot, nothing is capped and the
-  gateway's measured check (:mod:`aigc_gateway.lifecycle.storage`) is all there is.
+  gateway's measured check (:mod:`aigc_gateway.storage.quota`) is all there is.
 - ``enforced(owner, family)`` says whether the volume's quota is enforced by its storage.
 - ``mount(owner, family)`` names that data directory without touching anything (pure).
 - ``size(owner, family)`` measures the bytes the volume holds, not following symbolic links at

@@ -10,9 +10,9 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.auth.actor import Client
-from aigc_gateway.auth.principal import Principal
-from aigc_gateway.auth.secrets import new_id
+from aigc_gateway.auth.core.actor import Client
+from aigc_gateway.auth.core.principal import Principal
+from aigc_gateway.auth.core.secrets import new_id
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.store.tables import AuditEvent, InstanceShare, Team, TeamMember, User
 

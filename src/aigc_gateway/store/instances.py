@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.auth.secrets import new_id
+from aigc_gateway.auth.core.secrets import new_id
 from aigc_gateway.domain.queries import InstanceFilter
 from aigc_gateway.domain.states import DesiredState, InstanceState, Transition
 from aigc_gateway.errors import Conflict, NotFound

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.auth.secrets import hash_token, new_id
+from aigc_gateway.auth.core.secrets import hash_token, new_id
 from aigc_gateway.store.tables import HandoverToken, InstanceSession, Session, User
 
 

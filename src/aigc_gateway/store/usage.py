@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from aigc_gateway.accounting import MissingPrice, PriceBook, ResourceUse, period_label, split
+from aigc_gateway.accounting.core import MissingPrice, PriceBook, ResourceUse, period_label, split
 from aigc_gateway.store.tables import (
     ROLLUP_GRAIN,
     Team,

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aigc_gateway.auth.secrets import hash_password, hash_token, new_id, new_token
+from aigc_gateway.auth.core.secrets import hash_password, hash_token, new_id, new_token
 from aigc_gateway.errors import Conflict, NotFound, UserError
 from aigc_gateway.store.tables import ApiToken, User
 

@@ -1,1 +1,0 @@
-"""Accounts and access: sign-in, sessions, tokens, teams, instance hand-over, forward-auth, audit."""

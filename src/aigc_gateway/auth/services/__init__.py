@@ -1,0 +1,1 @@
+"""Accounts, tokens, teams, shares and the access decision: services over the store."""

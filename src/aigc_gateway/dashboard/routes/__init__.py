@@ -1,0 +1,1 @@
+"""The dashboard's page routes: the user's pages, the admin pages, the sign-in pages."""

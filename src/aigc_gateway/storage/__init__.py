@@ -1,0 +1,1 @@
+"""Users' data folders: the file browser and the storage quotas."""
