@@ -42,9 +42,10 @@ def test_every_package_and_module_is_in_a_layer() -> None:
                 for part in path.iterdir():
                     if part.suffix == ".py" and part.stem != "__init__":
                         outside.append(f"{module}.{part.stem}")
-                    elif part.is_dir() and (part / "__init__.py").exists():
-                        if not _in_a_layer(f"{module}.{part.name}", layers):
-                            outside.append(f"{module}.{part.name}")
+                    elif (part / "__init__.py").exists() and not _in_a_layer(
+                        f"{module}.{part.name}", layers
+                    ):
+                        outside.append(f"{module}.{part.name}")
                 continue
             if not _in_a_layer(module, layers):
                 outside.append(module)
