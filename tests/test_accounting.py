@@ -7,6 +7,7 @@ checks the ledger and the reports to the second and to the micro-unit.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -286,7 +287,8 @@ async def test_a_killed_gateway_leaves_no_gap_and_no_double_count(
             gw.wait(10)
         wrapper = psutil.Process(await engine_pid(data, victim["id"]))
         for child in wrapper.children(recursive=True):
-            child.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # gone with its parent already
+                child.kill()
         wrapper.wait(10)
         died = datetime.fromtimestamp(
             (data / "runtime" / "local" / victim["id"] / "exit_code").stat().st_mtime, UTC
