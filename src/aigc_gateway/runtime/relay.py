@@ -194,11 +194,14 @@ def _reply(key: RelayKey, nonce: bytes, status: int, reason: str) -> bytes:
     return body + key._mac(_REPLY_CONTEXT, nonce + body)
 
 
-async def connect_relayed(endpoint: Endpoint, key: RelayKey, *, timeout_s: float) -> socket.socket:
+async def connect_relayed(
+    endpoint: Endpoint, key: RelayKey, *, timeout_s: float | None
+) -> socket.socket:
     """A connected, non-blocking socket to the engine behind a relay endpoint, past the
     handshake: what is sent on it from now on reaches the engine. :class:`RelayRefused` when the
     relay refuses (or cannot prove it holds the key), ``OSError`` when it cannot be reached,
-    ``TimeoutError`` after ``timeout_s`` (the connection and the handshake together)."""
+    ``TimeoutError`` after ``timeout_s`` (the connection and the handshake together; None: no
+    limit but the caller's)."""
     if endpoint.relay_for is None or endpoint.host is None or endpoint.port is None:
         raise ValueError(f"not a relay endpoint: {endpoint.describe}")
     return await asyncio.wait_for(_connect(endpoint, key), timeout_s)
