@@ -12,7 +12,7 @@ import json
 import random
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -56,7 +56,9 @@ class Engine:
         )
 
     @web.middleware
-    async def _count(self, request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    async def _count(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         self.requests += 1
         return await handler(request)
 
