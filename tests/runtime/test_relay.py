@@ -11,8 +11,10 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -122,6 +124,20 @@ def test_the_key_file_is_created_private_and_read_back(short_tmp: Path) -> None:
     assert first.hex() not in repr(first) and first.fingerprint in repr(first)
 
 
+def test_processes_creating_the_key_at_once_all_end_with_the_same(short_tmp: Path) -> None:
+    path = short_tmp / "relay.key"
+    start = threading.Barrier(8)
+
+    def create() -> RelayKey:
+        start.wait()
+        return RelayKey.load_or_create(path)
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: create(), range(8)))
+    assert len(set(keys)) == 1 and keys[0] == RelayKey.load(path)
+    assert list(short_tmp.iterdir()) == [path]
+
+
 def test_a_key_file_others_may_read_is_refused(short_tmp: Path) -> None:
     path = short_tmp / "relay.key"
     RelayKey.load_or_create(path)
@@ -155,6 +171,7 @@ def test_a_relay_endpoint_round_trips_as_text(text: str, host: str) -> None:
     assert not endpoint.is_unix and not endpoint.is_direct_tcp
     assert endpoint.describe == text
     assert Endpoint.parse("10.0.0.7:7070").relay_for is None
+    assert Endpoint.parse("relay:7070") == Endpoint(host="relay", port=7070)  # a host so named
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,7 @@ class Endpoint:
                 raise ValueError(f"a Unix endpoint needs an absolute path: {text!r}")
             return cls(unix_path=path)
         relay_for = None
-        if text.startswith("relay:"):
+        if text.startswith("relay:") and not text[len("relay:") :].isdigit():  # not host "relay"
             text, sep, relay_for = text[len("relay:") :].partition("/")
             if not sep:
                 raise ValueError(f"a relay endpoint names its instance: {text!r}")

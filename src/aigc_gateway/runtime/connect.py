@@ -126,7 +126,8 @@ class _RelayTransport(httpx.AsyncHTTPTransport):
         limits: httpx.Limits = _LIMITS,
         retries: int = 0,
     ) -> None:
-        super().__init__(limits=limits, retries=retries, trust_env=False)
+        # No TLS behind a relay: verify=False only spares loading the CA bundle for nothing.
+        super().__init__(verify=False, limits=limits, retries=retries, trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
@@ -259,7 +260,8 @@ class EngineSessions:
         self._keepalive_s = keepalive_s
         self._max_unix = max_unix
         self._tcp: aiohttp.ClientSession | None = None
-        self._unix: OrderedDict[str, aiohttp.ClientSession] = OrderedDict()
+        # Sessions bound to one endpoint each (a Unix socket, a relay), by the endpoint's text.
+        self._bound: OrderedDict[str, aiohttp.ClientSession] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def session(self, endpoint: Endpoint) -> tuple[aiohttp.ClientSession, str]:
@@ -271,14 +273,14 @@ class EngineSessions:
                 )
             return self._tcp, base_url(endpoint)
         address = endpoint.describe
-        found = self._unix.get(address)
+        found = self._bound.get(address)
         if found is None or found.closed:
             found = self._new(self._connector(endpoint))
-            self._unix[address] = found
-            while len(self._unix) > self._max_unix:
-                _, old = self._unix.popitem(last=False)
+            self._bound[address] = found
+            while len(self._bound) > self._max_unix:
+                _, old = self._bound.popitem(last=False)
                 self._later_close(old)
-        self._unix.move_to_end(address)
+        self._bound.move_to_end(address)
         return found, base_url(endpoint)
 
     def _connector(self, endpoint: Endpoint) -> aiohttp.BaseConnector:
@@ -299,8 +301,8 @@ class EngineSessions:
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        sessions = list(self._unix.values()) + ([self._tcp] if self._tcp else [])
-        self._unix.clear()
+        sessions = list(self._bound.values()) + ([self._tcp] if self._tcp else [])
+        self._bound.clear()
         self._tcp = None
         for session in sessions:
             await session.close()
