@@ -404,7 +404,7 @@ class RelayServer:
         rest = await reader.readexactly(size + _MAC_SIZE)
         raw_id, mac = rest[:size], rest[size:]
         if not hmac.compare_digest(mac, self._key._mac(_HELLO_CONTEXT, head + raw_id)):
-            # Only now and only here is the claimed id safe to name: it is shown as bytes.
+            # The id is only the peer's claim here: logged as its bytes' repr, never trusted.
             raise _Refusal("bad credential", detail=f"claimed instance {raw_id[:128]!r}")
         instance_id = raw_id.decode("ascii", "replace")
         if not RELAYED_ID.fullmatch(instance_id):
