@@ -197,6 +197,11 @@ async def open_gateway(
     await registry.reload()
     # Before the runtime: a runtime of several nodes gives its relays this same file's key.
     relay_key = RelayKey.load_or_create(settings.runtime_dir / KEY_FILE)
+    log.info(
+        "node relay key: %s (fingerprint %s)",
+        settings.runtime_dir / KEY_FILE,
+        relay_key.fingerprint,
+    )
     runtime = runtime or make_runtime(settings)
     isolation = isolation_of(runtime)
     if isolation.warning:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -203,13 +204,20 @@ async def test_bytes_are_relayed_both_ways_and_a_half_close_is_passed_on(
 
 
 async def test_a_client_without_the_key_is_refused(
-    relay: RelayServer, engine: tuple[EchoEngine, Path]
+    relay: RelayServer,
+    key: RelayKey,
+    engine: tuple[EchoEngine, Path],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with pytest.raises(RelayRefused):
-        await connect_relayed(endpoint_of(relay), RelayKey.generate(), timeout_s=5)
-    answer = await refusal_of(relay, hello_frame(RelayKey.generate(), INSTANCE))
+    wrong = RelayKey.generate()
+    with caplog.at_level(logging.WARNING, logger="aigc_gateway.runtime.relay"):
+        with pytest.raises(RelayRefused):
+            await connect_relayed(endpoint_of(relay), wrong, timeout_s=5)
+        answer = await refusal_of(relay, hello_frame(wrong, INSTANCE))
     assert refused_with(answer, "bad credential")
     assert engine[0].accepted == 0
+    assert caplog.text.count("refused") == 2 and "bad credential" in caplog.text
+    assert key.hex() not in caplog.text and wrong.hex() not in caplog.text
 
 
 async def test_bytes_that_are_no_handshake_are_refused(

@@ -405,7 +405,10 @@ class RelayServer:
         raw_id, mac = rest[:size], rest[size:]
         if not hmac.compare_digest(mac, self._key._mac(_HELLO_CONTEXT, head + raw_id)):
             # The id is only the peer's claim here: logged as its bytes' repr, never trusted.
-            raise _Refusal("bad credential", detail=f"claimed instance {raw_id[:128]!r}")
+            raise _Refusal(
+                "bad credential",
+                detail=f"claimed instance {raw_id!r}; this relay's key {self._key.fingerprint}",
+            )
         instance_id = raw_id.decode("ascii", "replace")
         if not RELAYED_ID.fullmatch(instance_id):
             raise _Refusal("bad handshake", nonce)
