@@ -151,14 +151,15 @@ class RelayKey:
 
     @classmethod
     def load_or_create(cls, path: Path) -> RelayKey:
-        """The key in ``path``, created (mode 0600, its folder 0700 if new) when there is none.
+        """The key in ``path``, created (mode 0600) when there is none; its folder is made with
+        the default mode (the runtime's own folder: engines' uids may need to pass through it).
         Safe when several processes do it at once: the file appears whole or not at all (it is
         written aside and linked into place), and all of them end with the same key."""
         try:
             return cls.load(path)
         except FileNotFoundError:
             pass
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".relay-key-")  # mode 0600
         try:
             with os.fdopen(fd, "w", encoding="ascii") as file:
