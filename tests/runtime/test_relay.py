@@ -202,6 +202,26 @@ async def test_bytes_are_relayed_both_ways_and_a_half_close_is_passed_on(
     assert engine[0].accepted == 1
 
 
+async def test_closing_the_relay_ends_live_connections_without_an_error(
+    engine: tuple[EchoEngine, Path], key: RelayKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay closed while it relays ends those connections (the client sees the end), and
+    the event loop logs nothing: the connection tasks end, they do not fail."""
+    hosted = {INSTANCE: str(engine[1])}
+    server = await serve_relay("127.0.0.1", 0, key, hosted.get)
+    sock = await connect_relayed(endpoint_of(server), key, timeout_s=5)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"ping")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"  # spliced and live
+    with caplog.at_level(logging.ERROR):
+        await server.aclose()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await asyncio.sleep(0)  # the done callbacks of the ended tasks run on the next turn
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 async def test_a_client_without_the_key_is_refused(
     relay: RelayServer,
     key: RelayKey,

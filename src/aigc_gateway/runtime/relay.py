@@ -351,8 +351,10 @@ class RelayServer:
         try:
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
+            # The relay is closing (aclose). This task is the connection's own, made by
+            # asyncio's server, which reads its outcome in a done callback: re-raised, the
+            # cancellation would be logged there as an error of the event loop.
             writer.transport.abort()
-            raise
         except Exception:  # one connection's failure ends it, not the relay
             log.exception("relay connection from %s failed", peer)
             writer.transport.abort()
