@@ -42,6 +42,7 @@ import builtins
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -521,6 +522,9 @@ class RayRuntime:
         if not self._connected:
             async with self._connecting:
                 if not ray.is_initialized():
+                    # Ray's coming default, which it warns about otherwise: an actor of no GPUs
+                    # keeps the CUDA_VISIBLE_DEVICES it inherits (the engine's own is set anyway).
+                    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
                     await asyncio.to_thread(
                         ray.init,
                         address=self._address or "auto",
