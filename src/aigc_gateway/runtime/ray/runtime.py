@@ -18,7 +18,7 @@ The gateway is a Ray driver (``ray.init(address=ray_address)``). Contract (besid
   refused at once with a :class:`LaunchError` saying so, never left pending; one that the
   cluster does not schedule within ``schedule_timeout_s`` is given up the same way.
 - **What outlives the actor** is kept in the cluster's key-value store (the GCS, namespace
-  ``aigc:<ray_namespace>``): per instance, the node it was placed on, and once stopped, when the
+  ``aigc-gateway.<ray_namespace>``): per instance, the node it was placed on, and once stopped, when the
   engine ended, its labels and the end of its log. So ``observe``/``list``/``logs`` of a stopped
   workload answer the same from any later gateway, and ``forget`` drops the record.
 - **Supervisors are replaceable**: when an engine's actor is gone but its record says it was
@@ -94,7 +94,8 @@ class RayRuntime:
         (``ray.is_initialized()``) uses that connection and leaves it open on :meth:`close`."""
         self._address = address
         self._namespace = namespace
-        self._kv_namespace = f"aigc:{namespace}"
+        # No colon: Ray's key-value store joins namespace and key with one.
+        self._kv_namespace = f"aigc-gateway.{namespace}"
         self._config = config
         self._schedule_timeout_s = schedule_timeout_s
         self._connected = False
@@ -460,7 +461,8 @@ class RayRuntime:
         keys = await asyncio.to_thread(
             self._kv()._internal_kv_list, "engine/", namespace=self._kv_namespace
         )
-        return [k.decode().removeprefix("engine/") for k in keys]
+        # Ray 2.52 may return keys with (part of) their namespace in front.
+        return [k.decode().partition("engine/")[2] for k in keys]
 
     # -- nodes ----------------------------------------------------------------------------------
 
