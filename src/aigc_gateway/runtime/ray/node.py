@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aigc_gateway.errors import GatewayError
 from aigc_gateway.runtime.base import GpuDiscovery, LaunchSpec, Workload
@@ -57,7 +57,7 @@ class NodeConfig:
 
     node_dir: str
     """The node's folder; ``{node}`` is replaced by the node id's first 12 hex digits."""
-    sandbox: str = "auto"
+    sandbox: Literal["auto", "on", "off"] = "auto"
     dev: bool = False
     sandbox_uid_range: str = "200000-265535"
     sandbox_pids_max: int = 1024
@@ -161,7 +161,7 @@ class EngineSupervisor:
 
         return await _guard(run())
 
-    async def forget(self, instance_id: str) -> None | Failure:
+    async def forget(self, instance_id: str) -> Failure | None:
         async def run() -> None:
             await self.local.forget(instance_id)
             await self.local.close()

@@ -62,6 +62,7 @@ from aigc_gateway.runtime.base import (
 from aigc_gateway.runtime.ray import node as on_node
 from aigc_gateway.runtime.ray.node import Failure, NodeConfig
 from aigc_gateway.runtime.ray.volumes import RayVolumes
+from aigc_gateway.runtime.volumes import Volumes
 
 __all__ = ["ACTOR_PREFIX", "RayRuntime"]
 
@@ -102,7 +103,7 @@ class RayRuntime:
         self._owns_connection = False
         self._connecting = asyncio.Lock()
         self._remote: dict[str, Any] = {}
-        self.volumes = RayVolumes(self)
+        self.volumes: Volumes = RayVolumes(self)
         off = config.sandbox == "off"
         self.isolation = Isolation(
             sandboxed=not off,
@@ -135,18 +136,20 @@ class RayRuntime:
             where = await self._scheduled(actor, iid, describe=options["_what"])
             await self._put(iid, {"node": where, "gpus": gpus, "stopped": False})
         try:
-            return await self._call(actor, "start", spec)
+            started: Workload = await self._call(actor, "start", spec)
         except LaunchError:
             # Nothing runs: give the node's cards back at once.
             await self._end(actor)
             await self._delete(iid)
             raise
+        return started
 
     async def wait_ready(self, instance_id: str, *, timeout: float) -> Workload:
         actor = await self._supervisor(instance_id)
         if actor is None:
             return await self._without_supervisor(instance_id)
-        return await self._call(actor, "wait_ready", instance_id, timeout)
+        ready: Workload = await self._call(actor, "wait_ready", instance_id, timeout)
+        return ready
 
     async def stop(self, instance_id: str, *, grace: float) -> Workload:
         record = await self._get(instance_id)
@@ -163,9 +166,7 @@ class RayRuntime:
             return _stopped(instance_id, record)
         final, log = await self._call(actor, "stop", instance_id, grace, KEEP_LOG_BYTES)
         record = record or {}
-        record.update(
-            stopped=True, exited_at=final.exited_at, labels=dict(final.labels), log=log
-        )
+        record.update(stopped=True, exited_at=final.exited_at, labels=dict(final.labels), log=log)
         await self._put(instance_id, record)
         await self._end(actor)
         logger.info("engine supervisor ended", extra={"instance_id": instance_id})
@@ -179,9 +180,10 @@ class RayRuntime:
         if actor is None:
             return await self._without_supervisor(instance_id, record)
         try:
-            return await self._call(actor, "observe", instance_id)
+            seen: Workload = await self._call(actor, "observe", instance_id)
         except _SupervisorGone:
             return await self._without_supervisor(instance_id)
+        return seen
 
     async def list(self) -> builtins.list[Workload]:
         ray = await self._ray()
@@ -474,7 +476,9 @@ class RayRuntime:
             for n in await asyncio.to_thread(ray.nodes)
             if n.get("Alive") and _resources(n).get(ENGINE_RESOURCE, 0) >= 1
         ]
-        return list(await asyncio.gather(*(self._on_node(n["NodeID"], function, *args) for n in nodes)))
+        return list(
+            await asyncio.gather(*(self._on_node(n["NodeID"], function, *args) for n in nodes))
+        )
 
     async def _on_node(self, node_id: str, function: Callable[..., Any], *args: Any) -> Any:
         ray = await self._ray()
@@ -496,7 +500,7 @@ class RayRuntime:
         rank = int(labels["pool_rank"]) if labels.get("pool_rank", "").isdigit() else None
         try:
             found: GpuDiscovery = await self._on_node(node_id, on_node.discover_here)
-        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - a node's failure is reported
+        except Exception as exc:  # a node that cannot answer is reported, not fatal
             found = GpuDiscovery((), f"NVML not asked: {exc}")
         devices = [
             GpuDevice(d.id, node_id, d.index, d.model, d.memory_gib, pool=pool, pool_rank=rank)
@@ -508,7 +512,9 @@ class RayRuntime:
         memory = float(labels.get("gpu-memory-gib", "0") or 0)
         model = labels.get("gpu-type", "gpu")
         devices = [
-            GpuDevice(f"{node_id[:12]}-gpu{i}", node_id, i, model, memory, pool=pool, pool_rank=rank)
+            GpuDevice(
+                f"{node_id[:12]}-gpu{i}", node_id, i, model, memory, pool=pool, pool_rank=rank
+            )
             for i in range(count)
         ]
         return devices, (
