@@ -1,0 +1,256 @@
+"""The Ray runtime on a real cluster of four nodes on this machine (tests/support/ray_cluster.py):
+where engines are placed, what a placement no node can take does, a restarted gateway and a
+lost supervisor re-adopting engines, and the cards the cluster reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from aigc_gateway.gpu.inventory import from_runtime
+from aigc_gateway.runtime.base import GpuGrant, LaunchError, LaunchSpec, Phase, ReadinessCheck
+from tests.runtime.contract import get, info
+from tests.support.ray_cluster import NODES, RayCluster, ray_cluster
+
+pytestmark = pytest.mark.needs("ray")
+
+ENGINE = str(Path(__file__).parent / "runtime" / "engines" / "engine.py")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    with ray_cluster() as found:
+        yield found
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+Make = Callable[..., Any]
+
+
+@pytest.fixture
+async def make(cluster: RayCluster) -> AsyncIterator[Callable[..., object]]:
+    """``make(schedule_timeout_s=...)``: a runtime in this test's own namespace (each call a new
+    object over the same cluster state, as a restarted gateway builds it). Every engine still
+    running at the end is stopped."""
+    from aigc_gateway.runtime.ray.node import NodeConfig
+    from aigc_gateway.runtime.ray.runtime import RayRuntime
+
+    namespace = f"cluster-{uuid.uuid4().hex[:8]}"
+    config = NodeConfig(node_dir=cluster.node_dir, sandbox="off")
+    made: list[RayRuntime] = []
+
+    def new(schedule_timeout_s: float = 20.0) -> RayRuntime:
+        runtime = RayRuntime(
+            config=config, namespace=namespace, schedule_timeout_s=schedule_timeout_s
+        )
+        made.append(runtime)
+        return runtime
+
+    try:
+        yield new
+    finally:
+        if made:
+            for w in await made[0].list():
+                if w.phase.alive or w.phase is Phase.EXITED:
+                    await made[0].stop(w.instance_id, grace=0.5)
+        for runtime in made:
+            await runtime.close()
+
+
+def spec(instance_id: str, root: Path, **changes: object) -> LaunchSpec:
+    base = LaunchSpec(
+        instance_id=instance_id,
+        command=(sys.executable, ENGINE, "--data-dir", "{data_dir}", "--uds", "{socket}"),
+        data_dir=str(root / "{instance_id}"),
+        env={"ENGINE_ID": "{instance_id}"},
+        readiness=ReadinessCheck(path="/health"),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def engines_on(cluster: RayCluster, name: str) -> set[str]:
+    """The instances whose engine records are in node ``name``'s folder."""
+    state = cluster.folder(name) / "runtime" / "ray"
+    return {p.parent.name for p in state.glob("*/workload.json")}
+
+
+async def test_an_engine_runs_on_the_node_its_grant_names(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make()
+    node = cluster.nodes["cloud"]
+    grant = GpuGrant(devices=("GPU-c1",), node=node)
+    await rt.start(spec("g1", data, gpu=grant))
+    ready = await rt.wait_ready("g1", timeout=15)
+    assert ready.phase is Phase.READY
+    assert engines_on(cluster, "cloud") == {"g1"}
+    assert engines_on(cluster, "onprem-a") == engines_on(cluster, "onprem-b") == set()
+    assert ready.endpoint is not None and ready.endpoint.unix_path is not None
+    assert (await get(ready, "/env")).json()["CUDA_VISIBLE_DEVICES"] == "GPU-c1"
+
+
+async def test_a_volume_is_on_the_node_that_runs_the_engine(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make()
+    volume = await rt.volumes.create("alice", "demo")
+    assert "{node_dir}" in volume  # filled in by the node that runs the engine
+    grant = GpuGrant(devices=("GPU-b1",), node=cluster.nodes["onprem-b"])
+    await rt.start(spec("v1", data, gpu=grant, data_dir=volume))
+    await rt.wait_ready("v1", timeout=15)
+    assert (cluster.folder("onprem-b") / "volumes" / "alice" / "demo" / "engine.json").is_file()
+    assert not (cluster.folder("onprem-a") / "volumes" / "alice").exists()
+    assert await rt.volumes.size("alice", "demo") > 0
+    await rt.stop("v1", grace=5)
+    await rt.volumes.delete("alice", "demo")
+    assert not (cluster.folder("onprem-b") / "volumes" / "alice" / "demo").exists()
+
+
+async def test_a_multi_gpu_grant_stays_on_one_node_and_holds_its_cards(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make(schedule_timeout_s=3)
+    node = cluster.nodes["onprem-b"]
+    both = GpuGrant(devices=("GPU-b1", "GPU-b2"), node=node)
+    await rt.start(spec("m1", data, gpu=both))
+    ready = await rt.wait_ready("m1", timeout=15)
+    assert engines_on(cluster, "onprem-b") == {"m1"}
+    assert (await get(ready, "/env")).json()["CUDA_VISIBLE_DEVICES"] == "GPU-b1,GPU-b2"
+    # The node's two cards are held by m1: another grant of them is not placed...
+    began = time.monotonic()
+    with pytest.raises(LaunchError, match="did not place the engine"):
+        await rt.start(spec("m2", data, gpu=both))
+    assert time.monotonic() - began < 15
+    assert [w.instance_id for w in await rt.list()] == ["m1"]
+    # ...until m1's stop gives them back.
+    await rt.stop("m1", grace=5)
+    await rt.start(spec("m2", data, gpu=both))
+    assert (await rt.wait_ready("m2", timeout=15)).phase is Phase.READY
+    # More cards than the node has: refused at once, naming the node.
+    four = GpuGrant(devices=("a", "b", "c", "d"), node=cluster.nodes["onprem-a"])
+    with pytest.raises(LaunchError, match="fewer than the 4 granted"):
+        await rt.start(spec("m3", data, gpu=four))
+
+
+async def test_a_placement_no_node_can_take_is_refused_at_once(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make(schedule_timeout_s=60)
+    began = time.monotonic()
+    with pytest.raises(
+        LaunchError, match=r"no engine node of pool 'gpu-farm'.*pools there: cloud, onprem"
+    ):
+        await rt.start(spec("p1", data, labels={"pool": "gpu-farm"}))
+    gone = GpuGrant(devices=("GPU-x",), node="ab" * 28)
+    with pytest.raises(LaunchError, match="not in the cluster now"):
+        await rt.start(spec("p2", data, gpu=gone))
+    assert time.monotonic() - began < 10  # refused, not left pending for the minute
+    assert await rt.list() == []
+    assert (await rt.observe("p1")).phase is Phase.ABSENT
+
+
+async def test_an_engine_without_gpus_goes_to_its_pool(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make()
+    await rt.start(spec("c1", data, labels={"pool": "cloud"}))
+    ready = await rt.wait_ready("c1", timeout=15)
+    assert engines_on(cluster, "cloud") == {"c1"}
+    assert (await get(ready, "/env")).json()["CUDA_VISIBLE_DEVICES"] == ""
+    assert ready.labels == {"pool": "cloud"}
+
+
+async def test_a_restarted_gateway_adopts_the_engines_on_every_node(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make()
+    started = {}
+    for iid, name in (("r1", "onprem-a"), ("r2", "cloud")):
+        grant = GpuGrant(devices=("GPU-1",), node=cluster.nodes[name])
+        started[iid] = await rt.start(spec(iid, data, gpu=grant, labels={"owner": iid}))
+        await rt.wait_ready(iid, timeout=15)
+    await rt.close()
+    adopter = make()
+    by_id = {w.instance_id: w for w in await adopter.list()}
+    assert set(by_id) == {"r1", "r2"}
+    for iid, first in started.items():
+        assert (by_id[iid].phase, by_id[iid].pid) == (Phase.READY, first.pid)
+        assert by_id[iid].endpoint == first.endpoint and by_id[iid].labels == {"owner": iid}
+        assert (await get(by_id[iid], "/")).text == f"engine {iid} ok\n"
+    assert (await adopter.stop("r1", grace=5)).phase is Phase.ABSENT
+    assert [w.instance_id for w in await adopter.list() if w.phase.alive] == ["r2"]
+
+
+async def test_a_lost_supervisor_is_replaced_and_its_engine_stopped(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    """Ray ends a killed actor's child processes, the engine's wrapper among them: the engine's
+    end can no longer be recorded. A new supervisor on the same node finds that out from the
+    node's files and reports it (EXITED, so the controller stops it), and the stop ends the
+    engine that outlived its wrapper."""
+    import ray
+
+    from aigc_gateway.runtime.ray.runtime import ACTOR_PREFIX
+
+    rt = make()
+    grant = GpuGrant(devices=("GPU-1", "GPU-2"), node=cluster.nodes["onprem-a"])
+    await rt.start(spec("s1", data, gpu=grant))
+    ready = await rt.wait_ready("s1", timeout=15)
+    engine = (await info(ready))["pid"]
+    actor = ray.get_actor(ACTOR_PREFIX + "s1", namespace=rt._namespace)
+    ray.kill(actor, no_restart=True)
+    with pytest.raises(ray.exceptions.RayActorError):
+        await actor.node.remote()  # dead now
+    seen = await rt.observe("s1")  # from a new supervisor on onprem-a
+    assert seen.phase is Phase.EXITED, seen
+    assert "engine supervisor killed" in seen.message
+    assert seen.pid == ready.pid and engines_on(cluster, "onprem-a") == {"s1"}
+    stopped = await rt.stop("s1", grace=1)
+    assert stopped.phase is Phase.ABSENT and stopped.exited_at is not None
+    assert gone(engine)
+    assert (await rt.observe("s1")).phase is Phase.ABSENT
+
+
+async def test_the_cluster_reports_every_node_s_cards_with_its_pool(
+    cluster: RayCluster, make: Make
+) -> None:
+    rt = make()
+    found = await rt.gpus()
+    by_node: dict[str, list[object]] = {}
+    for card in found.devices:
+        by_node.setdefault(card.node, []).append(card)
+    assert {node: len(cards) for node, cards in by_node.items()} == {
+        cluster.nodes[name]: spec["num_gpus"] for name, spec in NODES.items()
+    }
+    gpus = {g.id: g for g in from_runtime(found)}  # the scheduler's view
+    for card in found.devices:
+        name = next(n for n, i in cluster.nodes.items() if i == card.node)
+        labels = NODES[name]["labels"]
+        assert (card.pool, card.model) == (labels["pool"], labels["gpu-type"])
+        assert card.memory_gib == float(labels["gpu-memory-gib"])
+        placed = gpus[card.id]
+        assert (placed.host, placed.pool, placed.pool_rank) == (
+            card.node,
+            labels["pool"],
+            int(labels["pool_rank"]),
+        )
+    assert "8 GPU(s) on 3 of 4 Ray node(s)" in found.note
