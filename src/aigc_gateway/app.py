@@ -59,7 +59,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.gateway = gw
     app.state.proxy_ports = gw.proxy  # all the proxy sees of the gateway
-    app.state.engine_pool = UpstreamPool()  # the connection-level proxy's engine connections
+    # The connection-level proxy's engine connections.
+    app.state.engine_pool = UpstreamPool(relay_key=gw.relay_key)
     live = app.state.live_sockets = (
         LiveSockets()
     )  # WebSockets, event streams: closed when access ends

@@ -36,6 +36,7 @@ from aigc_gateway.metrics.prometheus import PrometheusMetrics
 from aigc_gateway.proxy.ports import ProxyPorts, ProxySettings
 from aigc_gateway.runtime.base import Isolation, Runtime
 from aigc_gateway.runtime.connect import EngineSessions
+from aigc_gateway.runtime.relay import KEY_FILE, RelayKey
 from aigc_gateway.settings import Settings, signing_secret
 from aigc_gateway.storage.files import FileService
 from aigc_gateway.store.db import Database
@@ -66,6 +67,10 @@ class Gateway:
     """Outgoing HTTP (the sign-in provider)."""
     upstream: EngineSessions
     """The ASGI proxy's pooled connections to engines, per endpoint."""
+    relay_key: RelayKey
+    """The cluster's node relay key (``<runtime_dir>/relay.key``): the one credential the
+    connectors to engines on other nodes present (the connection-level proxy's pool is given it
+    by the app)."""
     access_cache: AccessCache
     gpus: GpuBroker
     """The GPU inventory, its allocations and queue (owned by the controller)."""
@@ -190,6 +195,13 @@ async def open_gateway(
         await db.migrate()
     registry = TemplateRegistry(settings.templates_dir, db)
     await registry.reload()
+    # Before the runtime: a runtime of several nodes gives its relays this same file's key.
+    relay_key = RelayKey.load_or_create(settings.runtime_dir / KEY_FILE)
+    log.info(
+        "node relay key: %s (fingerprint %s)",
+        settings.runtime_dir / KEY_FILE,
+        relay_key.fingerprint,
+    )
     runtime = runtime or make_runtime(settings)
     isolation = isolation_of(runtime)
     if isolation.warning:
@@ -269,7 +281,7 @@ async def open_gateway(
         )
     accounts = AccountService(db=db, settings=settings, on_access_change=access_changed)
     instance_access = InstanceAccess(db=db, settings=settings)
-    upstream = EngineSessions()
+    upstream = EngineSessions(relay_key=relay_key)
     proxy = ProxyPorts(
         settings=ProxySettings.of(settings),
         routes=routes,
@@ -297,6 +309,7 @@ async def open_gateway(
         oidc=oidc,
         http=http,
         upstream=upstream,
+        relay_key=relay_key,
         access_cache=access_cache,
         gpus=gpus,
         budgets=budgets,

@@ -124,7 +124,9 @@ class InstancePublic(BaseModel):
             desired_state=inst.desired_state,
             reason=inst.reason,
             exit_code=inst.exit_code,
-            engine_url=f"http://{endpoint.describe}" if endpoint and not endpoint.is_unix else None,
+            engine_url=f"http://{endpoint.describe}"
+            if endpoint and endpoint.is_direct_tcp
+            else None,
             engine_endpoint=endpoint.describe if endpoint else None,
             url=settings.instance_url(inst.slug),
             last_activity_at=inst.last_activity_at,

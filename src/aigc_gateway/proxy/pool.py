@@ -17,6 +17,7 @@ from typing import Protocol, cast
 
 from aigc_gateway.runtime.base import Endpoint
 from aigc_gateway.runtime.connect import open_stream
+from aigc_gateway.runtime.relay import RelayKey
 
 
 class Owner(Protocol):
@@ -89,15 +90,25 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    def __init__(self, *, idle_s: float = 30.0, max_idle_per_engine: int = 256) -> None:
+    """Idle connections per engine address, and new ones (``relay_key``: the cluster's relay
+    key, for engines on other nodes)."""
+
+    def __init__(
+        self,
+        *,
+        relay_key: RelayKey | None = None,
+        idle_s: float = 30.0,
+        max_idle_per_engine: int = 256,
+    ) -> None:
+        self._relay_key = relay_key
         self._idle_s = idle_s
         self._max_idle = max_idle_per_engine
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     def take(self, address: str) -> UpstreamConnection | None:
-        """An idle connection to ``address`` (an endpoint's text: ``host:port`` or
-        ``unix:/path``), the most recently used first."""
+        """An idle connection to ``address`` (an endpoint's text: ``host:port``, ``unix:/path``
+        or ``relay:host:port/<id>``), the most recently used first."""
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
@@ -121,7 +132,7 @@ class UpstreamPool:
 
     async def connect(self, endpoint: Endpoint, timeout_s: float) -> UpstreamConnection:
         """A new connection (OSError or TimeoutError when the engine cannot be reached)."""
-        return await open_stream(endpoint, UpstreamConnection, timeout_s)
+        return await open_stream(endpoint, UpstreamConnection, timeout_s, relay_key=self._relay_key)
 
     def _sweep(self) -> None:
         self._sweeper = None

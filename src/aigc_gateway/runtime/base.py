@@ -128,43 +128,74 @@ class ReadinessCheck:
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """How the gateway connects to one engine: a Unix socket only the gateway can open (a
-    sandboxed engine, which has no port on the host), or a TCP address (an unsandboxed engine on
-    this host's loopback; a remote node's address later). Exactly one of ``unix_path`` and
-    ``host``/``port`` is set. The engine always sees plain HTTP on it."""
+    sandboxed engine, which has no port on the host), a TCP address (an unsandboxed engine on
+    this host's loopback), or a node relay (``relay_for`` set: ``host``/``port`` is the relay of
+    the engine's node, which lets only the gateway through to that instance's Unix socket there;
+    see ``runtime/relay.py``). Exactly one of ``unix_path`` and ``host``/``port`` is set. The
+    engine always sees plain HTTP on it. No key or secret is ever part of an endpoint."""
 
     unix_path: str | None = None
     host: str | None = None
     port: int | None = None
+    relay_for: str | None = None
+    """The instance id the node relay at ``host``/``port`` connects to (None: not a relay)."""
 
     def __post_init__(self) -> None:
         if (self.unix_path is None) == (self.host is None or self.port is None):
             raise ValueError("an endpoint is a Unix socket path or a host and port, not both")
+        if self.relay_for is not None and not RELAYED_ID.fullmatch(self.relay_for):
+            raise ValueError(f"not an instance id a relay can name: {self.relay_for!r}")
+        if self.relay_for is not None and self.unix_path is not None:
+            raise ValueError("a relay endpoint is the relay's host and port, not a socket path")
 
     @property
     def describe(self) -> str:
-        """For people and logs: ``unix:/path`` or ``host:port``."""
+        """For people and logs: ``unix:/path``, ``host:port`` or ``relay:host:port/<id>``."""
         if self.unix_path is not None:
             return f"unix:{self.unix_path}"
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        if self.relay_for is not None:
+            return f"relay:{host}:{self.port}/{self.relay_for}"
         return f"{host}:{self.port}"
 
     @property
     def is_unix(self) -> bool:
         return self.unix_path is not None
 
+    @property
+    def is_relay(self) -> bool:
+        return self.relay_for is not None
+
+    @property
+    def is_direct_tcp(self) -> bool:
+        """A TCP address that is the engine itself (not a socket, not a relay)."""
+        return self.unix_path is None and self.relay_for is None
+
     @classmethod
     def parse(cls, text: str) -> Endpoint:
         """The inverse of :attr:`describe` (how the store and the route table keep it):
-        ``unix:/path``, ``host:port`` or ``[v6]:port``. ``ValueError`` for anything else."""
+        ``unix:/path``, ``host:port``, ``[v6]:port``, ``relay:host:port/<instance id>``.
+        ``ValueError`` for anything else."""
         if text.startswith("unix:"):
             path = text[len("unix:") :]
             if not path.startswith("/"):
                 raise ValueError(f"a Unix endpoint needs an absolute path: {text!r}")
             return cls(unix_path=path)
+        relay_for = None
+        if text.startswith("relay:") and not text[len("relay:") :].isdigit():  # not host "relay"
+            text, sep, relay_for = text[len("relay:") :].partition("/")
+            if not sep:
+                raise ValueError(f"a relay endpoint names its instance: {text!r}")
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"not an endpoint (unix:/path or host:port): {text!r}")
-        return cls(host=host.removeprefix("[").removesuffix("]"), port=int(port))
+        return cls(
+            host=host.removeprefix("[").removesuffix("]"), port=int(port), relay_for=relay_for
+        )
+
+
+RELAYED_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""Instance ids a relay endpoint may name (a handshake carries at most 128 ASCII bytes)."""
 
 
 @dataclass(frozen=True, slots=True)
