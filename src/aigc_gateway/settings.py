@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     ray_namespace: str = "aigc-gateway"
     """``runtime: ray``: the Ray namespace of the engines' supervisor actors; gateways sharing one
     cluster and one store use the same one, separate deployments different ones."""
+    ray_relay_port: int = Field(default=0, ge=0, le=65535)
+    """``runtime: ray``: the port of each node's relay (the gateway's way to its engines; open it
+    to the gateways' hosts only); 0: any free port, which changes when a relay restarts."""
     ray_node_dir: str | None = None
     """``runtime: ray``: each node's own data folder (its engines' state and logs, its users'
     volumes), on that node; ``{node}`` is replaced by the first 12 hex digits of the Ray node

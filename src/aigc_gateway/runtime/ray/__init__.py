@@ -28,6 +28,7 @@ def make_runtime(settings: Settings) -> Runtime:
         )
     from aigc_gateway.runtime.ray.node import NodeConfig
     from aigc_gateway.runtime.ray.runtime import RayRuntime
+    from aigc_gateway.runtime.relay import KEY_FILE, RelayKey
 
     node_dir = settings.ray_node_dir or str(settings.data_dir.resolve() / "ray-nodes" / "{node}")
     config = NodeConfig(
@@ -45,4 +46,7 @@ def make_runtime(settings: Settings) -> Runtime:
         address=settings.ray_address,
         namespace=settings.ray_namespace,
         schedule_timeout_s=settings.launch_timeout_s,
+        # The gateway loads (or makes) this same file for its connectors before the runtime.
+        relay_key=RelayKey.load_or_create(settings.runtime_dir / KEY_FILE),
+        relay_port=settings.ray_relay_port,
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import shutil
 from collections.abc import Awaitable
@@ -35,6 +36,7 @@ __all__ = [
     "EngineSupervisor",
     "Failure",
     "NodeConfig",
+    "NodeRelay",
     "delete_volume_here",
     "discover_here",
     "node_id_here",
@@ -174,6 +176,44 @@ async def _guard(call: Awaitable[T]) -> T | Failure:
         return await call
     except GatewayError as exc:
         return Failure.of(exc)
+
+
+class NodeRelay:
+    """The node's relay (an async Ray actor, ``relay-<node id>``, one per node): lets the gateway
+    reach the engines of this node on their Unix sockets (:func:`~aigc_gateway.runtime.relay.
+    serve_relay`; the handshake and what it refuses are there). It serves the engines whose
+    records are in this node's folder, and only those."""
+
+    def __init__(self, config: NodeConfig, key_hex: str, port: int) -> None:
+        self.folder = config.folder(node_id_here())
+        self.key_hex, self.port = key_hex, port
+        self.server: Any = None
+
+    async def address(self) -> tuple[str, int]:
+        """Where the relay listens (started on the first call, on the node's address)."""
+        if self.server is None:
+            import ray
+
+            from aigc_gateway.runtime.relay import RelayKey, serve_relay
+
+            host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]  # Ray: untyped
+            key = RelayKey.from_hex(self.key_hex)
+            self.server = await serve_relay(host, self.port, key, self.socket_of)
+        return str(self.server.host), int(self.server.port)
+
+    def socket_of(self, instance_id: str) -> str | None:
+        """The socket of an engine of this node that listens on one; None for any other id."""
+        from aigc_gateway.runtime.base import RELAYED_ID
+
+        if not RELAYED_ID.fullmatch(instance_id):
+            return None
+        record = self.folder / "runtime" / "ray" / instance_id / "workload.json"
+        try:
+            found = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        path = found.get("socket_path") if not found.get("stopped") else None
+        return path if isinstance(path, str) else None
 
 
 # -- the node's tasks (each run on one chosen node) ----------------------------------------------

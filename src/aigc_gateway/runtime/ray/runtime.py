@@ -30,9 +30,13 @@ The gateway is a Ray driver (``ray.init(address=ray_address)``). Contract (besid
 - ``gpus()`` is every live node's cards: NVML on that node (a task pinned there), or where it
   finds none, the ``GPU`` count Ray has for the node, typed by its ``gpu-type`` label (memory from
   ``gpu-memory-gib``); each card carries its node's ``pool`` and ``pool_rank`` labels.
-- Endpoints are what the engine's node reports: its Unix socket (or loopback port) **on that
-  node**. The gateway can open them only where it runs on the same machine; a remote node needs
-  the per-node relay (docs/ray.md, not wired in yet).
+- Endpoints: an engine on a Unix socket (every sandboxed engine) is reached through its node's
+  relay (:class:`~.node.NodeRelay`, the detached actor ``relay-<node id>`` serving
+  :func:`~aigc_gateway.runtime.relay.serve_relay` on the node's address), as
+  ``relay:<node address>:<port>/<instance id>``, when the runtime has the cluster's relay key
+  (:func:`~aigc_gateway.runtime.ray.make_runtime` gives it the gateway's). Without a key, and for
+  an unsandboxed engine on a loopback port, the endpoint is what the node reports, which only a
+  gateway on the same machine can open.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -50,6 +55,7 @@ from typing import Any
 from aigc_gateway.errors import Conflict
 from aigc_gateway.runtime import local_procs
 from aigc_gateway.runtime.base import (
+    Endpoint,
     GpuDevice,
     GpuDiscovery,
     Isolation,
@@ -62,6 +68,7 @@ from aigc_gateway.runtime.base import (
 from aigc_gateway.runtime.ray import node as on_node
 from aigc_gateway.runtime.ray.node import Failure, NodeConfig
 from aigc_gateway.runtime.ray.volumes import RayVolumes
+from aigc_gateway.runtime.relay import RelayKey
 from aigc_gateway.runtime.volumes import Volumes
 
 __all__ = ["ACTOR_PREFIX", "RayRuntime"]
@@ -90,9 +97,16 @@ class RayRuntime:
         address: str | None = None,
         namespace: str = "aigc-gateway",
         schedule_timeout_s: float = 60.0,
+        relay_key: RelayKey | None = None,
+        relay_port: int = 0,
     ) -> None:
         """``address``: the cluster (``None``: ``auto``); a process already connected to Ray
-        (``ray.is_initialized()``) uses that connection and leaves it open on :meth:`close`."""
+        (``ray.is_initialized()``) uses that connection and leaves it open on :meth:`close`.
+        ``relay_key``: reach engines on Unix sockets through their node's relay (listening on
+        ``relay_port``, 0: any free port); None: report the node's socket path itself (the
+        gateway on the same machine as every node)."""
+        self._relay_key, self._relay_port = relay_key, relay_port
+        self._relays: dict[str, tuple[str, int]] = {}
         self._address = address
         self._namespace = namespace
         # No colon: Ray's key-value store joins namespace and key with one.
@@ -136,7 +150,7 @@ class RayRuntime:
             where = await self._scheduled(actor, iid, describe=options["_what"])
             await self._put(iid, {"node": where, "gpus": gpus, "stopped": False})
         try:
-            started: Workload = await self._call(actor, "start", spec)
+            started: Workload = await self._reach(iid, await self._call(actor, "start", spec))
         except LaunchError:
             # Nothing runs: give the node's cards back at once.
             await self._end(actor)
@@ -149,7 +163,7 @@ class RayRuntime:
         if actor is None:
             return await self._without_supervisor(instance_id)
         ready: Workload = await self._call(actor, "wait_ready", instance_id, timeout)
-        return ready
+        return await self._reach(instance_id, ready)
 
     async def stop(self, instance_id: str, *, grace: float) -> Workload:
         record = await self._get(instance_id)
@@ -183,7 +197,7 @@ class RayRuntime:
             seen: Workload = await self._call(actor, "observe", instance_id)
         except _SupervisorGone:
             return await self._without_supervisor(instance_id)
-        return seen
+        return await self._reach(instance_id, seen, record)
 
     async def list(self) -> builtins.list[Workload]:
         ray = await self._ray()
@@ -424,6 +438,51 @@ class RayRuntime:
         if isinstance(result, Failure):
             raise result.error()
         return result
+
+    # -- the node relays ------------------------------------------------------------------------
+
+    async def _reach(
+        self, instance_id: str, work: Workload, record: dict[str, Any] | None = None
+    ) -> Workload:
+        """``work`` with its endpoint as the gateway reaches it: through the node's relay for
+        an engine on a Unix socket (when this runtime has the relay key)."""
+        endpoint = work.endpoint
+        if self._relay_key is None or endpoint is None or endpoint.unix_path is None:
+            return work
+        record = record if record is not None else await self._get(instance_id)
+        if record is None or not record.get("node"):
+            return work
+        host, port = await self._relay(record["node"])
+        return dataclasses.replace(
+            work, endpoint=Endpoint(host=host, port=port, relay_for=instance_id)
+        )
+
+    async def _relay(self, node_id: str) -> tuple[str, int]:
+        """The address of node ``node_id``'s relay, started there (``relay-<node id>``, a
+        detached actor, restarted by Ray if it dies) when it is not running yet."""
+        found = self._relays.get(node_id)
+        if found is not None:
+            return found
+        ray = await self._ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self._relay_key is not None
+        cls = self._remote.get("NodeRelay")
+        if cls is None:
+            cls = self._remote["NodeRelay"] = ray.remote(on_node.NodeRelay)
+        actor = cls.options(
+            name=f"relay-{node_id}",
+            namespace=self._namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(self._config, self._relay_key.hex(), self._relay_port)
+        async with asyncio.timeout(self._schedule_timeout_s):
+            host, port = await actor.address.remote()
+        self._relays[node_id] = (host, port)
+        return host, port
 
     # -- the cluster's records ------------------------------------------------------------------
 
