@@ -12,11 +12,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
 from aigc_gateway.gpu.inventory import from_runtime
-from aigc_gateway.runtime.base import GpuGrant, LaunchError, LaunchSpec, Phase, ReadinessCheck
+from aigc_gateway.runtime.base import (
+    Endpoint,
+    GpuGrant,
+    LaunchError,
+    LaunchSpec,
+    Phase,
+    ReadinessCheck,
+)
+from aigc_gateway.runtime.connect import base_url, httpx_transport
+from aigc_gateway.runtime.relay import RelayKey
 from tests.runtime.contract import get, info
 from tests.support.ray_cluster import NODES, RayCluster, ray_cluster
 
@@ -51,9 +61,12 @@ async def make(cluster: RayCluster) -> AsyncIterator[Callable[..., object]]:
     config = NodeConfig(node_dir=cluster.node_dir, sandbox="off")
     made: list[RayRuntime] = []
 
-    def new(schedule_timeout_s: float = 20.0) -> RayRuntime:
+    def new(schedule_timeout_s: float = 20.0, relay_key: RelayKey | None = None) -> RayRuntime:
         runtime = RayRuntime(
-            config=config, namespace=namespace, schedule_timeout_s=schedule_timeout_s
+            config=config,
+            namespace=namespace,
+            schedule_timeout_s=schedule_timeout_s,
+            relay_key=relay_key,
         )
         made.append(runtime)
         return runtime
@@ -254,3 +267,35 @@ async def test_the_cluster_reports_every_node_s_cards_with_its_pool(
             int(labels["pool_rank"]),
         )
     assert "8 GPU(s) on 3 of 4 Ray node(s)" in found.note
+
+
+async def relayed_get(endpoint: Endpoint, key: RelayKey, path: str) -> httpx.Response:
+    transport = httpx_transport(endpoint, relay_key=key)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=base_url(endpoint), timeout=5, trust_env=False
+    ) as client:
+        return await client.get(path)
+
+
+async def test_the_gateway_reaches_an_engine_through_its_node_s_relay(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    key = RelayKey.generate()
+    rt = make(relay_key=key)
+    grant = GpuGrant(devices=("GPU-c1",), node=cluster.nodes["cloud"])
+    await rt.start(spec("n1", data, gpu=grant))
+    ready = await rt.wait_ready("n1", timeout=15)
+    endpoint = ready.endpoint
+    assert endpoint is not None and endpoint.relay_for == "n1" and endpoint.unix_path is None
+    assert (await relayed_get(endpoint, key, "/")).text == "engine n1 ok\n"
+    with pytest.raises(httpx.TransportError):
+        await relayed_get(endpoint, RelayKey.generate(), "/")  # another key: refused
+    other = Endpoint(host=endpoint.host, port=endpoint.port, relay_for="not-on-this-node")
+    with pytest.raises(httpx.TransportError):
+        await relayed_get(other, key, "/")
+    adopter = make(relay_key=key)
+    [listed] = await adopter.list()
+    assert listed.endpoint == endpoint  # the node's relay outlives the gateway process
+    await adopter.stop("n1", grace=5)
+    with pytest.raises(httpx.TransportError):
+        await relayed_get(endpoint, key, "/")
