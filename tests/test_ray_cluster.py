@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import psutil
@@ -27,10 +27,13 @@ from aigc_gateway.runtime.base import (
 )
 from aigc_gateway.runtime.connect import base_url, httpx_transport
 from aigc_gateway.runtime.relay import RelayKey
-from tests.runtime.contract import get, info
+from tests.runtime.contract import get, info, reachable
 from tests.support.ray_cluster import NODES, RayCluster, ray_cluster
 
 pytestmark = pytest.mark.needs("ray")
+
+TEST_UIDS = "231000-231999"
+"""Sandboxed engines' uids: the tests' own corner of the default range (tests/support/sandbox.py)."""
 
 ENGINE = str(Path(__file__).parent / "runtime" / "engines" / "engine.py")
 
@@ -51,19 +54,24 @@ Make = Callable[..., Any]
 
 @pytest.fixture
 async def make(cluster: RayCluster) -> AsyncIterator[Callable[..., object]]:
-    """``make(schedule_timeout_s=...)``: a runtime in this test's own namespace (each call a new
+    """``make(schedule_timeout_s=..., relay_key=..., sandbox=...)``: a runtime in this test's own namespace (each call a new
     object over the same cluster state, as a restarted gateway builds it). Every engine still
     running at the end is stopped."""
     from aigc_gateway.runtime.ray.node import NodeConfig
     from aigc_gateway.runtime.ray.runtime import RayRuntime
 
     namespace = f"cluster-{uuid.uuid4().hex[:8]}"
-    config = NodeConfig(node_dir=cluster.node_dir, sandbox="off")
     made: list[RayRuntime] = []
 
-    def new(schedule_timeout_s: float = 20.0, relay_key: RelayKey | None = None) -> RayRuntime:
+    def new(
+        schedule_timeout_s: float = 20.0,
+        relay_key: RelayKey | None = None,
+        sandbox: Literal["on", "off"] = "off",
+    ) -> RayRuntime:
         runtime = RayRuntime(
-            config=config,
+            config=NodeConfig(
+                node_dir=cluster.node_dir, sandbox=sandbox, sandbox_uid_range=TEST_UIDS
+            ),
             namespace=namespace,
             schedule_timeout_s=schedule_timeout_s,
             relay_key=relay_key,
@@ -299,3 +307,32 @@ async def test_the_gateway_reaches_an_engine_through_its_node_s_relay(
     await adopter.stop("n1", grace=5)
     with pytest.raises(httpx.TransportError):
         await relayed_get(endpoint, key, "/")
+
+
+@pytest.mark.needs("sandbox")
+async def test_a_sandboxed_engine_ends_with_its_supervisor(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    """Engines never outlive their supervision: Ray ends a killed actor's child processes (the
+    engine's wrapper), and bubblewrap's ``--die-with-parent`` ends the sandbox with it."""
+    import ray
+
+    from aigc_gateway.runtime.ray.runtime import ACTOR_PREFIX
+
+    rt = make(sandbox="on")
+    volume = await rt.volumes.create("bob", "demo")
+    grant = GpuGrant(devices=("GPU-1",), node=cluster.nodes["onprem-a"])
+    await rt.start(spec("d1", data, gpu=grant, data_dir=volume, labels={"owner": "bob"}))
+    ready = await rt.wait_ready("d1", timeout=30)
+    assert ready.phase is Phase.READY, ready
+    assert (await get(ready, "/")).text == "engine d1 ok\n"
+    assert ready.pid is not None
+    actor = ray.get_actor(ACTOR_PREFIX + "d1", namespace=rt._namespace)
+    ray.kill(actor, no_restart=True)
+    with pytest.raises(ray.exceptions.RayActorError):
+        await actor.node.remote()
+    seen = await rt.observe("d1")
+    assert seen.phase is Phase.EXITED and "ended with it" in seen.message, seen
+    assert not await reachable(ready)
+    assert (await rt.stop("d1", grace=1)).phase is Phase.ABSENT
+    await rt.volumes.delete("bob", "demo")
