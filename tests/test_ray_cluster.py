@@ -5,6 +5,7 @@ lost supervisor re-adopting engines, and the cards the cluster reports."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
 import time
 import uuid
@@ -336,3 +337,27 @@ async def test_a_sandboxed_engine_ends_with_its_supervisor(
     assert not await reachable(ready)
     assert (await rt.stop("d1", grace=1)).phase is Phase.ABSENT
     await rt.volumes.delete("bob", "demo")
+
+
+def test_the_ray_runtime_is_chosen_by_name_and_imports_ray_only_when_used(
+    tmp_path: Path,
+) -> None:
+    """``runtime: ray`` names the entry point; importing the package (and building the runtime)
+    imports no Ray, so a gateway without Ray installed is unaffected until it connects."""
+    script = (
+        "import sys\n"
+        "from aigc_gateway.runtime import plugins\n"
+        "from aigc_gateway.settings import Settings\n"
+        f"s = Settings(runtime='ray', data_dir={str(tmp_path)!r}, ray_namespace='ns1',"
+        " ray_address='ray://head:10001', sandbox='off', dev=True)\n"
+        "rt = plugins.load('ray')(s)\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+        "print(type(rt).__name__, rt._namespace, rt._address, rt.node_config.node_dir,"
+        " rt._relay_key is not None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    node_dir = tmp_path.resolve() / "ray-nodes" / "{node}"
+    assert done.stdout.split() == ["RayRuntime", "ns1", "ray://head:10001", str(node_dir), "True"]
