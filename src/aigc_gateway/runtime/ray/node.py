@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import shutil
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,8 +239,3 @@ def size_volume_here(config: NodeConfig, owner: str, family: str) -> int:
 
 def delete_volume_here(config: NodeConfig, owner: str, family: str) -> None:
     asyncio.run(_volumes(config).delete(owner, family))
-
-
-def remove_engine_files_here(config: NodeConfig, instance_id: str) -> None:
-    """What a supervisor that died left of a forgotten engine on this node."""
-    shutil.rmtree(config.folder(node_id_here()) / "runtime" / "ray" / instance_id, True)
