@@ -106,7 +106,8 @@ class RayRuntime:
         ``relay_port``, 0: any free port); None: report the node's socket path itself (the
         gateway on the same machine as every node)."""
         self._relay_key, self._relay_port = relay_key, relay_port
-        self._relays: dict[str, tuple[str, int]] = {}
+        self._relays: dict[str, Any] = {}
+        """Each node's relay actor, by node id."""
         self._address = address
         self._namespace = namespace
         # No colon: Ray's key-value store joins namespace and key with one.
@@ -459,11 +460,17 @@ class RayRuntime:
 
     async def _relay(self, node_id: str) -> tuple[str, int]:
         """The address of node ``node_id``'s relay, started there (``relay-<node id>``, a
-        detached actor, restarted by Ray if it dies) when it is not running yet."""
-        found = self._relays.get(node_id)
-        if found is not None:
-            return found
+        detached actor that Ray restarts if it dies) when it is not running yet. Asked on every
+        call, not remembered: a restarted relay may listen on another port."""
         ray = await self._ray()
+        actor = self._relays.get(node_id)
+        if actor is not None:
+            try:
+                async with asyncio.timeout(self._schedule_timeout_s):
+                    address: tuple[str, int] = await actor.address.remote()
+                    return address
+            except ray.exceptions.RayActorError:
+                del self._relays[node_id]  # gone for good: made again below
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         assert self._relay_key is not None
@@ -481,7 +488,7 @@ class RayRuntime:
         ).remote(self._config, self._relay_key.hex(), self._relay_port)
         async with asyncio.timeout(self._schedule_timeout_s):
             host, port = await actor.address.remote()
-        self._relays[node_id] = (host, port)
+        self._relays[node_id] = actor
         return host, port
 
     # -- the cluster's records ------------------------------------------------------------------
