@@ -4,6 +4,7 @@ lost supervisor re-adopting engines, and the cards the cluster reports."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -286,6 +287,21 @@ async def relayed_get(endpoint: Endpoint, key: RelayKey, path: str) -> httpx.Res
         return await client.get(path)
 
 
+async def reached_again(rt: Any, instance_id: str, key: RelayKey) -> Endpoint:
+    """The endpoint a later look gives once it reaches the engine (a relay being restarted
+    answers the look before, or after, its restart: the look after it gives the new port)."""
+    async with asyncio.timeout(20):
+        while True:
+            endpoint = (await rt.observe(instance_id)).endpoint
+            assert endpoint is not None and endpoint.relay_for == instance_id
+            try:
+                answer = await relayed_get(endpoint, key, "/")
+            except httpx.TransportError:
+                continue
+            assert answer.text == f"engine {instance_id} ok\n"
+            return endpoint
+
+
 async def test_the_gateway_reaches_an_engine_through_its_node_s_relay(
     cluster: RayCluster, make: Make, data: Path
 ) -> None:
@@ -305,6 +321,11 @@ async def test_the_gateway_reaches_an_engine_through_its_node_s_relay(
     adopter = make(relay_key=key)
     [listed] = await adopter.list()
     assert listed.endpoint == endpoint  # the node's relay outlives the gateway process
+    import ray
+
+    relay = ray.get_actor(f"relay-{cluster.nodes['cloud']}", namespace=rt._namespace)
+    ray.kill(relay, no_restart=False)  # Ray restarts it, perhaps on another port
+    endpoint = await reached_again(adopter, "n1", key)
     await adopter.stop("n1", grace=5)
     with pytest.raises(httpx.TransportError):
         await relayed_get(endpoint, key, "/")
