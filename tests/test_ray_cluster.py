@@ -92,10 +92,10 @@ async def make(cluster: RayCluster) -> AsyncIterator[Callable[..., object]]:
             await runtime.close()
 
 
-def spec(instance_id: str, root: Path, **changes: object) -> LaunchSpec:
+def spec(instance_id: str, root: Path, *flags: str, **changes: object) -> LaunchSpec:
     base = LaunchSpec(
         instance_id=instance_id,
-        command=(sys.executable, ENGINE, "--data-dir", "{data_dir}", "--uds", "{socket}"),
+        command=(sys.executable, ENGINE, "--data-dir", "{data_dir}", "--uds", "{socket}", *flags),
         data_dir=str(root / "{instance_id}"),
         env={"ENGINE_ID": "{instance_id}"},
         readiness=ReadinessCheck(path="/health"),
@@ -382,3 +382,19 @@ def test_the_ray_runtime_is_chosen_by_name_and_imports_ray_only_when_used(
     assert done.returncode == 0, done.stderr
     node_dir = tmp_path.resolve() / "ray-nodes" / "{node}"
     assert done.stdout.split() == ["RayRuntime", "ns1", "ray://head:10001", str(node_dir), "True"]
+
+
+async def test_an_exited_engine_started_again_goes_where_its_new_grant_is(
+    cluster: RayCluster, make: Make, data: Path
+) -> None:
+    rt = make()
+    first = GpuGrant(devices=("GPU-a1",), node=cluster.nodes["onprem-a"])
+    await rt.start(spec("x1", data, "--exit-code", "2", gpu=first))
+    assert (await rt.wait_ready("x1", timeout=15)).phase is Phase.EXITED
+    assert engines_on(cluster, "onprem-a") == {"x1"}
+    moved = GpuGrant(devices=("GPU-c1", "GPU-c2"), node=cluster.nodes["cloud"])
+    await rt.start(spec("x1", data, gpu=moved))
+    ready = await rt.wait_ready("x1", timeout=15)
+    assert ready.phase is Phase.READY
+    assert engines_on(cluster, "cloud") == {"x1"}
+    assert (await get(ready, "/env")).json()["CUDA_VISIBLE_DEVICES"] == "GPU-c1,GPU-c2"

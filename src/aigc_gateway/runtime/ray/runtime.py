@@ -145,6 +145,11 @@ class RayRuntime:
             await self._kill_lingering(iid)
             await self._delete(iid)
         actor = await self._supervisor(iid, record=None)
+        if actor is not None and await self._misplaced(iid, actor, spec):
+            # An exited engine's supervisor where the new grant is not: end it (its cards go
+            # back) and place the engine anew.
+            await self._end(actor)
+            actor = None
         if actor is None:
             options, gpus = await asyncio.to_thread(self._placement, spec)
             actor = await self._create(iid, options)
@@ -385,6 +390,24 @@ class RayRuntime:
         except LaunchError:
             return None
         return actor
+
+    async def _misplaced(self, instance_id: str, actor: Any, spec: LaunchSpec) -> bool:
+        """Whether ``actor`` holds no live engine and is not where ``spec``'s grant is (another
+        node, or other cards): a live engine is kept as it is (a start is idempotent)."""
+        grant = spec.gpu
+        if grant is None or not grant.node:
+            return False
+        record = await self._get(instance_id)
+        if record is None:
+            return False
+        gpus = 0.0 if grant.is_share else float(len(grant.devices))
+        if record.get("node") == grant.node and float(record.get("gpus", 0)) == gpus:
+            return False
+        try:
+            current: Workload = await self._call(actor, "observe", instance_id)
+        except _SupervisorGone:
+            return True
+        return not current.phase.alive
 
     async def _without_supervisor(
         self, instance_id: str, record: dict[str, Any] | None = None
