@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -173,10 +172,8 @@ async def test_a_multi_gpu_grant_stays_on_one_node_and_holds_its_cards(
     assert engines_on(cluster, "onprem-b") == {"m1"}
     assert (await get(ready, "/env")).json()["CUDA_VISIBLE_DEVICES"] == "GPU-b1,GPU-b2"
     # The node's two cards are held by m1: another grant of them is not placed...
-    began = time.monotonic()
     with pytest.raises(LaunchError, match="did not place the engine"):
-        await rt.start(spec("m2", data, gpu=both))
-    assert time.monotonic() - began < 15
+        await rt.start(spec("m2", data, gpu=both))  # after the 3 s this runtime waits
     assert [w.instance_id for w in await rt.list()] == ["m1"]
     # ...until m1's stop gives them back.
     await rt.stop("m1", grace=5)
@@ -191,8 +188,9 @@ async def test_a_multi_gpu_grant_stays_on_one_node_and_holds_its_cards(
 async def test_a_placement_no_node_can_take_is_refused_at_once(
     cluster: RayCluster, make: Make, data: Path
 ) -> None:
-    rt = make(schedule_timeout_s=60)
-    began = time.monotonic()
+    # Longer than pytest's time-out for a test: a start left pending fails this test, only one
+    # refused before it waits for the cluster passes.
+    rt = make(schedule_timeout_s=3600)
     with pytest.raises(
         LaunchError, match=r"no engine node of pool 'gpu-farm'.*pools there: cloud, onprem"
     ):
@@ -200,7 +198,6 @@ async def test_a_placement_no_node_can_take_is_refused_at_once(
     gone = GpuGrant(devices=("GPU-x",), node="ab" * 28)
     with pytest.raises(LaunchError, match="not in the cluster now"):
         await rt.start(spec("p2", data, gpu=gone))
-    assert time.monotonic() - began < 10  # refused, not left pending for the minute
     assert await rt.list() == []
     assert (await rt.observe("p1")).phase is Phase.ABSENT
 
