@@ -405,3 +405,27 @@ async def test_an_exited_engine_started_again_goes_where_its_new_grant_is(
     assert ready.phase is Phase.READY
     assert engines_on(cluster, "cloud") == {"x1"}
     assert (await get(ready, "/env")).json()["CUDA_VISIBLE_DEVICES"] == "GPU-c1,GPU-c2"
+
+
+def test_a_gateway_process_joins_the_cluster_itself(cluster: RayCluster) -> None:
+    """A gateway not yet connected to Ray (as ``serve`` starts) joins at ``ray_address`` on its
+    first call, from its event loop, and leaves on ``close``."""
+    script = (
+        "import asyncio, sys\n"
+        "import ray\n"
+        "from aigc_gateway.runtime.ray.node import NodeConfig\n"
+        "from aigc_gateway.runtime.ray.runtime import RayRuntime\n"
+        "async def main():\n"
+        f"    rt = RayRuntime(config=NodeConfig(node_dir={cluster.node_dir!r}),"
+        f" address={cluster.address!r}, namespace='joined')\n"
+        "    found = await rt.gpus()\n"
+        "    assert await rt.list() == []\n"
+        "    await rt.close()\n"
+        "    print(len(found.devices), ray.is_initialized())\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["8", "False"]
