@@ -3,8 +3,7 @@
 :func:`ray_cluster` starts a head (no engines: the ``head`` resource only) and three engine
 nodes (:data:`NODES`), each with its own labels, fake GPUs (Ray counts them; no driver is
 involved) and ``engine`` resource; every node's folder is ``<root>/nodes/<node id prefix>``, as
-on separate machines. Every node is on this machine's address (Ray picks it; reached without
-leaving the machine).
+on separate machines. Every node, and the relays, listen on 127.0.0.1 only.
 
 The nodes are started by ``ray.cluster_utils.Cluster`` in a helper process of their own
 (:data:`HELPER`), which ends them all when its stdin closes, so no raylet outlives the test
@@ -90,11 +89,14 @@ class RayCluster:
 @contextmanager
 def ray_cluster() -> Iterator[RayCluster]:
     require_tool("ray")
-    import ray
-
     # Ray's coming default (it warns at ray.init otherwise): an actor of no GPUs keeps the
     # CUDA_VISIBLE_DEVICES it inherits; the engine's own is set by the runtime anyway.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Every node, the driver and the relays on 127.0.0.1 (Ray's single-machine mode, read when
+    # Ray is imported: before this process's first import of it and in every node's process).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
     root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     helper = subprocess.Popen(
         [sys.executable, "-c", HELPER, json.dumps(NODES), str(OBJECT_STORE_BYTES)],

@@ -81,6 +81,8 @@ KEEP_LOG_BYTES = 256 * 1024
 """How much of a stopped engine's log the cluster keeps (``logs`` after the stop)."""
 KILL_CONFIRM_CALLS = 1000
 """Calls on a killed actor until one fails (each answers at once while the kill is on its way)."""
+RELAY_RESTART_POLL_S = 0.05
+"""How often a relay that Ray is restarting is asked again for its address."""
 NODE_TASK_TIMEOUT_S = 30.0
 """The most a node's small task (NVML, a volume's size) may take before it is left out."""
 
@@ -490,8 +492,13 @@ class RayRuntime:
         if actor is not None:
             try:
                 async with asyncio.timeout(self._schedule_timeout_s):
-                    address: tuple[str, int] = await actor.address.remote()
-                    return address
+                    while True:
+                        try:
+                            address: tuple[str, int] = await actor.address.remote()
+                            return address
+                        except ray.exceptions.ActorUnavailableError:
+                            # Ray is restarting it; nothing signals the end of a restart.
+                            await asyncio.sleep(RELAY_RESTART_POLL_S)
             except ray.exceptions.RayActorError:
                 del self._relays[node_id]  # gone for good: made again below
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
