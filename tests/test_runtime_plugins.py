@@ -77,7 +77,7 @@ def gateway_settings(third_party: None, tmp_path: Path) -> Settings:
 
 
 def test_the_local_runtime_is_shipped(tmp_path: Path) -> None:
-    assert "local" in plugins.available()
+    assert {"local", "ray"} <= set(plugins.available())
     assert isinstance(make_runtime(Settings(dev=True, data_dir=tmp_path)), LocalRuntime)
 
 
@@ -86,7 +86,7 @@ def test_an_unknown_runtime_is_refused_naming_the_installed_ones(third_party: No
         Settings(dev=True, runtime="kubernetes")
     message = str(refused.value)
     assert "unknown runtime 'kubernetes'" in message
-    assert "local, recording" in message
+    assert "local, ray, recording" in message  # the shipped ones and the installed one
 
 
 def test_an_installed_runtime_is_found_by_name(third_party: None, tmp_path: Path) -> None:

@@ -83,6 +83,19 @@ class Settings(BaseSettings):
     runtime: str = "local"
     """The runtime that runs engines, by name: ``local`` (shipped), or one a package registers
     in the ``aigc_gateway.runtimes`` entry-point group."""
+    ray_address: str | None = None
+    """``runtime: ray``: the Ray cluster to join as a driver (``ray://head:10001``, ``head:6379``
+    or ``auto``); unset: ``auto`` (the cluster this host's ``ray start`` joined). docs/ray.md."""
+    ray_namespace: str = "aigc-gateway"
+    """``runtime: ray``: the Ray namespace of the engines' supervisor actors; gateways sharing one
+    cluster and one store use the same one, separate deployments different ones."""
+    ray_relay_port: int = Field(default=0, ge=0, le=65535)
+    """``runtime: ray``: the port of each node's relay (the gateway's way to its engines; open it
+    to the gateways' hosts only); 0: any free port, which changes when a relay restarts."""
+    ray_node_dir: str | None = None
+    """``runtime: ray``: each node's own data folder (its engines' state and logs, its users'
+    volumes), on that node; ``{node}`` is replaced by the first 12 hex digits of the Ray node
+    id (several nodes on one machine). Unset: ``<data_dir>/ray-nodes/{node}``."""
     sandbox: Literal["auto", "on", "off"] = "auto"
     """Run every engine in its own sandbox (bubblewrap namespaces, a per-user uid, cgroup
     limits, only its granted GPUs, reached only over a Unix socket; docs/security.md).

@@ -67,6 +67,8 @@ class Harness:
     """``spec(*engine_flags, instance_id="i1", **LaunchSpec_changes)``."""
     gone: Callable[[int], bool]
     """Whether an engine process (a pid the engine reported) no longer runs."""
+    gpu_node: str = "local"
+    """A node with two cards, as the runtime names nodes (:attr:`GpuGrant.node`)."""
 
 
 async def get(work: Workload, path: str, timeout: float = 5.0) -> httpx.Response:
@@ -233,7 +235,7 @@ async def test_logs_are_the_end_of_the_engine_output(harness: Harness) -> None:
 
 async def test_a_gpu_grant_is_what_the_engine_sees(harness: Harness) -> None:
     rt = harness.runtime
-    grant = GpuGrant(devices=("GPU-1111", "GPU-2222"), node="local")
+    grant = GpuGrant(devices=("GPU-1111", "GPU-2222"), node=harness.gpu_node)
     await rt.start(harness.spec(gpu=grant))
     env = (await get(await rt.wait_ready("i1", timeout=15), "/env")).json()
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-1111,GPU-2222"

@@ -128,7 +128,7 @@ TOOLS: dict[str, Callable[[], str | None]] = {
     "oidc-provider": _oidc_provider,
     "gradio": _module_missing("gradio", "gradio_client", hint="they are dev dependencies"),
     "jupyterlab": _module_missing("jupyterlab", hint="it is a dev dependency"),
-    "ray": _module_missing("ray", hint="it is the [ray] extra, installed by make"),
+    "ray": _module_missing("ray", hint="pip install -e '.[ray]' (make's venv has it)"),
 }
 """Each tool's check: None when it can be used here, else what is missing and how to install it."""
 

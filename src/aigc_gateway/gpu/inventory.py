@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 def from_runtime(discovery: GpuDiscovery) -> list[Gpu]:
     """The scheduler's view of the cards a runtime reported: on the node it named, typed by
-    model, in the default pool until :func:`merge` applies the admin's declarations."""
+    model, in the pool the runtime named (a Ray node's label) or the default one, until
+    :func:`merge` applies the admin's declarations."""
     return [
         Gpu(
             id=d.id,
@@ -30,8 +31,8 @@ def from_runtime(discovery: GpuDiscovery) -> list[Gpu]:
             index=d.index,
             type=_type_name(d.model),
             memory_gib=d.memory_gib,
-            pool="local",
-            pool_rank=1,
+            pool=d.pool or "local",
+            pool_rank=1 if d.pool_rank is None else d.pool_rank,
             price_per_hour=0.0,
         )
         for d in discovery.devices

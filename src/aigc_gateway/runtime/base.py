@@ -210,6 +210,11 @@ class GpuDevice:
     model: str
     """The driver's name for it, e.g. ``NVIDIA H100 80GB HBM3``."""
     memory_gib: float
+    pool: str | None = None
+    """The pool its node is in, where the runtime knows (a Ray node's ``pool`` label); None:
+    the default pool, until the admin's declarations say otherwise."""
+    pool_rank: int | None = None
+    """Its node's rank within the pool where the runtime knows (lower is used first)."""
 
 
 @dataclass(frozen=True, slots=True)

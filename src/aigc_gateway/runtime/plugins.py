@@ -7,9 +7,9 @@ A runtime package declares, in its own ``pyproject.toml``::
 
 where ``make_runtime(settings) -> Runtime`` builds the runtime from the gateway's
 :class:`~aigc_gateway.settings.Settings` (its state goes under ``settings.runtime_dir``); the
-admin sets ``runtime: mycluster``. Nothing in the gateway is edited. The local runtime is declared
-the same way by the gateway's own ``pyproject.toml``, and is also known built in, so a source
-checkout whose installed metadata predates the group still finds it.
+admin sets ``runtime: mycluster``. Nothing in the gateway is edited. The local and Ray runtimes are
+declared the same way by the gateway's own ``pyproject.toml``, and are also known built in, so a
+source checkout whose installed metadata predates the group still finds them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ GROUP = "aigc_gateway.runtimes"
 
 RuntimeFactory = Callable[["Settings"], "Runtime"]
 
-BUILT_IN = {"local": "aigc_gateway.runtime.plugins:local"}
+BUILT_IN = {
+    "local": "aigc_gateway.runtime.plugins:local",
+    # Shipped too, but Ray itself is the optional extra ``ray`` (docs/ray.md): choosing it
+    # without Ray installed is refused at start, saying what to install.
+    "ray": "aigc_gateway.runtime.ray:make_runtime",
+}
 
 
 def available() -> dict[str, EntryPoint]:
