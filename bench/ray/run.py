@@ -1,12 +1,14 @@
 """Benchmark of what the Ray runtime adds on the way to an engine: the node relay, and
 placement over a cluster-sized inventory.
 
-- **Relay.** One engine (an aiohttp app on a Unix socket, as a sandboxed engine listens) is
-  reached through the gateway's own ASGI-proxy sessions (:class:`EngineSessions`) twice in the
-  same run: directly on its socket (the local runtime's endpoint, the baseline) and through a
-  node relay on 127.0.0.1 (:func:`serve_relay`, the HMAC handshake per connection). Small
-  responses (requests per second at 16 concurrent) and 10 MiB downloads (MB/s); the figures are
-  the ratios relay / direct. Goal: >= 0.7 each.
+- **Relay.** One engine (an aiohttp app on a Unix socket, as a sandboxed engine listens, in a
+  process of its own) is reached through the gateway's own ASGI-proxy sessions
+  (:class:`EngineSessions`) twice in the same run: directly on its socket (the local runtime's
+  endpoint, the baseline) and through a node relay on 127.0.0.1 (:func:`serve_relay`, the HMAC
+  handshake per connection, in a third process, as a node's relay actor is). Small responses
+  (requests per second at 16 concurrent) and 10 MiB downloads (MB/s); the figures are the
+  ratios relay / direct. Goal: >= 0.7 each. On one machine the relay's copying competes with
+  the engine and the client for the same cores, as it would not on a node of its own.
 - **Placement.** 100 nodes with 10 GPUs each (1,000 GPUs, four types, three pools), a third of
   them busy, then placements (each released after) through the gateway's placement policy.
 - The start overhead on Ray (``ray_start_overhead_s_p50``) is measured by
@@ -20,10 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import random
 import shutil
 import tempfile
 import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from aiohttp import web
@@ -73,34 +78,48 @@ async def large_mbps(sessions: EngineSessions, endpoint: Endpoint, n: int) -> fl
     return n * len(LARGE) / 1e6 / (time.perf_counter() - started)
 
 
-async def relay_figures(small_n: int, large_n: int, rounds: int) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(prefix="aigc-bench-relay-", dir="/tmp"))
-    app = web.Application()
-    app.add_routes([web.get("/hello", hello), web.get("/large", large)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = folder / "engine.sock"
-    await web.UnixSite(runner, str(sock)).start()
-    key = RelayKey.generate()
-    direct = Endpoint(unix_path=str(sock))
+def _engine_process(sock: str, ready: Event) -> None:
+    """The engine, in a process of its own (as on a node): an aiohttp app on a Unix socket."""
+
+    async def serve() -> None:
+        app = web.Application()
+        app.add_routes([web.get("/hello", hello), web.get("/large", large)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.UnixSite(runner, sock).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+def _relay_process(key_hex: str, sock: str, ports: Queue[int]) -> None:
+    """The node's relay, in a process of its own (on a node it is the relay actor's)."""
+
+    async def serve() -> None:
+        key = RelayKey.from_hex(key_hex)
+        server = await serve_relay("127.0.0.1", 0, key, {INSTANCE: sock}.get)
+        ports.put(server.port)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+async def measure(
+    direct: Endpoint, relayed: Endpoint, key: RelayKey, small_n: int, large_n: int, rounds: int
+) -> dict[str, float]:
     figures: dict[str, list[float]] = {k: [] for k in ("ds", "rs", "dl", "rl")}
+    sessions = EngineSessions(relay_key=key)
     try:
-        async with await serve_relay("127.0.0.1", 0, key, {INSTANCE: str(sock)}.get) as relay:
-            relayed = Endpoint(host="127.0.0.1", port=relay.port, relay_for=INSTANCE)
-            sessions = EngineSessions(relay_key=key)
-            try:
-                await small_rps(sessions, direct, 200, 16)  # warm both paths
-                await small_rps(sessions, relayed, 200, 16)
-                for _ in range(rounds):  # interleaved, so drift hits both alike
-                    figures["ds"].append(await small_rps(sessions, direct, small_n, 16))
-                    figures["rs"].append(await small_rps(sessions, relayed, small_n, 16))
-                    figures["dl"].append(await large_mbps(sessions, direct, large_n))
-                    figures["rl"].append(await large_mbps(sessions, relayed, large_n))
-            finally:
-                await sessions.close()
+        await small_rps(sessions, direct, 200, 16)  # warm both paths
+        await small_rps(sessions, relayed, 200, 16)
+        for _ in range(rounds):  # interleaved, so drift hits both alike
+            figures["ds"].append(await small_rps(sessions, direct, small_n, 16))
+            figures["rs"].append(await small_rps(sessions, relayed, small_n, 16))
+            figures["dl"].append(await large_mbps(sessions, direct, large_n))
+            figures["rl"].append(await large_mbps(sessions, relayed, large_n))
     finally:
-        await runner.cleanup()
-        shutil.rmtree(folder, ignore_errors=True)
+        await sessions.close()
     best = {k: max(v) for k, v in figures.items()}
     print(f"{'path':<8} {'small req/s':>12} {'10 MiB MB/s':>12}")
     print(f"{'direct':<8} {best['ds']:>12.0f} {best['dl']:>12.0f}")
@@ -111,6 +130,33 @@ async def relay_figures(small_n: int, large_n: int, rounds: int) -> dict[str, fl
         "local_small_rps": round(best["ds"], 1),
         "local_large_mbps": round(best["dl"], 1),
     }
+
+
+def relay_figures(small_n: int, large_n: int, rounds: int) -> dict[str, float]:
+    """The engine, the relay and the client (the gateway's sessions) each in their own process,
+    as the gateway, a node's relay and its engine are."""
+    folder = Path(tempfile.mkdtemp(prefix="aigc-bench-relay-", dir="/tmp"))
+    sock = str(folder / "engine.sock")
+    key = RelayKey.generate()
+    spawn = multiprocessing.get_context("spawn")
+    ready, ports = spawn.Event(), spawn.Queue()
+    engine = spawn.Process(target=_engine_process, args=(sock, ready), daemon=True)
+    relay = spawn.Process(target=_relay_process, args=(key.hex(), sock, ports), daemon=True)
+    try:
+        engine.start()
+        if not ready.wait(30):
+            raise SystemExit("the engine did not start")
+        relay.start()
+        port = ports.get(timeout=30)
+        relayed = Endpoint(host="127.0.0.1", port=port, relay_for=INSTANCE)
+        return asyncio.run(
+            measure(Endpoint(unix_path=sock), relayed, key, small_n, large_n, rounds)
+        )
+    finally:
+        for process in (relay, engine):
+            process.terminate()
+            process.join(10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 TYPES = (("rtx4090", 24.0), ("rtx3090", 24.0), ("a100", 80.0), ("h100", 80.0))
@@ -166,7 +212,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--placements", type=int, default=20000)
     args = parser.parse_args()
-    figures = asyncio.run(relay_figures(args.small, args.large, args.rounds))
+    figures = relay_figures(args.small, args.large, args.rounds)
     figures.update(placement_figures(args.placements))
     print(json.dumps(figures))
 
