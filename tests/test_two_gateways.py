@@ -6,8 +6,12 @@ through the other."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +24,58 @@ from tests.support.process import gateway_process
 from tests.support.server import bound_socket
 
 LEASE_TTL_S = 3
+
+
+@dataclass
+class TwoGateways:
+    """Two gateway processes on one database and data folder, and Alice (an admin) on each."""
+
+    url: str
+    a: Api
+    b: Api
+    process: dict[int, subprocess.Popen[str]]
+    """pid → the gateway process."""
+    by_pid: dict[int, Api]
+    """pid → Alice's client of that process."""
+    tokens: dict[str, str]
+    """The other users' tokens, by name."""
+
+
+@contextlib.asynccontextmanager
+async def two_gateways(
+    tmp_path: Path, pg_base_url: str, *, users: tuple[str, ...] = (), **env: str
+) -> AsyncIterator[TwoGateways]:
+    """A fresh database, two gateways serving it (with ``env`` added to theirs, lease expiry
+    ``LEASE_TTL_S``); their engines are stopped after."""
+    url = await create_database(pg_base_url)
+    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
+    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
+    token = await add_user(settings, "alice", admin=True)
+    tokens = {name: await add_user(settings, name) for name in users}
+    env = {"AIGC_DATABASE_URL": url, "AIGC_LEASE_TTL_S": str(LEASE_TTL_S), **env}
+    try:
+        with (
+            bound_socket() as sock_a,
+            bound_socket() as sock_b,
+            gateway_process(data, templates, sock_a, **env) as proc_a,
+            gateway_process(data, templates, sock_b, **env) as proc_b,
+        ):
+            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
+            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
+            try:
+                yield TwoGateways(
+                    url,
+                    a,
+                    b,
+                    {proc_a.pid: proc_a, proc_b.pid: proc_b},
+                    {proc_a.pid: a, proc_b.pid: b},
+                    tokens,
+                )
+            finally:
+                await a.aclose()
+                await b.aclose()
+    finally:
+        await stop_engines_async(settings)
 
 
 async def _lease_holder(url: str, instance_id: str) -> str | None:
@@ -37,61 +93,43 @@ async def _lease_holder(url: str, instance_id: str) -> str | None:
 async def test_two_gateways_share_instances_and_take_over_a_killed_one(
     tmp_path: Path, pg_base_url: str
 ) -> None:
-    url = await create_database(pg_base_url)
-    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
-    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
-    token = await add_user(settings, "alice", admin=True)
-    bob_token = await add_user(settings, "bob")
-    env = {"AIGC_DATABASE_URL": url, "AIGC_LEASE_TTL_S": str(LEASE_TTL_S)}
-    try:
-        with (
-            bound_socket() as sock_a,
-            bound_socket() as sock_b,
-            gateway_process(data, templates, sock_a, **env) as proc_a,
-            gateway_process(data, templates, sock_b, **env) as proc_b,
-        ):
-            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
-            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
-            try:
-                # Created through A, seen running through B (its events reach B's stream).
-                inst = await a.create("tiny")
-                await b.wait_state(inst["id"], "running")
-                # Paused through B, seen through A; resumed through B.
-                await b.act(inst["id"], "pause")
-                await a.wait_state(inst["id"], "paused")
-                await b.act(inst["id"], "resume")
-                await a.wait_state(inst["id"], "running")
-                await _race(a, b, inst["id"])
-                await _revoked_through_a_closes_b(a, b, inst["id"], bob_token)
-                holder = await _lease_holder(url, inst["id"])
-                assert holder is not None
-                pid = int(holder.split(":")[-2])
-                assert pid in (proc_a.pid, proc_b.pid)
-                killed, survivor = (proc_a, b) if pid == proc_a.pid else (proc_b, a)
-                killed_at = datetime.now(UTC)
-                killed.kill()  # SIGKILL: its leases are never given back, they expire
-                killed.wait(10)
-                # The survivor takes the instance over and drives it: pause and resume work.
-                await survivor.act(inst["id"], "pause")
-                await survivor.wait_state(inst["id"], "paused", timeout=LEASE_TTL_S + 30)
-                new_holder = await _lease_holder(url, inst["id"])
-                assert new_holder is not None and new_holder != holder
-                await survivor.act(inst["id"], "resume")
-                await survivor.wait_state(inst["id"], "running")
-                # Not driven by both: the whole history is one legal sequence of moves.
-                events = (await survivor.client.get(f"/api/instances/{inst['id']}/events")).json()
-                moves = [(e["from"], e["to"]) for e in events if e["kind"] == "transition"]
-                for (_, before), (after, _) in itertools.pairwise(moves):
-                    assert before == after, moves
-                await survivor.client.delete(f"/api/instances/{inst['id']}")
-                await survivor.wait_state(inst["id"], "deleted")
-                starts = sum(1 for _, to in moves if to == "starting")
-                await _ledger_unbroken(url, inst["id"], starts=starts, across=killed_at)
-            finally:
-                await a.aclose()
-                await b.aclose()
-    finally:
-        await stop_engines_async(settings)
+    async with two_gateways(tmp_path, pg_base_url, users=("bob",)) as pair:
+        a, b, url = pair.a, pair.b, pair.url
+        bob_token = pair.tokens["bob"]
+        # Created through A, seen running through B (its events reach B's stream).
+        inst = await a.create("tiny")
+        await b.wait_state(inst["id"], "running")
+        # Paused through B, seen through A; resumed through B.
+        await b.act(inst["id"], "pause")
+        await a.wait_state(inst["id"], "paused")
+        await b.act(inst["id"], "resume")
+        await a.wait_state(inst["id"], "running")
+        await _race(a, b, inst["id"])
+        await _revoked_through_a_closes_b(a, b, inst["id"], bob_token)
+        holder = await _lease_holder(url, inst["id"])
+        assert holder is not None
+        pid = int(holder.split(":")[-2])
+        assert pid in pair.process
+        killed, survivor = pair.process[pid], (b if pair.by_pid[pid] is a else a)
+        killed_at = datetime.now(UTC)
+        killed.kill()  # SIGKILL: its leases are never given back, they expire
+        killed.wait(10)
+        # The survivor takes the instance over and drives it: pause and resume work.
+        await survivor.act(inst["id"], "pause")
+        await survivor.wait_state(inst["id"], "paused", timeout=LEASE_TTL_S + 30)
+        new_holder = await _lease_holder(url, inst["id"])
+        assert new_holder is not None and new_holder != holder
+        await survivor.act(inst["id"], "resume")
+        await survivor.wait_state(inst["id"], "running")
+        # Not driven by both: the whole history is one legal sequence of moves.
+        events = (await survivor.client.get(f"/api/instances/{inst['id']}/events")).json()
+        moves = [(e["from"], e["to"]) for e in events if e["kind"] == "transition"]
+        for (_, before), (after, _) in itertools.pairwise(moves):
+            assert before == after, moves
+        await survivor.client.delete(f"/api/instances/{inst['id']}")
+        await survivor.wait_state(inst["id"], "deleted")
+        starts = sum(1 for _, to in moves if to == "starting")
+        await _ledger_unbroken(url, inst["id"], starts=starts, across=killed_at)
 
 
 async def _ledger_unbroken(url: str, instance_id: str, *, starts: int, across: datetime) -> None:
@@ -182,62 +220,37 @@ async def test_two_gateways_never_book_one_gpu_twice(tmp_path: Path, pg_base_url
     """Both gateways declare the same single card; instances wanting it are created through
     both at once: one runs on it, the others queue; when it pauses (through the other
     gateway), the next starts on the card, never two at a time."""
-    url = await create_database(pg_base_url)
-    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
-    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
-    token = await add_user(settings, "alice", admin=True)
-    env = {
-        "AIGC_DATABASE_URL": url,
-        "AIGC_LEASE_TTL_S": str(LEASE_TTL_S),
-        "AIGC_GPUS": json.dumps(ONE_CARD),
-    }
-    try:
-        with (
-            bound_socket() as sock_a,
-            bound_socket() as sock_b,
-            gateway_process(data, templates, sock_a, **env),
-            gateway_process(data, templates, sock_b, **env),
-        ):
-            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
-            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
-            try:
-                made = await asyncio.gather(
-                    *(api.create("tiny-gpu-any", name=f"g{n}") for n, api in enumerate([a, b, a]))
-                )
-                ids = [m["id"] for m in made]
-                for i in ids:
-                    await a.wait_state(i, "running", "queued")
-                ran: set[str] = set()
-                while len(ran) < len(ids):
-                    states = {i: (await b.get(i)) for i in ids}
-                    holding = [
-                        i for i, st in states.items() if st["state"] in ("starting", "running")
-                    ]
-                    assert len(holding) <= 1, states  # the one card, booked once
-                    if not holding:  # between a release and the next start: whichever it is
-                        queued = [i for i, st in states.items() if st["state"] == "queued"]
-                        waits = [asyncio.create_task(a.wait_state(i, "running")) for i in queued]
-                        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                        for task in pending:
-                            task.cancel()
-                        await asyncio.gather(*pending, return_exceptions=True)
-                        continue
-                    (one,) = holding
-                    assert (await a.wait_state(one, "running"))["gpu"]["gpu_ids"] == ["GPU-aaaa"]
-                    ran.add(one)
-                    await (b if len(ran) % 2 else a).act(one, "pause")  # through either gateway
-                    await a.wait_state(one, "paused")
-                # Every instance had the card in turn.
-                events = [(await a.client.get(f"/api/instances/{i}/events")).json() for i in ids]
-                assert all(
-                    any(e["kind"] == "transition" and e["to"] == "running" for e in evs)
-                    for evs in events
-                )
-            finally:
-                await a.aclose()
-                await b.aclose()
-    finally:
-        await stop_engines_async(settings)
+    async with two_gateways(tmp_path, pg_base_url, AIGC_GPUS=json.dumps(ONE_CARD)) as pair:
+        a, b = pair.a, pair.b
+        made = await asyncio.gather(
+            *(api.create("tiny-gpu-any", name=f"g{n}") for n, api in enumerate([a, b, a]))
+        )
+        ids = [m["id"] for m in made]
+        for i in ids:
+            await a.wait_state(i, "running", "queued")
+        ran: set[str] = set()
+        while len(ran) < len(ids):
+            states = {i: (await b.get(i)) for i in ids}
+            holding = [i for i, st in states.items() if st["state"] in ("starting", "running")]
+            assert len(holding) <= 1, states  # the one card, booked once
+            if not holding:  # between a release and the next start: whichever it is
+                queued = [i for i, st in states.items() if st["state"] == "queued"]
+                waits = [asyncio.create_task(a.wait_state(i, "running")) for i in queued]
+                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                continue
+            (one,) = holding
+            assert (await a.wait_state(one, "running"))["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+            ran.add(one)
+            await (b if len(ran) % 2 else a).act(one, "pause")  # through either gateway
+            await a.wait_state(one, "paused")
+        # Every instance had the card in turn.
+        events = [(await a.client.get(f"/api/instances/{i}/events")).json() for i in ids]
+        assert all(
+            any(e["kind"] == "transition" and e["to"] == "running" for e in evs) for evs in events
+        )
 
 
 async def test_the_gpu_queue_is_one_queue_across_gateways(tmp_path: Path, pg_base_url: str) -> None:
@@ -245,49 +258,26 @@ async def test_the_gpu_queue_is_one_queue_across_gateways(tmp_path: Path, pg_bas
     driving the card's holder. When the holder pauses, the card goes to X, the earlier waiter,
     though the process that freed it drives Y: one queue in the store's order, not one per
     process."""
-    url = await create_database(pg_base_url)
-    data, templates = tmp_path / "data", write_templates(tmp_path / "templates")
-    settings = Settings(dev=True, data_dir=data, templates_dir=templates, database_url=url)
-    token = await add_user(settings, "alice", admin=True)
-    env = {
-        "AIGC_DATABASE_URL": url,
-        "AIGC_LEASE_TTL_S": str(LEASE_TTL_S),
-        "AIGC_GPUS": json.dumps(ONE_CARD),
-    }
-    try:
-        with (
-            bound_socket() as sock_a,
-            bound_socket() as sock_b,
-            gateway_process(data, templates, sock_a, **env) as proc_a,
-            gateway_process(data, templates, sock_b, **env) as proc_b,
-        ):
-            a = Api(f"http://127.0.0.1:{sock_a.getsockname()[1]}", token)
-            b = Api(f"http://127.0.0.1:{sock_b.getsockname()[1]}", token)
-            by_pid = {proc_a.pid: a, proc_b.pid: b}
+    async with two_gateways(tmp_path, pg_base_url, AIGC_GPUS=json.dumps(ONE_CARD)) as pair:
+        a, b, url, by_pid = pair.a, pair.b, pair.url, pair.by_pid
 
-            async def driver(instance_id: str) -> Api:
-                holder = await _lease_holder(url, instance_id)
-                assert holder is not None
-                return by_pid[int(holder.split(":")[-2])]
+        async def driver(instance_id: str) -> Api:
+            holder = await _lease_holder(url, instance_id)
+            assert holder is not None
+            return by_pid[int(holder.split(":")[-2])]
 
-            try:
-                z = await a.create("tiny-gpu-any", name="z")
-                await a.wait_state(z["id"], "running")
-                frees = await driver(z["id"])
-                other = b if frees is a else a
-                x = await other.create("tiny-gpu-any", name="x")
-                await other.wait_state(x["id"], "queued")
-                y = await frees.create("tiny-gpu-any", name="y")
-                await frees.wait_state(y["id"], "queued")
-                assert await driver(x["id"]) is other and await driver(y["id"]) is frees
-                await frees.act(z["id"], "pause")
-                ran = await other.wait_state(x["id"], "running")
-                assert ran["gpu"]["gpu_ids"] == ["GPU-aaaa"]
-                assert (await frees.get(y["id"]))["state"] == "queued"
-                await other.act(x["id"], "pause")  # then Y's turn
-                await frees.wait_state(y["id"], "running")
-            finally:
-                await a.aclose()
-                await b.aclose()
-    finally:
-        await stop_engines_async(settings)
+        z = await a.create("tiny-gpu-any", name="z")
+        await a.wait_state(z["id"], "running")
+        frees = await driver(z["id"])
+        other = b if frees is a else a
+        x = await other.create("tiny-gpu-any", name="x")
+        await other.wait_state(x["id"], "queued")
+        y = await frees.create("tiny-gpu-any", name="y")
+        await frees.wait_state(y["id"], "queued")
+        assert await driver(x["id"]) is other and await driver(y["id"]) is frees
+        await frees.act(z["id"], "pause")
+        ran = await other.wait_state(x["id"], "running")
+        assert ran["gpu"]["gpu_ids"] == ["GPU-aaaa"]
+        assert (await frees.get(y["id"]))["state"] == "queued"
+        await other.act(x["id"], "pause")  # then Y's turn
+        await frees.wait_state(y["id"], "running")
